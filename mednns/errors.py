@@ -1,0 +1,71 @@
+"""Exceptions mednns raises on purpose.
+
+Every error a user can cause derives from :class:`MednnsError`. The CLI prints
+these as one message (plus a hint) without a traceback and exits with
+``exit_code``; anything else is a bug and is reported as such.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class MednnsError(Exception):
+    """Base class of errors caused by input, configuration or environment."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+class UsageError(MednnsError):
+    """The user asked for something that cannot exist (exit code 2)."""
+
+    exit_code = 2
+
+
+class UnknownComponentError(UsageError):
+    """A component name that no plugin registered."""
+
+
+class DuplicateComponentError(MednnsError):
+    """Two plugins registered the same component name."""
+
+
+class PluginLoadError(MednnsError):
+    """A plugin failed to load (raised only in strict mode)."""
+
+
+class DatasetError(MednnsError):
+    """A dataset file or folder that cannot be used as it is."""
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a configuration, located by its dotted key path."""
+
+    path: str
+    message: str
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.path or '<config>'}: {self.message}"
+        return f"{text}\n    hint: {self.hint}" if self.hint else text
+
+
+class ConfigError(UsageError):
+    """One or more configuration problems, each with its key path."""
+
+    def __init__(self, issues: list[ConfigIssue] | ConfigIssue, source: str | None = None):
+        self.issues = [issues] if isinstance(issues, ConfigIssue) else list(issues)
+        self.source = source
+        where = f" in {source}" if source else ""
+        count = len(self.issues)
+        head = f"{count} configuration error{'s' if count != 1 else ''}{where}:"
+        super().__init__("\n".join([head, *(f"  {issue}" for issue in self.issues)]))

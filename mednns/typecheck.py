@@ -1,0 +1,205 @@
+"""Validate config values against the type annotations of component factories.
+
+A factory's signature is its config schema: parameter names are the allowed
+``args`` keys, parameters without defaults are required, annotations give the
+types. Supported annotations: ``bool``, ``int``, ``float`` (ints accepted),
+``str``, ``pathlib.Path`` (strings accepted), ``None``, ``Optional``/``Union``/
+``X | Y``, ``Literal[...]``, ``list[X]``, ``tuple[X, ...]``, ``dict[K, V]``,
+``Any`` and :class:`ComponentSpec` for nested components. Anything else is
+accepted as is: the factory itself stays the last line of defence.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import difflib
+import inspect
+import os
+import pathlib
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Annotated, Callable, Literal, Union, get_args, get_origin
+
+from mednns.errors import ConfigIssue
+
+NoneType = type(None)
+
+
+@dataclass(frozen=True)
+class ComponentOf:
+    """Marker inside ``Annotated``: the value is a ``{name, args}`` component of ``kind``."""
+
+    kind: str
+
+
+class ComponentSpec:
+    """Annotation for a factory parameter that takes a nested component.
+
+    ``def make_stage(space: ComponentSpec["search-spaces"]): ...`` makes the config
+    validator check ``{name: ..., args: {...}}`` against the search-space registry.
+    """
+
+    def __class_getitem__(cls, kind: str) -> Any:
+        return Annotated[dict, ComponentOf(kind)]
+
+
+ComponentChecker = Callable[[Any, str, str], list[ConfigIssue]]
+
+
+def suggest(name: str, choices: collections.abc.Iterable[str]) -> str | None:
+    """The closest of ``choices`` to ``name``, or ``None``."""
+    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def describe(tp: Any) -> str:
+    """A readable name for an annotation (``int``, ``list[str]``, ``one of 28, 64``)."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is NoneType or tp is None:
+        return "null"
+    if origin is Annotated:
+        for meta in args[1:]:
+            if isinstance(meta, ComponentOf):
+                return f"a {meta.kind} component {{name: ..., args: {{...}}}}"
+        return describe(args[0])
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else describe(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]" if args else getattr(origin, "__name__", str(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _type_name(value: Any) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a mapping", NoneType: "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def check_value(value: Any, tp: Any, path: str, on_component: ComponentChecker | None = None) -> list[ConfigIssue]:
+    """Problems of ``value`` against annotation ``tp``; empty when it conforms."""
+    if tp is Any or tp is inspect.Parameter.empty or tp is object or isinstance(tp, (str, typing.ForwardRef)):
+        return []
+    origin, args = get_origin(tp), get_args(tp)
+
+    def mismatch() -> list[ConfigIssue]:
+        return [ConfigIssue(path, f"expected {describe(tp)}, got {_type_name(value)} ({value!r})")]
+
+    if origin is Annotated:
+        for meta in args[1:]:
+            if isinstance(meta, ComponentOf):
+                return on_component(value, meta.kind, path) if on_component else []
+        return check_value(value, args[0], path, on_component)
+    if origin in (Union, types.UnionType):
+        if value is None and NoneType in args:
+            return []
+        options = [a for a in args if a is not NoneType]
+        results = [check_value(value, a, path, on_component) for a in options]
+        if any(not r for r in results):
+            return []
+        return results[0] if len(results) == 1 else mismatch()
+    if origin is Literal:
+        ok = any(value == a and type(value) is type(a) for a in args)
+        return [] if ok else [ConfigIssue(path, f"must be {describe(tp)}, got {value!r}")]
+    if tp is NoneType or tp is None:
+        return [] if value is None else mismatch()
+    if tp is bool:
+        return [] if isinstance(value, bool) else mismatch()
+    if tp is int:
+        return [] if isinstance(value, int) and not isinstance(value, bool) else mismatch()
+    if tp is float:
+        return [] if isinstance(value, (int, float)) and not isinstance(value, bool) else mismatch()
+    if tp is str:
+        return [] if isinstance(value, str) else mismatch()
+    if tp in (pathlib.Path, pathlib.PurePath, os.PathLike):
+        return [] if isinstance(value, (str, os.PathLike)) else mismatch()
+    container = origin or tp
+    if container in (list, tuple, collections.abc.Sequence, collections.abc.MutableSequence):
+        if not isinstance(value, (list, tuple)):
+            return mismatch()
+        if container is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(value) != len(args):
+                return [ConfigIssue(path, f"expected {len(args)} items ({describe(tp)}), got {len(value)}")]
+            item_types = list(args)
+        else:
+            item_types = [args[0] if args else Any] * len(value)
+        issues: list[ConfigIssue] = []
+        for i, (item, item_tp) in enumerate(zip(value, item_types)):
+            issues += check_value(item, item_tp, f"{path}[{i}]", on_component)
+        return issues
+    if container in (dict, collections.abc.Mapping, collections.abc.MutableMapping):
+        if not isinstance(value, dict):
+            return mismatch()
+        key_tp, value_tp = args if len(args) == 2 else (Any, Any)
+        issues = []
+        for key, item in value.items():
+            issues += check_value(key, key_tp, f"{path}.{key}", on_component)
+            issues += check_value(item, value_tp, f"{path}.{key}", on_component)
+        return issues
+    if isinstance(tp, type):
+        return [] if isinstance(value, tp) else mismatch()
+    return []
+
+
+def factory_parameters(factory: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """``(keyword parameters, resolved annotations, accepts **kwargs)`` of a factory."""
+    signature = inspect.signature(factory)
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except Exception:  # unresolvable annotations: check names only
+        hints = {}
+    params = {
+        name: p
+        for name, p in signature.parameters.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    return params, hints, var_kw
+
+
+def check_args(
+    factory: Callable[..., Any], args: dict[str, Any], path: str, on_component: ComponentChecker | None = None
+) -> list[ConfigIssue]:
+    """Missing, unexpected and mistyped ``args`` for ``factory``, each located under ``path``."""
+    params, hints, var_kw = factory_parameters(factory)
+    accepted = ", ".join(params) or "none"
+    issues: list[ConfigIssue] = []
+    for name, param in params.items():
+        if param.default is inspect.Parameter.empty and name not in args:
+            issues.append(ConfigIssue(f"{path}.{name}", "missing required argument",
+                                      f"add '{name}' ({describe(hints.get(name, Any))}) under {path}"))
+    for name, value in args.items():
+        if name not in params:
+            if var_kw:
+                continue
+            close = suggest(name, params)
+            hint = f"did you mean '{close}'? " if close else ""
+            issues.append(ConfigIssue(f"{path}.{name}", "unexpected argument", f"{hint}accepted: {accepted}"))
+            continue
+        issues += check_value(value, hints.get(name, params[name].annotation), f"{path}.{name}", on_component)
+    return issues
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def with_defaults(factory: Callable[..., Any], args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` completed with the factory's plain (YAML-representable) defaults, for the resolved config."""
+    params, _, _ = factory_parameters(factory)
+    full = dict(args)
+    for name, param in params.items():
+        if name not in full and param.default is not inspect.Parameter.empty and _plain(param.default):
+            default = param.default
+            full[name] = list(default) if isinstance(default, tuple) else default
+    return full
