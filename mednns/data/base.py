@@ -40,6 +40,11 @@ class MedicalDataset(abc.ABC):
         self._splits: dict[str, SplitArrays] = {}
 
     @property
+    def name(self) -> str:
+        """The dataset's name; override when :attr:`info` is expensive to compute."""
+        return self.info.name
+
+    @property
     @abc.abstractmethod
     def info(self) -> DatasetInfo:
         """Metadata; may load data on first access when it cannot be known otherwise."""
@@ -62,7 +67,7 @@ class MedicalDataset(abc.ABC):
         return self._splits[split]
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.info.name!r}>"
+        return f"<{type(self).__name__} {self.name!r}>"
 
 
 def check_split(images: np.ndarray, labels: np.ndarray, info: DatasetInfo, *, split: str) -> SplitArrays:

@@ -1,0 +1,267 @@
+"""Run configuration: YAML loading, ``--set`` overrides, ``${ENV}`` expansion and validation.
+
+A config is a YAML mapping::
+
+    name: pneumonia-summary        # run name (default: the config file's stem)
+    seed: 0                        # seeds python, numpy, torch and data loaders
+    device: auto                   # auto | cpu | cuda | cuda:N
+    output_dir: runs               # run directory = output_dir/name
+    strict_plugins: false          # any plugin load problem is an error
+    datasets:                      # components: {name: <registered name>, args: {...}}
+      - name: pneumoniamnist
+        args: {size: 28}
+    stages:
+      - name: dataset_summary
+
+Strings may use ``${VAR}`` or ``${VAR:-default}`` to read the environment.
+Everything is validated before any work starts; all problems are reported at
+once, each with its key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from mednns.errors import ConfigError, ConfigIssue, MednnsError, UsageError
+from mednns.typecheck import ComponentSpec, check_args, check_value, describe, suggest, with_defaults
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mednns.manager import PluginManager
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass
+class RunConfig:
+    """The top-level keys of a run config; the annotations are the schema."""
+
+    stages: list[ComponentSpec["stages"]]
+    datasets: list[ComponentSpec["datasets"]] = field(default_factory=list)
+    name: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    output_dir: str = "runs"
+    strict_plugins: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that rejects duplicate keys instead of keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+            )
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a config file (safe loader, duplicate keys rejected) into a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"Config file not found: {path}", hint="check the path, or start from examples/configs/")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(ConfigIssue("", f"invalid YAML at {where}: {exc.problem}"), source=str(path)) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(ConfigIssue("", f"invalid YAML: {exc}"), source=str(path)) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(ConfigIssue("", f"the top level must be a mapping, got {type(data).__name__}"),
+                          source=str(path))
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.0.c=value`` overrides (values parsed as YAML) to a copy of ``data``."""
+    data = copy.deepcopy(data)
+    issues = []
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep or not key.strip():
+            issues.append(ConfigIssue(f"--set {override}", "expected KEY=VALUE", "e.g. --set seed=1"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        parts = key.strip().split(".")
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            here = ".".join(parts[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    issues.append(ConfigIssue(f"--set {key}", f"'{here}' is not an index of a {len(node)}-item list"))
+                    break
+                index = int(part)
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    node = node[part]
+            else:
+                issues.append(ConfigIssue(f"--set {key}", f"'{'.'.join(parts[:depth])}' is a value, not a mapping"))
+                break
+    if issues:
+        raise ConfigError(issues)
+    return data
+
+
+def expand_env(data: Any, environ: dict[str, str] | os._Environ = os.environ, path: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; unset variables without default are errors."""
+    issues: list[ConfigIssue] = []
+
+    def walk(value: Any, where: str) -> Any:
+        if isinstance(value, dict):
+            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, str):
+            def substitute(match: re.Match) -> str:
+                name, default = match.group(1), match.group(2)
+                if name in environ:
+                    return environ[name]
+                if default is not None:
+                    return default
+                issues.append(ConfigIssue(where, f"environment variable {name} is not set",
+                                          f"set it, or write ${{{name}:-default}}"))
+                return match.group(0)
+            return _ENV_PATTERN.sub(substitute, value)
+        return value
+
+    result = walk(data, path)
+    if issues:
+        raise ConfigError(issues)
+    return result
+
+
+def check_component(manager: "PluginManager", value: Any, kind: str, path: str) -> list[ConfigIssue]:
+    """Problems of one ``{name, args}`` component of ``kind`` (recursing into nested components)."""
+    registry = manager.registry(kind)
+    if not isinstance(value, dict):
+        example = registry.names()[0] if len(registry) else "..."
+        return [ConfigIssue(path, f"expected a {registry.noun} component, got {value!r}",
+                            f"write {{name: {example}, args: {{...}}}}")]
+    issues = []
+    for key in value:
+        if key not in ("name", "args"):
+            close = suggest(str(key), ["name", "args"])
+            issues.append(ConfigIssue(f"{path}.{key}", "unknown key in a component",
+                                      f"did you mean '{close}'? " if close else "components have only 'name' and 'args'"))
+    name = value.get("name")
+    if not isinstance(name, str):
+        issues.append(ConfigIssue(f"{path}.name", "missing or not a string",
+                                  f"the registered name of a {registry.noun}; run 'mednns list {kind}'"))
+        return issues
+    try:
+        component = registry.get(name)
+    except MednnsError as exc:
+        return issues + [ConfigIssue(f"{path}.name", exc.message, exc.hint)]
+    args = value.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        return issues + [ConfigIssue(f"{path}.args", f"expected a mapping of arguments, got {args!r}")]
+    on_component = lambda v, k, p: check_component(manager, v, k, p)  # noqa: E731
+    return issues + check_args(component.factory, args, f"{path}.args", on_component)
+
+
+def resolve_component(manager: "PluginManager", value: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A validated component with its factory's defaults filled in (for the resolved config)."""
+    component = manager.registry(kind).get(value["name"])
+    return {"name": value["name"], "args": with_defaults(component.factory, dict(value.get("args") or {}))}
+
+
+def validate_config(manager: "PluginManager", data: dict[str, Any], source: str | None = None) -> RunConfig:
+    """Check a raw config mapping and return the resolved :class:`RunConfig`, or raise :class:`ConfigError`."""
+    schema = {f.name: f for f in fields(RunConfig)}
+    issues: list[ConfigIssue] = []
+    for key in data:
+        if key not in schema:
+            close = suggest(str(key), schema)
+            issues.append(ConfigIssue(str(key), "unknown key",
+                                      f"did you mean '{close}'?" if close else f"allowed keys: {', '.join(schema)}"))
+    hints = {"stages": "add e.g. 'stages: [{name: dataset_summary}]'; run 'mednns list stages'"}
+    on_component = lambda v, k, p: check_component(manager, v, k, p)  # noqa: E731
+    annotations = typing.get_type_hints(RunConfig, include_extras=True)
+    for name, f in schema.items():
+        if name in data:
+            issues += check_value(data[name], annotations[name], name, on_component)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            issues.append(ConfigIssue(name, "missing required key", hints.get(name)))
+    device = data.get("device", "auto")
+    if isinstance(device, str) and not DEVICE_PATTERN.match(device):
+        issues.append(ConfigIssue("device", f"invalid device {device!r}", "use auto, cpu, cuda or cuda:N"))
+    stages = data.get("stages")
+    if isinstance(stages, list):
+        seen: set[str] = set()
+        for i, stage in enumerate(stages):
+            name = stage.get("name") if isinstance(stage, dict) else None
+            if isinstance(name, str):
+                if name in seen:
+                    issues.append(ConfigIssue(f"stages[{i}].name", f"stage '{name}' is listed twice"))
+                seen.add(name)
+        if not stages:
+            issues.append(ConfigIssue("stages", "no stages to run", hints["stages"]))
+    if issues:
+        raise ConfigError(issues, source=source)
+    config = RunConfig(**{k: copy.deepcopy(v) for k, v in data.items()})
+    config.datasets = [resolve_component(manager, d, "datasets") for d in config.datasets]
+    config.stages = [resolve_component(manager, s, "stages") for s in config.stages]
+    return config
+
+
+def load_config(
+    manager: "PluginManager",
+    path: str | os.PathLike,
+    overrides: list[str] = (),
+    environ: dict[str, str] | os._Environ = os.environ,
+) -> RunConfig:
+    """Read, override, expand and validate a config file; name defaults to the file's stem."""
+    data = read_yaml(path)
+    data = apply_overrides(data, list(overrides))
+    data = expand_env(data, environ)
+    config = validate_config(manager, data, source=str(path))
+    if config.name is None:
+        config.name = Path(path).stem
+    return config
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
+
+
+__all__ = ["RunConfig", "apply_overrides", "check_component", "describe", "expand_env", "load_config",
+           "read_yaml", "validate_config"]

@@ -1,0 +1,95 @@
+"""Named components per kind: who registered what, and how to build it."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from mednns.errors import DuplicateComponentError, UnknownComponentError
+from mednns.typecheck import suggest
+
+# kind (as typed on the command line) -> (hook that fills it, singular noun for messages)
+KIND_HOOKS: dict[str, tuple[str, str]] = {
+    "search-spaces": ("register_search_spaces", "search space"),
+    "datasets": ("register_datasets", "dataset"),
+    "dataset-encoders": ("register_dataset_encoders", "dataset encoder"),
+    "model-encoders": ("register_model_encoders", "model encoder"),
+    "losses": ("register_losses", "loss"),
+    "stages": ("register_stages", "stage"),
+}
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component: its factory, a one-line description and the plugin that provided it."""
+
+    kind: str
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    provider: str
+
+
+class Registry:
+    """The components of one kind, by name.
+
+    A name registered twice stays recorded as a conflict: asking for it raises
+    :class:`DuplicateComponentError` naming both providers, so the ambiguity is
+    never resolved silently by load order.
+    """
+
+    def __init__(self, kind: str):
+        if kind not in KIND_HOOKS:
+            raise UnknownComponentError(
+                f"Unknown component kind {kind!r}.", hint=f"kinds: {', '.join(KIND_HOOKS)}"
+            )
+        self.kind = kind
+        self.noun = KIND_HOOKS[kind][1]
+        self._components: dict[str, Component] = {}
+        self._conflicts: dict[str, list[str]] = {}
+
+    def add(self, component: Component) -> None:
+        """Add ``component``; raise :class:`DuplicateComponentError` when its name is taken."""
+        existing = self._components.get(component.name)
+        if existing is not None:
+            providers = self._conflicts.setdefault(component.name, [existing.provider])
+            providers.append(component.provider)
+            raise self._duplicate_error(component.name)
+        self._components[component.name] = component
+
+    def _duplicate_error(self, name: str) -> DuplicateComponentError:
+        providers = self._conflicts[name]
+        return DuplicateComponentError(
+            f"{self.noun.capitalize()} '{name}' is registered by more than one plugin: "
+            + " and ".join(f"'{p}'" for p in providers),
+            hint="uninstall or disable one of them (MEDNNS_DISABLE_PLUGINS=<name>)",
+        )
+
+    def get(self, name: str) -> Component:
+        """The component called ``name``; unknown names fail with a suggestion."""
+        if name in self._conflicts:
+            raise self._duplicate_error(name)
+        try:
+            return self._components[name]
+        except KeyError:
+            raise self.unknown(name) from None
+
+    def unknown(self, name: str) -> UnknownComponentError:
+        close = suggest(name, self._components)
+        maybe = f" Did you mean '{close}'?" if close else ""
+        return UnknownComponentError(f"Unknown {self.noun} '{name}'.{maybe} Run 'mednns list {self.kind}'.")
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        """Sorted names, filtered by a glob ``pattern`` (``*mnist*``) when given."""
+        names = sorted(self._components)
+        return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
+
+    def components(self, pattern: str | None = None) -> list[Component]:
+        return [self._components[n] for n in self.names(pattern)]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._components
+
+    def __len__(self) -> int:
+        return len(self._components)

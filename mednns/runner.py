@@ -1,0 +1,136 @@
+"""Execute the stages of a run in order, skipping those already complete for an unchanged config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from mednns.errors import MednnsError, UsageError
+from mednns.files import read_json, write_json
+from mednns.runs import Run, write_run_metadata
+from mednns.seeding import derive_seed, seed_everything
+
+log = logging.getLogger("mednns")
+
+STAGE_STATE = "stage.json"
+
+
+def stage_fingerprint(run: Run, spec: dict[str, Any], previous: str) -> tuple[str, dict[str, Any]]:
+    """Hash of what a stage's results depend on: its spec, the datasets, the seed and the stage before it."""
+    inputs = {"stage": spec, "datasets": run.config.datasets, "seed": run.config.seed, "previous": previous}
+    text = json.dumps(inputs, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16], inputs
+
+
+def _changed_keys(old: Any, new: Any, path: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = list(dict.fromkeys([*old, *new]))
+        return [k for key in keys for k in _changed_keys(old.get(key), new.get(key), f"{path}.{key}" if path else key)]
+    return [] if old == new else [path or "<root>"]
+
+
+def _attach_log_file(directory: Path) -> logging.Handler:
+    handler = logging.FileHandler(directory / "run.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    if log.level == logging.NOTSET or log.level > logging.INFO:
+        log.setLevel(logging.INFO)
+    return handler
+
+
+def execute(run: Run, *, restart: bool = False) -> dict[str, Any]:
+    """Run every stage; return (and write) ``results.json``.
+
+    A stage is skipped when its ``stage.json`` records ``complete`` under the same
+    fingerprint and its outputs exist. A stage interrupted under a *different*
+    config is refused (its partial state belongs to the old config) unless
+    ``restart`` is set, which discards that partial state.
+    """
+    write_run_metadata(run)
+    handler = _attach_log_file(run.directory)
+    results: dict[str, Any] = {"run": run.config.name, "directory": str(run.directory), "status": "running",
+                               "stages": {}}
+    error: BaseException | None = None
+    try:
+        log.info("run %s in %s (device %s, seed %d)", run.config.name, run.directory, run.device, run.seed)
+        run.manager.hooks.hook.run_started(run=run)
+        previous = ""
+        for spec, stage in run.stages:
+            name = spec["name"]
+            fingerprint, inputs = stage_fingerprint(run, spec, previous)
+            previous = fingerprint
+            results["stages"][name] = _run_stage(run, name, stage, fingerprint, inputs, restart)
+            write_json(run.directory / "results.json", results)
+        results["status"] = "complete"
+    except BaseException as exc:
+        error = exc
+        results["status"] = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        results["error"] = f"{type(exc).__name__}: {exc}"
+        log.error("run %s %s: %s", run.config.name, results["status"], results["error"])
+        raise
+    finally:
+        write_json(run.directory / "results.json", results)
+        try:
+            run.manager.hooks.hook.run_finished(run=run, results=results, error=error)
+        finally:
+            log.removeHandler(handler)
+            handler.close()
+    return results
+
+
+def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[str, Any],
+               restart: bool) -> dict[str, Any]:
+    directory = run.stage_dir(name)
+    state_path = directory / STAGE_STATE
+    state = read_json(state_path) if state_path.exists() else None
+    if state is not None and state.get("fingerprint") == fingerprint and state.get("status") == "complete":
+        missing = [str(p) for p in stage.outputs(run) if not Path(p).exists()]
+        if not missing:
+            log.info("stage %s: complete for this config, skipped", name)
+            record = {"status": "skipped", "seconds": state.get("seconds"), "results": state.get("results", {})}
+            run.manager.hooks.hook.stage_finished(run=run, stage=name, results=record["results"], skipped=True)
+            return record
+        log.info("stage %s: outputs missing (%s), running again", name, ", ".join(missing))
+    elif state is not None and state.get("fingerprint") != fingerprint:
+        changed = _changed_keys(state.get("inputs", {}), inputs)
+        if state.get("status") != "complete" and not restart:
+            raise UsageError(
+                f"stage '{name}' in {run.directory} was interrupted under a different config "
+                f"(changed: {', '.join(changed) or 'unknown'}); refusing to resume it",
+                hint="restore the old config, pass --restart to discard its partial state, or use --output-dir",
+            )
+        log.info("stage %s: config changed (%s), running again", name, ", ".join(changed) or "unknown")
+        shutil.rmtree(directory)
+        directory = run.stage_dir(name)
+    elif restart and state is not None and state.get("status") != "complete":
+        shutil.rmtree(directory)
+        directory = run.stage_dir(name)
+
+    seed_everything(derive_seed(run.seed, name))
+    write_json(state_path, {"stage": name, "fingerprint": fingerprint, "inputs": inputs, "status": "running"})
+    log.info("stage %s: running", name)
+    start = time.perf_counter()
+    try:
+        stage_results = stage.run(run) or {}
+    except BaseException as exc:
+        write_json(state_path, {"stage": name, "fingerprint": fingerprint, "inputs": inputs, "status": "failed",
+                                "error": f"{type(exc).__name__}: {exc}"})
+        raise
+    seconds = round(time.perf_counter() - start, 3)
+    try:
+        json.dumps(stage_results)
+    except TypeError as exc:
+        raise MednnsError(f"stage '{name}' returned results that are not JSON-serializable: {exc}") from None
+    missing = [str(p) for p in stage.outputs(run) if not Path(p).exists()]
+    if missing:
+        raise MednnsError(f"stage '{name}' finished without writing its outputs: {', '.join(missing)}")
+    write_json(state_path, {"stage": name, "fingerprint": fingerprint, "inputs": inputs, "status": "complete",
+                            "seconds": seconds, "results": stage_results})
+    log.info("stage %s: complete in %.1f s", name, seconds)
+    run.manager.hooks.hook.stage_finished(run=run, stage=name, results=stage_results, skipped=False)
+    return {"status": "complete", "seconds": seconds, "results": stage_results}

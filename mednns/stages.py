@@ -1,0 +1,39 @@
+"""The stage contract: one step of ``mednns run`` (``dataset_summary``, ``train_supernet``, ...).
+
+Stages are registered through the ``register_stages`` hook, listed by name in a
+config and run in order by :mod:`mednns.runner`. A stage reads what earlier
+stages left in the run directory and writes its own files under
+``run.stage_dir(name)``. The runner skips a stage whose recorded config
+fingerprint is unchanged and whose :meth:`Stage.outputs` all exist.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mednns.runs import Run
+
+
+class Stage(abc.ABC):
+    """Base class of stages. The factory's arguments come from the stage's ``args`` in the config.
+
+    Set :attr:`name` to the registered name; the runner uses it for the stage directory.
+    """
+
+    name: str = ""
+
+    def outputs(self, run: "Run") -> list[Path]:
+        """Files whose existence (with an unchanged config) proves the stage complete."""
+        return []
+
+    @abc.abstractmethod
+    def run(self, run: "Run") -> dict[str, Any]:
+        """Do the work and return JSON-serializable results (stored in ``results.json``).
+
+        Long stages should save progress under ``run.stage_dir(self.name)`` and resume
+        from it: the runner calls ``run`` again after an interruption when the
+        config is unchanged.
+        """

@@ -1,0 +1,194 @@
+"""Config loading and validation: every error path names its key and carries a hint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+import mednns
+from mednns.config import apply_overrides, expand_env, load_config, validate_config
+from mednns.errors import ConfigError, UsageError
+from mednns.manager import PluginManager
+from mednns.stages import Stage
+
+
+class NestedStage(Stage):
+    def __init__(self, space: mednns.ComponentSpec["losses"], mode: Literal["fast", "slow"] = "fast",
+                 epochs: int = 1, ratio: float = 0.5, tags: list[str] | None = None):
+        self.space = space
+
+    def run(self, run):
+        return {}
+
+
+def weighted_loss(weight: float = 1.0) -> float:
+    return weight
+
+
+class ConfigTestPlugin:
+    @mednns.hookimpl
+    def register_stages(self, register):
+        register("nested", NestedStage, description="a stage with a nested component")
+
+    @mednns.hookimpl
+    def register_losses(self, register):
+        register("weighted", weighted_loss, description="a weighted loss")
+
+
+@pytest.fixture(scope="module")
+def manager():
+    manager = PluginManager(environ={})
+    manager.register(ConfigTestPlugin(), "test-plugin")
+    return manager
+
+
+def issues_of(manager, data):
+    with pytest.raises(ConfigError) as info:
+        validate_config(manager, data)
+    assert info.value.exit_code == 2
+    return {issue.path: issue for issue in info.value.issues}
+
+
+GOOD = {"stages": [{"name": "dataset_summary"}],
+        "datasets": [{"name": "npz", "args": {"path": "x.npz"}}]}
+
+
+def test_valid_config_resolves_defaults(manager):
+    config = validate_config(manager, GOOD)
+    assert config.seed == 0 and config.device == "auto" and config.output_dir == "runs"
+    assert config.stages[0] == {"name": "dataset_summary", "args": {"datasets": None, "montage_per_class": 8}}
+    assert config.datasets[0]["args"]["path"] == "x.npz"
+    assert config.datasets[0]["args"]["modality"] == "unknown"  # default filled in
+
+
+def test_unknown_top_level_key_suggests(manager):
+    issues = issues_of(manager, {**GOOD, "sed": 3})
+    assert issues["sed"].message == "unknown key" and "did you mean 'seed'" in issues["sed"].hint
+
+
+def test_wrong_types(manager):
+    issues = issues_of(manager, {**GOOD, "seed": "three", "strict_plugins": "yes", "datasets": {"name": "npz"}})
+    assert "expected int" in issues["seed"].message and "'three'" in issues["seed"].message
+    assert "expected bool" in issues["strict_plugins"].message
+    assert "expected list" in issues["datasets"].message
+
+
+def test_unknown_component_name_suggests_and_points_to_list(manager):
+    issues = issues_of(manager, {"stages": [{"name": "dataset_sumary"}]})
+    issue = issues["stages[0].name"]
+    assert "Unknown stage 'dataset_sumary'. Did you mean 'dataset_summary'?" in issue.message
+    assert "mednns list stages" in issue.message
+
+
+def test_missing_and_unexpected_arguments(manager):
+    data = {"stages": [{"name": "dataset_summary", "args": {"montage_per_clas": 2}}],
+            "datasets": [{"name": "npz", "args": {}}]}
+    issues = issues_of(manager, data)
+    assert issues["datasets[0].args.path"].message == "missing required argument"
+    assert "add 'path'" in issues["datasets[0].args.path"].hint
+    unexpected = issues["stages[0].args.montage_per_clas"]
+    assert unexpected.message == "unexpected argument"
+    assert "did you mean 'montage_per_class'" in unexpected.hint
+
+
+def test_argument_types_literals_and_nested_components(manager):
+    data = {"stages": [{"name": "nested", "args": {"space": {"name": "weighted", "args": {"weight": "heavy"}},
+                                                     "mode": "medium", "epochs": 1.5, "ratio": 1, "tags": ["a", 2]}}]}
+    issues = issues_of(manager, data)
+    assert "expected float" in issues["stages[0].args.space.args.weight"].message
+    assert "must be one of 'fast', 'slow'" in issues["stages[0].args.mode"].message
+    assert "expected int" in issues["stages[0].args.epochs"].message
+    assert "stages[0].args.ratio" not in issues  # an int is a fine float
+    assert "expected str" in issues["stages[0].args.tags[1]"].message
+
+
+def test_nested_component_unknown_name(manager):
+    issues = issues_of(manager, {"stages": [{"name": "nested", "args": {"space": {"name": "weigted"}}}]})
+    assert "Did you mean 'weighted'" in issues["stages[0].args.space.name"].message
+
+
+def test_component_shape_errors(manager):
+    issues = issues_of(manager, {"stages": ["dataset_summary", {"name": "dataset_summary", "arg": {}},
+                                            {"args": {}}, {"name": "nested", "args": [1]}]})
+    assert "expected a stage component" in issues["stages[0]"].message
+    assert "{name: " in issues["stages[0]"].hint
+    assert issues["stages[1].arg"].message == "unknown key in a component"
+    assert "did you mean 'args'" in issues["stages[1].arg"].hint
+    assert issues["stages[2].name"].message == "missing or not a string"
+    assert "expected a mapping of arguments" in issues["stages[3].args"].message
+
+
+def test_stages_required_nonempty_and_unique(manager):
+    assert issues_of(manager, {})["stages"].message == "missing required key"
+    assert issues_of(manager, {"stages": []})["stages"].message == "no stages to run"
+    issues = issues_of(manager, {"stages": [{"name": "dataset_summary"}, {"name": "dataset_summary"}]})
+    assert "listed twice" in issues["stages[1].name"].message
+
+
+def test_invalid_device(manager):
+    issues = issues_of(manager, {**GOOD, "device": "gpu"})
+    assert "invalid device 'gpu'" in issues["device"].message and "cuda:N" in issues["device"].hint
+
+
+def test_all_problems_reported_at_once(manager):
+    with pytest.raises(ConfigError) as info:
+        validate_config(manager, {"stages": [{"name": "nope"}], "seed": "x", "colour": 1})
+    assert len(info.value.issues) == 3
+    text = str(info.value)
+    assert text.startswith("3 configuration errors:")
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_syntax_error_names_line(manager, tmp_path):
+    path = write(tmp_path, "stages:\n  - name: dataset_summary\n seed: [\n")
+    with pytest.raises(ConfigError, match=r"invalid YAML at line \d+, column \d+"):
+        load_config(manager, path)
+
+
+def test_duplicate_yaml_keys_are_rejected(manager, tmp_path):
+    path = write(tmp_path, "seed: 1\nseed: 2\nstages: [{name: dataset_summary}]\n")
+    with pytest.raises(ConfigError, match="duplicate key 'seed'"):
+        load_config(manager, path)
+
+
+def test_yaml_is_loaded_safely(manager, tmp_path):
+    path = write(tmp_path, "seed: !!python/object/apply:os.system ['echo hacked']\nstages: [{name: dataset_summary}]\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(manager, path)
+
+
+def test_top_level_must_be_a_mapping_and_file_must_exist(manager, tmp_path):
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(manager, write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(UsageError, match="Config file not found"):
+        load_config(manager, tmp_path / "missing.yaml")
+
+
+def test_name_defaults_to_file_stem_and_overrides_apply(manager, tmp_path):
+    path = write(tmp_path, "stages: [{name: dataset_summary}]\ndatasets: [{name: npz, args: {path: a.npz}}]\n")
+    config = load_config(manager, path, ["seed=7", "datasets.0.args.path=b.npz", "stages.0.args.montage_per_class=0"])
+    assert config.name == "config" and config.seed == 7
+    assert config.datasets[0]["args"]["path"] == "b.npz"
+    assert config.stages[0]["args"]["montage_per_class"] == 0
+
+
+def test_override_errors():
+    with pytest.raises(ConfigError) as info:
+        apply_overrides({"datasets": [{"name": "npz"}], "seed": 1}, ["noequals", "datasets.3.name=x", "seed.x=1"])
+    paths = [i.path for i in info.value.issues]
+    assert paths == ["--set noequals", "--set datasets.3.name", "--set seed.x"]
+
+
+def test_environment_expansion():
+    data = {"a": "${HOME_DIR}/data", "b": ["${MISSING:-fallback}"], "c": 3}
+    assert expand_env(data, {"HOME_DIR": "/h"}) == {"a": "/h/data", "b": ["fallback"], "c": 3}
+    with pytest.raises(ConfigError) as info:
+        expand_env({"x": {"y": "${NOT_SET}"}}, {})
+    assert info.value.issues[0].path == "x.y" and "NOT_SET" in info.value.issues[0].message

@@ -1,0 +1,143 @@
+"""The runner: run directory contents, stage skipping, resume refusal, seeding, lifecycle hooks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mednns
+from mednns.config import validate_config
+from mednns.errors import UsageError
+from mednns.manager import PluginManager
+from mednns.runner import execute
+from mednns.runs import prepare_run
+from mednns.stages import Stage
+
+CALLS: list[str] = []
+
+
+class CountingStage(Stage):
+    def __init__(self, value: int = 1, fail: bool = False):
+        self.value, self.fail = value, fail
+
+    def outputs(self, run):
+        return [run.stage_dir(self.name) / "out.json"]
+
+    def run(self, run):
+        CALLS.append(self.name)
+        (run.stage_dir(self.name) / "partial.txt").write_text("work in progress")
+        if self.fail:
+            raise RuntimeError("stage failed on purpose")
+        draw = {"torch": torch.rand(1).item(), "numpy": float(np.random.rand())}
+        (run.stage_dir(self.name) / "out.json").write_text(json.dumps(draw))
+        return {"value": self.value, **draw}
+
+
+class Observer:
+    def __init__(self):
+        self.events = []
+
+    @mednns.hookimpl
+    def register_stages(self, register):
+        register("first", CountingStage, description="counts calls")
+        register("second", CountingStage, description="counts calls too")
+
+    @mednns.hookimpl
+    def run_started(self, run):
+        self.events.append(("started", run.config.name))
+
+    @mednns.hookimpl
+    def stage_finished(self, run, stage, results, skipped):
+        self.events.append(("stage", stage, skipped))
+
+    @mednns.hookimpl
+    def run_finished(self, run, results, error):
+        self.events.append(("finished", results["status"], type(error).__name__ if error else None))
+
+
+@pytest.fixture
+def setup(tmp_path):
+    CALLS.clear()
+    manager = PluginManager(environ={})
+    observer = Observer()
+    manager.register(observer, "observer")
+
+    def run(first_args=None, second_args=None, restart=False, seed=0):
+        data = {"name": "test", "seed": seed, "output_dir": str(tmp_path), "device": "cpu",
+                "stages": [{"name": "first", "args": first_args or {}},
+                           {"name": "second", "args": second_args or {}}]}
+        return execute(prepare_run(manager, validate_config(manager, data)), restart=restart)
+
+    return run, observer, tmp_path / "test"
+
+
+def test_run_directory_holds_config_plugins_environment_log_results(setup):
+    run, observer, directory = setup
+    results = run()
+    assert results["status"] == "complete"
+    assert sorted(p.name for p in directory.iterdir()) == [
+        "config.yaml", "environment.json", "plugins.json", "results.json", "run.log", "stages"]
+    env = json.loads((directory / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["mednns"] == mednns.__version__
+    assert "git_sha" in env
+    plugins = {p["name"]: p for p in json.loads((directory / "plugins.json").read_text())}
+    assert plugins["observer"]["components"] == {"stages": ["first", "second"]}
+    assert plugins["npz"]["version"] == mednns.__version__
+    stored = json.loads((directory / "results.json").read_text())
+    assert stored["stages"]["first"]["results"]["value"] == 1
+    assert "stage first: complete" in (directory / "run.log").read_text()
+    assert observer.events == [("started", "test"), ("stage", "first", False), ("stage", "second", False),
+                               ("finished", "complete", None)]
+
+
+def test_rerun_skips_complete_stages_and_reruns_changed_ones(setup):
+    run, observer, directory = setup
+    run()
+    assert CALLS == ["first", "second"]
+    results = run()
+    assert CALLS == ["first", "second"]  # nothing ran again
+    assert [results["stages"][s]["status"] for s in ("first", "second")] == ["skipped", "skipped"]
+    assert results["stages"]["first"]["results"]["value"] == 1
+    run(second_args={"value": 2})  # only the second stage's config changed
+    assert CALLS == ["first", "second", "second"]
+    run(first_args={"value": 3})  # a changed first stage invalidates the one after it
+    assert CALLS == ["first", "second", "second", "first", "second"]
+
+
+def test_missing_outputs_make_a_stage_run_again(setup):
+    run, _, directory = setup
+    run()
+    (directory / "stages" / "first" / "out.json").unlink()
+    run()
+    assert CALLS == ["first", "second", "first"]  # same fingerprint: the next stage stays valid
+
+
+def test_each_stage_is_seeded_the_same_whether_or_not_earlier_stages_ran(setup):
+    run, _, directory = setup
+    first = run()["stages"]["second"]["results"]
+    (directory / "stages" / "second" / "out.json").unlink()
+    again = run()["stages"]["second"]["results"]  # first skipped, second recomputed
+    assert CALLS == ["first", "second", "second"]
+    assert again["torch"] == first["torch"] and again["numpy"] == first["numpy"]
+    other_seed = run(seed=1)["stages"]["second"]["results"]
+    assert other_seed["torch"] != first["torch"]
+
+
+def test_failed_stage_is_recorded_and_resumed_only_under_the_same_config(setup):
+    run, observer, directory = setup
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run(second_args={"fail": True})
+    results = json.loads((directory / "results.json").read_text())
+    assert results["status"] == "failed" and "on purpose" in results["error"]
+    state = json.loads((directory / "stages" / "second" / "stage.json").read_text())
+    assert state["status"] == "failed"
+    assert observer.events[-1] == ("finished", "failed", "RuntimeError")
+    with pytest.raises(UsageError, match=r"interrupted under a different config \(changed: stage.args.fail\)"):
+        run(second_args={"fail": False})
+    assert (directory / "stages" / "second" / "partial.txt").exists()  # partial state kept
+    results = run(second_args={"fail": False}, restart=True)
+    assert results["status"] == "complete"
+    assert results["stages"]["first"]["status"] == "skipped"
