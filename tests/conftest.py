@@ -1,0 +1,37 @@
+"""Shared fixtures: the real data folder and capturing a plugin's registrations."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+#: ``../shared/data`` relative to the repository root (real datasets, read-only, never copied).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The real data folder; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def registered() -> Callable[[types.ModuleType], dict[str, tuple[Callable[..., Any], str]]]:
+    """``registered(plugin_module)`` -> ``{name: (factory, description)}`` from its ``register_datasets``."""
+
+    def capture(module: types.ModuleType) -> dict[str, tuple[Callable[..., Any], str]]:
+        found: dict[str, tuple[Callable[..., Any], str]] = {}
+
+        def register(name: str, factory: Callable[..., Any], *, description: str) -> None:
+            assert name not in found, f"{name} registered twice"
+            found[name] = (factory, description)
+
+        module.register_datasets(register=register)
+        return found
+
+    return capture
