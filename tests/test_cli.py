@@ -206,3 +206,14 @@ def test_example_config_summarizes_real_medmnist_and_image_folder(shared_data, t
     assert pneumonia["splits"]["train"]["class_counts"] == {"normal": 1214, "pneumonia": 3494}
     assert kidney["label_names"] == ["Cyst", "Normal", "Stone", "Tumor"] and kidney["n_channels"] == 1
     assert sum(kidney["split_sizes"].values()) == 1914
+
+
+def test_strict_plugins_config_key_turns_load_problems_into_errors(config, tmp_path):
+    site = make_distribution(tmp_path / "site", "mednns-broken3", {"brokenplugin3": "import nothing_here\n"},
+                             {"broken3": "brokenplugin3"})
+    env = {"PYTHONPATH": str(site)}
+    lenient = run_mednns("validate", str(config), env_extra=env)
+    assert lenient.returncode == 0 and "Warning: plugin 'broken3'" in lenient.stderr
+    strict = run_mednns("validate", str(config), "--set", "strict_plugins=true", env_extra=env)
+    assert strict.returncode == 1
+    assert "Plugin errors (strict mode): 'broken3' (mednns-broken3 1.0)" in strict.stderr

@@ -27,3 +27,20 @@ def test_generated_data_is_seeded_and_lesions_are_brighter():
     peak = train.images.reshape(40, -1).max(axis=1)
     labels = train.labels[:, 0]
     assert peak[labels == 1].mean() > peak[labels == 0].mean() + 40
+
+
+def test_mednns_plugins_command_shows_it_and_the_allow_list_hides_it():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def plugins(**env):
+        out = subprocess.run([sys.executable, "-m", "mednns", "plugins", "--json"], capture_output=True, text=True,
+                             env={**os.environ, **env}, check=True).stdout
+        return {p["name"]: p for p in json.loads(out)}
+
+    shown = plugins()["synthetic_lesions"]
+    assert shown["status"] == "loaded" and shown["distribution"] == "mednns-example-plugin"
+    assert shown["components"] == {"datasets": ["synthetic_lesions"]}
+    assert plugins(MEDNNS_LOAD_PLUGINS="")["synthetic_lesions"]["status"] == "not-allowed"
