@@ -91,29 +91,30 @@ def prepare_run(manager: PluginManager, config: RunConfig, directory: str | os.P
     device = resolve_device(config.device)
     issues: list[ConfigIssue] = []
     datasets: dict[str, MedicalDataset] = {}
-    for i, spec in enumerate(config.datasets):
-        try:
-            dataset = manager.registry("datasets").get(spec["name"]).factory(**spec["args"])
-        except MednnsError as exc:
-            issues.append(ConfigIssue(f"datasets[{i}]", exc.message, exc.hint))
-            continue
+    for i, _, dataset in _build(manager, "datasets", config.datasets, issues):
         if dataset.name in datasets:
             issues.append(ConfigIssue(f"datasets[{i}]", f"a second dataset named '{dataset.name}'",
                                       "give one of them another 'name' argument"))
         datasets[dataset.name] = dataset
-    stages = []
-    for i, spec in enumerate(config.stages):
-        try:
-            stage = manager.registry("stages").get(spec["name"]).factory(**spec["args"])
-        except MednnsError as exc:
-            issues.append(ConfigIssue(f"stages[{i}]", exc.message, exc.hint))
-            continue
+    stages = [(spec, stage) for _, spec, stage in _build(manager, "stages", config.stages, issues)]
+    for spec, stage in stages:
         stage.name = spec["name"]
-        stages.append((spec, stage))
     if issues:
         raise ConfigError(issues)
     directory = Path(directory) if directory is not None else Path(config.output_dir) / str(config.name)
     return Run(directory.resolve(), config, manager, device, datasets, stages, console or Console())
+
+
+def _build(manager: PluginManager, kind: str, specs: list[dict[str, Any]],
+           issues: list[ConfigIssue]) -> list[tuple[int, dict[str, Any], Any]]:
+    """Call the factory of each validated component spec; failures become issues at ``kind[i]``."""
+    built = []
+    for i, spec in enumerate(specs):
+        try:
+            built.append((i, spec, manager.registry(kind).get(spec["name"]).factory(**spec["args"])))
+        except MednnsError as exc:
+            issues.append(ConfigIssue(f"{kind}[{i}]", exc.message, exc.hint))
+    return built
 
 
 def git_sha(path: Path) -> str | None:

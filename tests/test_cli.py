@@ -217,3 +217,17 @@ def test_strict_plugins_config_key_turns_load_problems_into_errors(config, tmp_p
     strict = run_mednns("validate", str(config), "--set", "strict_plugins=true", env_extra=env)
     assert strict.returncode == 1
     assert "Plugin errors (strict mode): 'broken3' (mednns-broken3 1.0)" in strict.stderr
+
+
+def test_two_datasets_with_one_name_are_refused(tmp_path):
+    write_npz(tmp_path / "tiny.npz")
+    path = tmp_path / "twice.yaml"
+    path.write_text(f"""
+datasets:
+  - {{name: npz, args: {{path: {tmp_path / 'tiny.npz'}}}}}
+  - {{name: npz, args: {{path: {tmp_path / 'tiny.npz'}}}}}
+stages: [{{name: dataset_summary}}]
+""")
+    result = invoke("validate", str(path))
+    assert result.exit_code == 2
+    assert "datasets[1]: a second dataset named 'tiny'" in result.output and "'name' argument" in result.output
