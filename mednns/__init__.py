@@ -23,6 +23,7 @@ from mednns.errors import (
     UsageError,
 )
 from mednns.hookspecs import hookimpl
+from mednns.registry import lazy
 from mednns.typecheck import ComponentSpec
 
 __version__ = "0.1.0"
@@ -57,5 +58,6 @@ __all__ = [
     "__version__",
     "create",
     "hookimpl",
+    "lazy",
     "list_components",
 ]

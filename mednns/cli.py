@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import sys
-import traceback
 from typing import Any
 
 import click

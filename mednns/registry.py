@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,6 +19,42 @@ KIND_HOOKS: dict[str, tuple[str, str]] = {
     "losses": ("register_losses", "loss"),
     "stages": ("register_stages", "stage"),
 }
+
+
+class LazyFactory:
+    """A factory named ``"module:attribute"``, imported on first use.
+
+    Registering heavy components (torch models) lazily keeps ``mednns list`` and
+    ``mednns plugins`` fast: the module is imported when the component is built
+    or its arguments are validated.
+    """
+
+    def __init__(self, target: str):
+        module, sep, attribute = target.partition(":")
+        if not sep or not module or not attribute:
+            raise ValueError(f"lazy factory target must be 'module:attribute', got {target!r}")
+        self.target = target
+        self._loaded: Callable[..., Any] | None = None
+
+    def load(self) -> Callable[..., Any]:
+        if self._loaded is None:
+            module, _, attribute = self.target.partition(":")
+            obj: Any = importlib.import_module(module)
+            for part in attribute.split("."):
+                obj = getattr(obj, part)
+            self._loaded = obj
+        return self._loaded
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.load()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"lazy({self.target!r})"
+
+
+def lazy(target: str) -> LazyFactory:
+    """``register("name", mednns.lazy("my_pkg.models:MyNet"), description=...)``: import on first use."""
+    return LazyFactory(target)
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,9 @@ def check_value(value: Any, tp: Any, path: str, on_component: ComponentChecker |
 
 def factory_parameters(factory: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
     """``(keyword parameters, resolved annotations, accepts **kwargs)`` of a factory."""
+    load = getattr(factory, "load", None)  # a mednns.lazy(...) factory: inspect what it imports
+    if callable(load):
+        factory = load()
     signature = inspect.signature(factory)
     target = factory.__init__ if inspect.isclass(factory) else factory
     try:
