@@ -247,3 +247,40 @@ def test_every_hook_is_typed_and_documented():
         assert all(f":param {p}:" in doc for p in params), spec.__name__
         assert ":returns:" in doc, spec.__name__
         assert all(p.annotation is not inspect.Parameter.empty for p in inspect.signature(spec).parameters.values())
+
+
+def test_loading_every_builtin_plugin_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from mednns.manager import PluginManager; m = PluginManager(environ={}); "
+            "assert not m.errors, m.errors; assert 'ofa_resnet' in m.registry('search-spaces'); "
+            "print(sorted(n for n in ('torch', 'timm', 'medmnist') if n in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_lazy_factories_import_on_use_and_are_validated_like_others():
+    from mednns.registry import LazyFactory
+
+    class Lazy:
+        @mednns.hookimpl
+        def register_losses(self, register):
+            register("lazy_weighted", mednns.lazy("tests_lazy_target:weighted"), description="lazy")
+
+    import sys
+    import types
+
+    module = types.ModuleType("tests_lazy_target")
+    exec("def weighted(weight: float = 1.0):\n    return weight * 2\n", module.__dict__)
+    sys.modules["tests_lazy_target"] = module
+    try:
+        manager = PluginManager(environ={})
+        manager.register(Lazy(), "lazy")
+        assert manager.create("losses", "lazy_weighted", weight=1.5) == 3.0
+        with pytest.raises(mednns.ConfigError, match="expected float"):
+            manager.create("losses", "lazy_weighted", weight="heavy")
+    finally:
+        del sys.modules["tests_lazy_target"]
+    with pytest.raises(ValueError, match="module:attribute"):
+        LazyFactory("no_colon")

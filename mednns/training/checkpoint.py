@@ -1,0 +1,177 @@
+"""Checkpoints and final supernet files: weights as safetensors, metadata as JSON, training state as torch.
+
+A checkpoint is three files named by a tag under ``<dir>/checkpoints/``, each written atomically
+(temporary file, then rename): ``<tag>.safetensors`` (supernet weights and BN buffers),
+``<tag>.json`` (metadata: space, dataset, phase, epoch, step, metrics ...) and ``<tag>.state.pt``
+(optimizer, scheduler, RNG states, progress counters). ``latest.json`` names the newest complete
+tag and is written last, so a crash at any point leaves the previous checkpoint usable; older
+tags are then deleted.
+
+The final supernet is ``supernet.safetensors`` + ``supernet.json``; :func:`load_supernet` rebuilds
+the space through the search-space registry from ``supernet.json`` and loads the weights.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from torch import nn
+
+from mednns.errors import UsageError
+from mednns.files import atomic_write_bytes, read_json, write_json
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest.json"
+from mednns.training.config import SUPERNET_METADATA, SUPERNET_WEIGHTS  # noqa: E402 (re-exported)
+FORMAT = "mednns-supernet/1"
+
+
+# -- weights -------------------------------------------------------------------
+def module_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors (what safetensors stores)."""
+    return {name: t.detach().to("cpu").contiguous() for name, t in module.state_dict().items()}
+
+
+def save_weights(path: str | os.PathLike, module: nn.Module, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``module``'s state dict to a safetensors file, atomically."""
+    return atomic_write_bytes(path, safetensors.torch.save(module_tensors(module), metadata=metadata))
+
+
+def load_weights(module: nn.Module, path: str | os.PathLike) -> None:
+    """Load a safetensors state dict into ``module`` (strict: every key must match)."""
+    device = next(module.parameters()).device
+    state = safetensors.torch.load_file(str(path), device=str(device))
+    module.load_state_dict(state, strict=True)
+
+
+# -- RNG states ----------------------------------------------------------------
+def capture_rng_state() -> dict[str, Any]:
+    """Python, numpy, torch (and CUDA) global RNG states, in types ``torch.load(weights_only=True)`` accepts."""
+    key, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": key, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Undo :func:`capture_rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["key"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- checkpoints ---------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """A checkpoint read back: its tag, weights file, metadata and training state."""
+
+    tag: str
+    weights: Path
+    metadata: dict[str, Any]
+    state: dict[str, Any]
+
+
+def _paths(directory: Path, tag: str) -> tuple[Path, Path, Path]:
+    folder = directory / CHECKPOINT_DIR
+    return folder / f"{tag}.safetensors", folder / f"{tag}.json", folder / f"{tag}.state.pt"
+
+
+def save_checkpoint(directory: str | os.PathLike, tag: str, module: nn.Module, metadata: dict[str, Any],
+                    state: dict[str, Any]) -> Path:
+    """Write checkpoint ``tag`` under ``directory/checkpoints`` and make it the latest; returns the weights path."""
+    directory = Path(directory)
+    weights, meta, state_path = _paths(directory, tag)
+    save_weights(weights, module, {"format": FORMAT, "tag": tag})
+    write_json(meta, metadata)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(state_path, buffer.getvalue())
+    write_json(directory / CHECKPOINT_DIR / LATEST, {"tag": tag})
+    for path in (directory / CHECKPOINT_DIR).iterdir():
+        if path.name != LATEST and not path.name.startswith((f"{tag}.", ".")):
+            path.unlink(missing_ok=True)
+    return weights
+
+
+def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint | None:
+    """The latest checkpoint under ``directory/checkpoints``, or ``None`` when there is none."""
+    pointer = Path(directory) / CHECKPOINT_DIR / LATEST
+    if not pointer.exists():
+        return None
+    tag = read_json(pointer)["tag"]
+    weights, meta, state_path = _paths(Path(directory), tag)
+    missing = [str(p) for p in (weights, meta, state_path) if not p.exists()]
+    if missing:
+        raise UsageError(f"checkpoint {tag} in {pointer.parent} is incomplete: missing {', '.join(missing)}",
+                         hint="delete the checkpoints folder (or rerun with --restart) to start over")
+    state = torch.load(state_path, map_location=map_location, weights_only=True)
+    return Checkpoint(tag, weights, read_json(meta), state)
+
+
+# -- final supernet files ------------------------------------------------------
+def save_supernet(directory: str | os.PathLike, module: nn.Module, metadata: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``supernet.safetensors`` and ``supernet.json`` (weights first, then the metadata naming them)."""
+    directory = Path(directory)
+    weights = save_weights(directory / SUPERNET_WEIGHTS, module, {"format": FORMAT})
+    meta = write_json(directory / SUPERNET_METADATA, {**metadata, "weights": SUPERNET_WEIGHTS})
+    return weights, meta
+
+
+def _resolve(path: Path) -> tuple[Path, Path]:
+    if path.is_dir():
+        return path / SUPERNET_METADATA, path / SUPERNET_WEIGHTS
+    if path.suffix == ".safetensors":
+        return path.with_suffix(".json"), path
+    if path.suffix == ".json":
+        return path, path.with_suffix(".safetensors")
+    raise UsageError(f"not a supernet file or folder: {path}",
+                     hint=f"give the folder holding {SUPERNET_METADATA}, or the .json / .safetensors file")
+
+
+def load_supernet(path: str | os.PathLike, *, device: str | torch.device = "cpu", manager: Any = None
+                  ) -> tuple[Any, dict[str, Any]]:
+    """Rebuild a trained supernet: ``(space, metadata)``.
+
+    :param path: a folder holding ``supernet.json`` + ``supernet.safetensors`` (e.g. a
+        ``train_supernet`` output folder), or either file (a checkpoint's ``<tag>.json`` works too).
+    :param device: where to put the weights.
+    :param manager: the :class:`~mednns.manager.PluginManager` whose search-space registry builds
+        the space (default: the process-wide one, as :func:`mednns.create`).
+    :returns: the space in eval mode, with its largest architecture active, and the metadata.
+    """
+    from mednns.manager import get_plugin_manager
+
+    meta_path, weights_path = _resolve(Path(path))
+    for p in (meta_path, weights_path):
+        if not p.exists():
+            raise UsageError(f"supernet file not found: {p}")
+    metadata = read_json(meta_path)
+    spec = metadata.get("space")
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise UsageError(f"{meta_path} does not describe a search space (no 'space.name')")
+    manager = manager or get_plugin_manager()
+    space = manager.create("search-spaces", spec["name"], **spec.get("args", {}))
+    space.to(device)
+    load_weights(space, weights_path)
+    space.set_active(space.largest())
+    space.eval()
+    return space, metadata

@@ -1,0 +1,177 @@
+"""The training configuration of a supernet and its progressive-shrinking plan.
+
+:class:`TrainConfig` holds every hyper-parameter of :class:`~mednns.training.trainer.SupernetTrainer`;
+the ``train_supernet`` stage exposes the same names as typed arguments. :func:`plan_phases` turns it
+and a space's elastic dimensions into the ordered list of :class:`Phase` objects the trainer runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+from mednns.errors import UsageError
+
+#: File names of a trained supernet folder.
+SUPERNET_WEIGHTS = "supernet.safetensors"
+SUPERNET_METADATA = "supernet.json"
+FINAL = "final.json"
+
+#: Name of the first phase: the largest network alone, trained on the labels.
+FULL_PHASE = "full"
+
+#: Dimensions whose release reorders channels first (OFA's ``re_organize_middle_weights``).
+CHANNEL_DIMENSIONS = ("expand", "width")
+
+#: Keys of :class:`TrainConfig` that do not change what is computed (ignored when resuming).
+NON_RESULT_KEYS = frozenset({"progress", "checkpoint_every_steps"})
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of supernet training (defaults suit the ``cpu`` presets at 28 px).
+
+    Phases: ``full_epochs``/``full_lr`` for the largest network alone, then one phase per
+    elastic dimension with ``shrink_epochs``/``shrink_lr``; ``phases`` overrides either per
+    phase name (``full`` or a dimension): ``{"depth": {"epochs": 2, "lr": 0.01}}``. A phase
+    with 0 epochs is skipped; its dimension is still released for the phases after it.
+    """
+
+    full_epochs: int = 8
+    full_lr: float = 0.1
+    shrink_epochs: int = 4
+    shrink_lr: float = 0.03
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    batch_size: int = 128
+    num_random: int = 2
+    kd_weight: float = 1.0
+    label_weight: float = 0.0
+    kd_temperature: float = 1.0
+    label_smoothing: float = 0.1
+    optimizer: Literal["sgd", "momentum", "adamw"] = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    warmup_epochs: float = 1.0
+    warmup_lr_ratio: float = 0.01
+    min_lr: float = 0.0
+    grad_clip: float | None = None
+    crop_padding: int = 2
+    hflip: bool = False
+    max_train_images: int | None = None
+    calibration_images: int = 512
+    calibration_batch_size: int = 128
+    eval_batch_size: int = 256
+    final_samples: int = 15
+    checkpoint_every_steps: int | None = None
+    amp: bool = True
+    channels_last: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.phases = {str(k): dict(v) for k, v in (self.phases or {}).items()}
+        problems = []
+        positive = ("batch_size", "calibration_images", "calibration_batch_size", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("full_epochs", "shrink_epochs", "num_random", "crop_padding"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("full_lr", "shrink_lr", "kd_weight", "label_weight", "weight_decay", "warmup_epochs",
+                     "min_lr", "warmup_lr_ratio", "momentum"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.kd_temperature <= 0:
+            problems.append(f"kd_temperature must be > 0, got {self.kd_temperature}")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.final_samples < 1:
+            problems.append(f"final_samples must be >= 1, got {self.final_samples}")
+        if self.max_train_images is not None and self.max_train_images < 2:
+            problems.append(f"max_train_images must be >= 2 (or null), got {self.max_train_images}")
+        if self.checkpoint_every_steps is not None and self.checkpoint_every_steps < 1:
+            problems.append(f"checkpoint_every_steps must be >= 1 (or null), got {self.checkpoint_every_steps}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            problems.append(f"grad_clip must be > 0 (or null), got {self.grad_clip}")
+        for name, override in self.phases.items():
+            unknown = sorted(set(override) - {"epochs", "lr"})
+            if unknown:
+                problems.append(f"phases.{name}: unknown key(s) {', '.join(unknown)}; allowed: epochs, lr")
+            epochs = override.get("epochs")
+            if epochs is not None and (epochs < 0 or float(epochs) != int(epochs)):
+                problems.append(f"phases.{name}.epochs must be a whole number >= 0, got {epochs}")
+            if override.get("lr") is not None and override["lr"] < 0:
+                problems.append(f"phases.{name}.lr must be >= 0, got {override['lr']}")
+        if problems:
+            raise UsageError("invalid training configuration: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict of every field."""
+        return dataclasses.asdict(self)
+
+    def result_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the keys that do not change results (:data:`NON_RESULT_KEYS`)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_KEYS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UsageError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase.
+
+    :param name: ``full`` or the elastic dimension it releases.
+    :param released: dimensions sampled in this phase (cumulative, in the space's order).
+    :param epochs: epochs (0: skipped).
+    :param lr: peak learning rate of its cosine schedule.
+    :param sort_channels: call ``space.sort_channels()`` before the phase starts.
+    """
+
+    name: str
+    released: tuple[str, ...]
+    epochs: int
+    lr: float
+    sort_channels: bool
+
+    @property
+    def sandwich(self) -> bool:
+        """Whether subnets other than the largest are trained (every phase but ``full``)."""
+        return bool(self.released)
+
+
+def plan_phases(dimensions: Sequence[str], config: TrainConfig) -> list[Phase]:
+    """The phases, in order: ``full`` then one per dimension of ``dimensions``, releasing them cumulatively.
+
+    Skipped phases (0 epochs) are included with ``epochs == 0``. A phase releasing
+    ``expand`` or ``width`` sorts channels first.
+    """
+    dimensions = tuple(dimensions)
+    allowed = (FULL_PHASE, *dimensions)
+    unknown = sorted(set(config.phases) - set(allowed))
+    if unknown:
+        raise UsageError(f"phases: unknown phase(s) {', '.join(unknown)} for a space with dimensions "
+                         f"{', '.join(dimensions) or 'none'}", hint=f"phase names: {', '.join(allowed)}")
+
+    def setting(name: str, key: str, default: float) -> float:
+        value = config.phases.get(name, {}).get(key)
+        return default if value is None else value
+
+    phases = [Phase(FULL_PHASE, (), int(setting(FULL_PHASE, "epochs", config.full_epochs)),
+                    float(setting(FULL_PHASE, "lr", config.full_lr)), False)]
+    for i, dim in enumerate(dimensions):
+        phases.append(Phase(dim, dimensions[: i + 1], int(setting(dim, "epochs", config.shrink_epochs)),
+                            float(setting(dim, "lr", config.shrink_lr)), dim in CHANNEL_DIMENSIONS))
+    return phases
+
+
+def warmup_steps(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> int:
+    """Warm-up steps of a phase: ``warmup_epochs`` worth of steps, at most a quarter of the phase."""
+    return max(0, min(int(math.ceil(config.warmup_epochs * steps_per_epoch)), total_steps // 4))

@@ -1,0 +1,278 @@
+"""Built-in stage ``train_supernet`` and command ``mednns train-supernet``: one supernet per dataset.
+
+Each selected dataset of the run gets a supernet of the configured search space (``in_channels``
+and ``num_classes`` from the dataset's info) trained with progressive shrinking and the sandwich
+rule (:mod:`mednns.training`) into ``stages/train_supernet/<dataset>/``::
+
+    metrics.csv  checkpoints/  supernet.safetensors  supernet.json  final.json
+
+Interrupted runs resume from the latest checkpoint when ``mednns run`` is called again with the
+same config. :func:`mednns.training.load_supernet` rebuilds a trained supernet from its folder.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+import yaml
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import mednns
+from mednns.data import MedicalDataset
+from mednns.errors import ConfigError, ConfigIssue, UsageError
+from mednns.seeding import derive_seed, seed_everything
+from mednns.stages import Stage
+from mednns.training.config import FINAL, SUPERNET_METADATA, SUPERNET_WEIGHTS, TrainConfig
+
+STAGE = "train_supernet"
+#: The search space used when the stage's ``space`` is not given.
+DEFAULT_SPACE: dict[str, Any] = {"name": "ofa_resnet", "args": {"preset": "cpu"}}
+
+_D = TrainConfig()  # the defaults below come from TrainConfig: one source of truth
+
+
+class TrainSupernet(Stage):
+    """Train one supernet per dataset of the run (or of ``datasets``).
+
+    :param space: the search space ``{name, args}``; default ``{name: ofa_resnet, args: {preset: cpu}}``.
+        ``num_classes`` comes from each dataset; ``in_channels`` too unless given (1 ↔ 3 channels are adapted).
+    :param datasets: names of the run's datasets to train on (default: all).
+    :param full_epochs: epochs of the full-network phase (largest network only).
+    :param full_lr: its peak learning rate.
+    :param shrink_epochs: epochs of each progressive-shrinking phase (one per elastic dimension).
+    :param shrink_lr: their peak learning rate.
+    :param phases: per-phase overrides ``{full|<dimension>: {epochs: N, lr: X}}``; 0 epochs skips a phase.
+    :param batch_size: images per step (per process).
+    :param num_random: random subnets per step besides the largest and the smallest (sandwich rule).
+    :param kd_weight: weight of the distillation loss of the non-largest subnets.
+    :param label_weight: weight of their label loss (0: distillation only).
+    :param kd_temperature: distillation temperature.
+    :param label_smoothing: label smoothing of the single-label loss (and of multi-label BCE targets).
+    :param optimizer: ``sgd`` (Nesterov momentum), ``momentum`` (plain momentum) or ``adamw``.
+    :param momentum: SGD momentum.
+    :param weight_decay: weight decay (not on BN parameters and biases).
+    :param warmup_epochs: linear warm-up per phase (at most a quarter of the phase).
+    :param warmup_lr_ratio: warm-up starts at this fraction of the phase's learning rate.
+    :param min_lr: learning rate at the end of each cosine schedule.
+    :param grad_clip: clip the gradient norm (null: no clipping).
+    :param crop_padding: random-crop padding in pixels (0: no crop).
+    :param hflip: random horizontal flips (off: laterality matters in many medical images).
+    :param max_train_images: train on a seeded random subset of this many images.
+    :param calibration_images: training images that recalibrate BN before each evaluation.
+    :param calibration_batch_size: their batch size (the set is a whole number of batches).
+    :param eval_batch_size: evaluation batch size.
+    :param final_samples: random subnets among which the median-sized one is tested at the end.
+    :param checkpoint_every_steps: also checkpoint every N steps (null: every epoch only).
+    :param amp: bfloat16 autocast on CUDA (ignored on the CPU).
+    :param channels_last: channels-last memory format.
+    :param progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        space: mednns.ComponentSpec["search-spaces"] | None = None,
+        datasets: list[str] | None = None,
+        full_epochs: int = _D.full_epochs,
+        full_lr: float = _D.full_lr,
+        shrink_epochs: int = _D.shrink_epochs,
+        shrink_lr: float = _D.shrink_lr,
+        phases: dict[str, dict[str, float]] | None = None,
+        batch_size: int = _D.batch_size,
+        num_random: int = _D.num_random,
+        kd_weight: float = _D.kd_weight,
+        label_weight: float = _D.label_weight,
+        kd_temperature: float = _D.kd_temperature,
+        label_smoothing: float = _D.label_smoothing,
+        optimizer: Literal["sgd", "momentum", "adamw"] = _D.optimizer,
+        momentum: float = _D.momentum,
+        weight_decay: float = _D.weight_decay,
+        warmup_epochs: float = _D.warmup_epochs,
+        warmup_lr_ratio: float = _D.warmup_lr_ratio,
+        min_lr: float = _D.min_lr,
+        grad_clip: float | None = _D.grad_clip,
+        crop_padding: int = _D.crop_padding,
+        hflip: bool = _D.hflip,
+        max_train_images: int | None = _D.max_train_images,
+        calibration_images: int = _D.calibration_images,
+        calibration_batch_size: int = _D.calibration_batch_size,
+        eval_batch_size: int = _D.eval_batch_size,
+        final_samples: int = _D.final_samples,
+        checkpoint_every_steps: int | None = _D.checkpoint_every_steps,
+        amp: bool = _D.amp,
+        channels_last: bool = _D.channels_last,
+        progress: bool = _D.progress,
+    ):
+        self.space_spec = copy.deepcopy(space) if space is not None else copy.deepcopy(DEFAULT_SPACE)
+        self.space_spec.setdefault("args", {})
+        if self.space_spec["args"] is None:
+            self.space_spec["args"] = {}
+        if "num_classes" in self.space_spec["args"]:
+            raise UsageError("space.args.num_classes is set from each dataset's info",
+                             hint="remove num_classes from the search space's args")
+        self.only = datasets
+        self.config = TrainConfig(
+            full_epochs=full_epochs, full_lr=full_lr, shrink_epochs=shrink_epochs, shrink_lr=shrink_lr,
+            phases=phases or {}, batch_size=batch_size, num_random=num_random, kd_weight=kd_weight,
+            label_weight=label_weight, kd_temperature=kd_temperature, label_smoothing=label_smoothing,
+            optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+            warmup_lr_ratio=warmup_lr_ratio, min_lr=min_lr, grad_clip=grad_clip, crop_padding=crop_padding,
+            hflip=hflip, max_train_images=max_train_images, calibration_images=calibration_images,
+            calibration_batch_size=calibration_batch_size, eval_batch_size=eval_batch_size,
+            final_samples=final_samples, checkpoint_every_steps=checkpoint_every_steps, amp=amp,
+            channels_last=channels_last, progress=progress)
+
+    def _selected(self, run) -> dict[str, MedicalDataset]:
+        if self.only is None:
+            return dict(run.datasets)
+        return {name: run.dataset(name) for name in self.only}
+
+    def directory(self, run, dataset: str) -> Path:
+        """The output folder of one dataset's supernet."""
+        return run.stage_dir(self.name) / dataset
+
+    def outputs(self, run) -> list[Path]:
+        return [self.directory(run, name) / file for name in self._selected(run)
+                for file in (SUPERNET_WEIGHTS, SUPERNET_METADATA, FINAL)]
+
+    def build_space(self, run, dataset: MedicalDataset) -> Any:
+        """The search space for ``dataset`` (``in_channels`` and ``num_classes`` from its info)."""
+        info = dataset.info
+        args = {"in_channels": info.n_channels, **self.space_spec["args"], "num_classes": info.n_classes}
+        return run.manager.create("search-spaces", self.space_spec["name"], **args)
+
+    def run(self, run) -> dict[str, Any]:
+        selected = self._selected(run)
+        if not selected:
+            raise UsageError("train_supernet: the run has no datasets", hint="add datasets to the config")
+        results = {}
+        for name, dataset in selected.items():
+            seed = derive_seed(run.seed, self.name, name)
+            seed_everything(seed)  # the supernet's initial weights
+            space = self.build_space(run, dataset)
+            run.logger.info("train_supernet: %s on %s (%s, %d classes) into %s", self.space_spec["name"], name,
+                            dataset.info.task, dataset.info.n_classes, self.directory(run, name))
+            from mednns.training import SupernetTrainer  # torch and timm: imported only to train
+
+            trainer = SupernetTrainer(space, dataset, self.directory(run, name), self.config,
+                                      space_name=self.space_spec["name"], seed=seed, device=run.device,
+                                      console=run.console)
+            results[name] = trainer.fit()
+        return results
+
+
+@mednns.hookimpl
+def register_stages(register):
+    register(STAGE, TrainSupernet,
+             description="Per dataset: train a weight-sharing supernet (progressive shrinking, sandwich rule, "
+                         "in-place distillation)")
+
+
+# -- the command ---------------------------------------------------------------------
+def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    """``("a=1", "b=x")`` → ``{"a": 1, "b": "x"}`` (values parsed as YAML)."""
+    values: dict[str, Any] = {}
+    issues = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            issues.append(ConfigIssue(f"{option} {pair}", "expected KEY=VALUE"))
+            continue
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            values[key.strip()] = raw
+    if issues:
+        raise ConfigError(issues)
+    return values
+
+
+def build_run_config(dataset: str, *, dataset_args: dict[str, Any] | None = None, space: str = "ofa_resnet",
+                     preset: str | None = None, space_args: dict[str, Any] | None = None,
+                     stage_args: dict[str, Any] | None = None, name: str | None = None, output_dir: str = "runs",
+                     device: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """The run config (a plain mapping, before validation) of ``mednns train-supernet``."""
+    space_spec_args = dict(space_args or {})
+    if preset is not None:
+        space_spec_args["preset"] = preset
+    return {
+        "name": name or f"supernet-{space}-{dataset}",
+        "seed": seed,
+        "device": device,
+        "output_dir": output_dir,
+        "datasets": [{"name": dataset, "args": dict(dataset_args or {})}],
+        "stages": [{"name": STAGE, "args": {"space": {"name": space, "args": space_spec_args},
+                                            **(stage_args or {})}}],
+    }
+
+
+def results_table(results: dict[str, Any]) -> Table:
+    """Test metrics of the largest, median-sized and smallest subnet of each trained dataset."""
+    table = Table(title="supernet test metrics (after BN recalibration)")
+    for column in ("dataset", "subnet", "params", "MACs", "acc", "auc"):
+        table.add_column(column)
+    for dataset, final in results.items():
+        for label in ("largest", "median", "smallest"):
+            row = final["test"][label]
+            table.add_row(escape(dataset), label, f"{row['params']:,}", f"{row['macs']:,}", f"{row['acc']:.4f}",
+                          "" if row["auc"] is None else f"{row['auc']:.4f}")
+    return table
+
+
+@mednns.hookimpl
+def register_commands(cli):
+    @cli.command("train-supernet")
+    @click.option("--dataset", "dataset", required=True, metavar="NAME",
+                  help="Registered dataset name, e.g. pneumoniamnist (reads $MEDMNIST_ROOT) or npz.")
+    @click.option("--dataset-arg", "dataset_args", multiple=True, metavar="KEY=VALUE",
+                  help="Argument of the dataset (e.g. size=64, path=data.npz); repeatable.")
+    @click.option("--space", default="ofa_resnet", show_default=True, metavar="NAME",
+                  help="Registered search space ('mednns list search-spaces').")
+    @click.option("--preset", type=click.Choice(["cpu", "paper"]), help="Search-space preset (the space's default: cpu).")
+    @click.option("--space-arg", "space_args", multiple=True, metavar="KEY=VALUE",
+                  help="Argument of the search space (e.g. width_mults=[0.5,1.0]); repeatable.")
+    @click.option("--epochs", type=click.IntRange(min=0), help="Epochs of every phase (full and each shrinking phase).")
+    @click.option("--max-train-images", type=click.IntRange(min=2), help="Train on a random subset of this many images.")
+    @click.option("--set", "stage_args", multiple=True, metavar="KEY=VALUE",
+                  help="Any train_supernet stage argument (e.g. batch_size=64); repeatable.")
+    @click.option("--name", help="Run name (default: supernet-<space>-<dataset>).")
+    @click.option("--output-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+                  help="Parent of the run directory.")
+    @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="Seed of everything random.")
+    @click.option("--restart", is_flag=True, help="Discard a stage interrupted under another config.")
+    @click.option("--no-progress", is_flag=True, help="No progress bar.")
+    def train_supernet_command(dataset: str, dataset_args: tuple[str, ...], space: str, preset: str | None,
+                               space_args: tuple[str, ...], epochs: int | None, max_train_images: int | None,
+                               stage_args: tuple[str, ...], name: str | None, output_dir: str, device: str,
+                               seed: int, restart: bool, no_progress: bool) -> None:
+        """Train a supernet on one dataset (a run of the train_supernet stage: resumable, skipped when done)."""
+        from mednns.config import validate_config
+        from mednns.manager import get_plugin_manager
+        from mednns.runner import execute
+        from mednns.runs import prepare_run
+
+        args = _key_values(stage_args, "--set")
+        if epochs is not None:
+            args.setdefault("full_epochs", epochs)
+            args.setdefault("shrink_epochs", epochs)
+        if max_train_images is not None:
+            args.setdefault("max_train_images", max_train_images)
+        if no_progress:
+            args["progress"] = False
+        data = build_run_config(dataset, dataset_args=_key_values(dataset_args, "--dataset-arg"), space=space,
+                                preset=preset, space_args=_key_values(space_args, "--space-arg"), stage_args=args,
+                                name=name, output_dir=output_dir, device=device, seed=seed)
+        manager = get_plugin_manager()
+        config = validate_config(manager, data, source="mednns train-supernet")
+        console = Console(soft_wrap=False)
+        run = prepare_run(manager, config, console=console)
+        results = execute(run, restart=restart)
+        record = results["stages"][STAGE]
+        console.print(results_table(record["results"]))
+        console.print(f"{STAGE}: {record['status']}; supernets under "
+                      f"{escape(str(run.directory / 'stages' / STAGE))}")

@@ -1,0 +1,62 @@
+"""Batch-norm recalibration: re-estimate running statistics for the active (or an extracted) network.
+
+Weight sharing leaves a supernet's BN statistics fit to a mix of subnets; before
+evaluating one subnet, its statistics are re-estimated on a fixed set of
+training batches: momentum ``None`` (cumulative average), statistics reset,
+forward in train mode under no-grad. Calibrating a supernet in place overwrites
+its shared buffers: use :func:`preserved_bn_statistics` around it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def batch_norms(model: nn.Module) -> list[_BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
+    """Re-estimate every BN layer's running statistics from ``batches``; returns the number of images used.
+
+    The model is left in eval mode; momenta are restored afterwards. Use
+    batches of equal size: the result is then the mean of the per-batch
+    statistics, which for the running mean equals the mean over all images.
+    """
+    layers = batch_norms(model)
+    momenta = [bn.momentum for bn in layers]
+    for bn in layers:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    seen = 0
+    try:
+        for x in batches:
+            model(x)
+            seen += x.shape[0]
+    finally:
+        for bn, momentum in zip(layers, momenta):
+            bn.momentum = momentum
+        model.eval()
+    return seen
+
+
+@contextlib.contextmanager
+def preserved_bn_statistics(model: nn.Module) -> Iterator[None]:
+    """Restore every BN buffer (running mean/var, batch count) on exit."""
+    saved = [(bn, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+             for bn in batch_norms(model) if bn.track_running_stats]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for bn, mean, var, count in saved:
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+                bn.num_batches_tracked.copy_(count)

@@ -1,0 +1,164 @@
+"""Elastic (dynamic) layers: one set of weights, any active width and kernel size.
+
+Each layer holds the weights of its largest configuration and slices them at
+run time: the first ``c`` input/output channels, the centre of the kernel. The
+active *input* width is read from the input tensor; the active *output* width
+and kernel size are set by the supernet (``active_out``, ``active_kernel``).
+:meth:`DynamicConv2d.export` (and friends) return plain torch layers holding
+copies of the sliced weights, so extracted networks have no dynamic ops.
+
+Elastic kernel (OFA): the weight is stored once at the largest kernel size.
+A smaller kernel is the centre of the next larger (already transformed) kernel
+multiplied by a learned ``k²×k²`` matrix, per layer and shared by all channels,
+initialised to identity: 7×7 → centre 5×5 × M(7→5) → centre 3×3 × M(5→3).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _centre(weight: torch.Tensor, k: int) -> torch.Tensor:
+    full = weight.shape[-1]
+    start = (full - k) // 2
+    return weight[..., start:start + k, start:start + k]
+
+
+class DynamicConv2d(nn.Module):
+    """Conv2d with elastic output channels, input channels (from the input) and kernel size.
+
+    :param max_in: largest number of input channels.
+    :param max_out: largest number of output channels (``== max_in`` for depthwise).
+    :param kernel_sizes: the kernel sizes this layer can take (odd, e.g. ``(3, 5, 7)``);
+        more than one enables the OFA kernel transformation.
+    :param stride: stride.
+    :param depthwise: one filter per channel (``groups == channels``).
+    :param bias: learnable bias.
+    """
+
+    def __init__(self, max_in: int, max_out: int, kernel_sizes: Sequence[int] | int = 1, stride: int = 1,
+                 depthwise: bool = False, bias: bool = False):
+        super().__init__()
+        sizes = sorted({kernel_sizes} if isinstance(kernel_sizes, int) else set(kernel_sizes))
+        if any(k % 2 == 0 for k in sizes):
+            raise ValueError(f"kernel sizes must be odd, got {sizes}")
+        if depthwise and max_in != max_out:
+            raise ValueError("a depthwise conv has as many outputs as inputs")
+        self.max_in, self.max_out, self.stride, self.depthwise = max_in, max_out, stride, depthwise
+        self.kernel_sizes = tuple(sizes)
+        k = sizes[-1]
+        self.weight = nn.Parameter(torch.empty(max_out, 1 if depthwise else max_in, k, k))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.bias = nn.Parameter(torch.zeros(max_out)) if bias else None
+        # transformation matrices, e.g. "7to5" (25x25) and "5to3" (9x9), initialised to identity
+        self.kernel_transforms = nn.ParameterDict({
+            f"{big}to{small}": nn.Parameter(torch.eye(small * small))
+            for big, small in zip(sizes[::-1][:-1], sizes[::-1][1:])
+        })
+        self.active_out = max_out
+        self.active_kernel = k
+
+    def kernel_weight(self, out_channels: int, in_channels: int, kernel: int) -> torch.Tensor:
+        """The effective weight for a configuration (transformed for smaller kernels)."""
+        weight = self.weight[:out_channels, : (1 if self.depthwise else in_channels)]
+        sizes = self.kernel_sizes[::-1]
+        if kernel not in sizes:
+            raise ValueError(f"kernel {kernel} not in {self.kernel_sizes}")
+        for big, small in zip(sizes[:-1], sizes[1:]):
+            if big == kernel:
+                break
+            centre = _centre(weight, small)
+            shape = centre.shape
+            matrix = self.kernel_transforms[f"{big}to{small}"]
+            weight = (centre.reshape(-1, small * small) @ matrix).reshape(shape)
+        return weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_channels = x.shape[1]
+        out_channels = in_channels if self.depthwise else self.active_out
+        weight = self.kernel_weight(out_channels, in_channels, self.active_kernel)
+        bias = self.bias[:out_channels] if self.bias is not None else None
+        return F.conv2d(x, weight, bias, self.stride, self.active_kernel // 2, 1,
+                        in_channels if self.depthwise else 1)
+
+    @torch.no_grad()
+    def export(self, in_channels: int, out_channels: int | None = None, kernel: int | None = None) -> nn.Conv2d:
+        """A plain ``nn.Conv2d`` with copies of the weights of one configuration."""
+        out_channels = in_channels if self.depthwise else (out_channels or self.active_out)
+        kernel = kernel or self.active_kernel
+        conv = nn.Conv2d(in_channels, out_channels, kernel, self.stride, kernel // 2,
+                         groups=in_channels if self.depthwise else 1, bias=self.bias is not None)
+        conv.weight.copy_(self.kernel_weight(out_channels, in_channels, kernel))
+        if self.bias is not None:
+            conv.bias.copy_(self.bias[:out_channels])
+        return conv
+
+    def extra_repr(self) -> str:
+        return (f"max_in={self.max_in}, max_out={self.max_out}, kernel_sizes={self.kernel_sizes}, "
+                f"stride={self.stride}, depthwise={self.depthwise}")
+
+
+class DynamicBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d over the first ``C`` channels of its input (``C`` read from the input).
+
+    Running statistics of the active channels are updated in place; with
+    ``momentum=None`` they are cumulative averages (used by BN recalibration).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        if c == self.num_features:
+            return super().forward(x)
+        factor = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch = self.training or not self.track_running_stats
+        return F.batch_norm(
+            x,
+            self.running_mean[:c] if self.track_running_stats else None,
+            self.running_var[:c] if self.track_running_stats else None,
+            self.weight[:c] if self.affine else None,
+            self.bias[:c] if self.affine else None,
+            use_batch, factor, self.eps,
+        )
+
+    @torch.no_grad()
+    def export(self, channels: int) -> nn.BatchNorm2d:
+        """A plain ``nn.BatchNorm2d`` with copies of the first ``channels`` parameters and statistics."""
+        bn = nn.BatchNorm2d(channels, eps=self.eps, momentum=self.momentum, affine=self.affine,
+                            track_running_stats=self.track_running_stats)
+        if self.affine:
+            bn.weight.copy_(self.weight[:channels])
+            bn.bias.copy_(self.bias[:channels])
+        if self.track_running_stats:
+            bn.running_mean.copy_(self.running_mean[:channels])
+            bn.running_var.copy_(self.running_var[:channels])
+            bn.num_batches_tracked.copy_(self.num_batches_tracked)
+        return bn
+
+
+class DynamicLinear(nn.Module):
+    """Linear layer with elastic input features (from the input) and a fixed output (a classifier head)."""
+
+    def __init__(self, max_in: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.max_in, self.out_features = max_in, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, max_in))
+        nn.init.normal_(self.weight, 0, 0.01)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight[:, : x.shape[-1]], self.bias)
+
+    @torch.no_grad()
+    def export(self, in_features: int) -> nn.Linear:
+        linear = nn.Linear(in_features, self.out_features, bias=self.bias is not None)
+        linear.weight.copy_(self.weight[:, :in_features])
+        if self.bias is not None:
+            linear.bias.copy_(self.bias)
+        return linear

@@ -1,0 +1,807 @@
+"""OFA-MobileNetV3: a weight-sharing supernet of MobileNetV3 networks (elastic kernel, depth, expand).
+
+Structure (as OFA's ``OFAMobileNetV3``, Cai et al. 2020)::
+
+    stem        conv 3x3 (16·w) + BN + h-swish
+    first block MBConv, expand 1, kernel 3, ReLU, fixed
+    5 stages    widths 24, 40, 80, 112, 160 (·w); ReLU, ReLU, h-swish ×3; SE no, yes, no, yes, yes;
+                up to max(depth_choices) MBConv blocks each, the first ``depth[s]`` active
+    head        conv 1x1 (960·w) + BN + h-swish, global average pool,
+                conv 1x1 "feature mix" (1280·w) + h-swish, dropout, linear
+
+Every width is ``make_divisible(base · width_mult, 8)``; the width multiplier is fixed per
+supernet. An MBConv block is: 1x1 expand conv + BN + act (present when the block has an expand
+ratio other than 1; as in OFA it is then used at every ratio), depthwise conv with an elastic
+kernel + BN + act, squeeze-excite (optional), 1x1 project conv + BN, and a residual when the
+stride is 1 and the input and output widths are equal. The middle width of a block is
+``make_divisible(round(in_channels · expand), 8)``.
+
+An architecture is ``{"kernel": [k or None per block slot], "expand": [ratio or None per block
+slot], "depth": [active blocks per stage]}`` with ``stages × max(depth_choices)`` block slots
+(the fixed first block is not part of it). Canonical form: entries of inactive slots are
+``None``; an expand ratio that gives the same middle width as a smaller ratio is replaced by
+the smallest such ratio.
+
+Presets: ``"paper"`` is OFA-MobileNetV3 for 224 px ImageNet-sized inputs; ``"cpu"`` is a
+half-width space with kernels {3, 5} for 28x28 and 64x64 medical images on a small CPU.
+Explicit constructor arguments override the preset; :meth:`OFAMobileNetV3.config` returns every
+resolved argument, so ``OFAMobileNetV3(**net.config())`` rebuilds the same space.
+"""
+
+from __future__ import annotations
+
+import copy
+import numbers
+import random
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.layers import get_act_layer, make_divisible
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+from .base import Arch, InvalidArchitecture, Supernet, make_rng, one_hot
+from .elastic import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear
+
+__all__ = ["OFAMobileNetV3", "DynamicSE", "DynamicMBConv", "DynamicDepthwiseConv2d", "depthwise_conv2d",
+           "SqueezeExcite", "InvertedResidual", "MobileNetV3Subnet", "PRESETS", "mid_channels"]
+
+#: Stage strides of the paper (224 px, after a stride-2 stem: total stride 32).
+PAPER_STAGE_STRIDES = (2, 2, 2, 1, 2)
+#: Stage strides for small images: total stride 8 after a stride-1 stem (28 px → 14, 7, 4, 4, 4),
+#: 16 after the stride-2 stem used at 64 px (64 px → 32, then 16, 8, 4, 4, 4).
+SMALL_STAGE_STRIDES = (2, 2, 2, 1, 1)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "width_mult": 1.0,
+        "depth_choices": [2, 3, 4],
+        "expand_choices": [3, 4, 6],
+        "kernel_choices": [3, 5, 7],
+        "image_size": 224,
+        "dropout": 0.1,
+    },
+    # Measured on the 2-core CPU (batch 128 of 1x28x28, forward + backward, 2 threads, channels_last):
+    # largest 0.49 s, smallest 0.16 s; depth {2, 3, 4} made the largest 0.66 s, width 0.35 0.36 s.
+    # Its largest subnet reached 85.4% test accuracy on PneumoniaMNIST after 9 minutes of training.
+    "cpu": {
+        "width_mult": 0.5,
+        "depth_choices": [2, 3],
+        "expand_choices": [3, 4, 6],
+        "kernel_choices": [3, 5],
+        "image_size": 28,
+        "dropout": 0.1,
+    },
+}
+
+_DEFAULTS: dict[str, Any] = {
+    "stem_width": 16,
+    "first_block_width": 16,
+    "stage_widths": [24, 40, 80, 112, 160],
+    "final_expand_width": 960,
+    "last_channel": 1280,
+    "stage_acts": ["relu", "relu", "hard_swish", "hard_swish", "hard_swish"],
+    "stage_se": [False, True, False, True, True],
+}
+
+_STEM_ACT = "hard_swish"
+_HEAD_ACT = "hard_swish"
+_FIRST_BLOCK_ACT = "relu"
+
+
+def mid_channels(in_channels: int, expand: float) -> int:
+    """The middle (expanded) width of a block with an expand conv (OFA: ``make_divisible(round(c·e), 8)``)."""
+    return make_divisible(round(in_channels * expand), 8)
+
+
+def _act(name: str) -> nn.Module:
+    layer = get_act_layer(name)
+    if layer is None:
+        raise ValueError(f"unknown activation {name!r}")
+    return layer()
+
+
+def _match(value: Any, choices: Sequence[Any]) -> Any:
+    """The element of ``choices`` equal to ``value`` (a real number, not a bool), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    for choice in choices:
+        if value == choice:
+            return choice
+    return None
+
+
+def _conv_out(size: int, kernel: int, stride: int) -> int:
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# plain layers of extracted networks
+# ---------------------------------------------------------------------------------------------
+class SqueezeExcite(nn.Module):
+    """Squeeze-excite: global mean → 1x1 conv (reduce) → act → 1x1 conv (expand) → gate → scale."""
+
+    def __init__(self, channels: int, reduced: int, act: str = "relu", gate: str = "hard_sigmoid"):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1, bias=True)
+        self.act = _act(act)
+        self.expand = nn.Conv2d(reduced, channels, 1, bias=True)
+        self.gate = _act(gate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean((2, 3), keepdim=True)
+        s = self.expand(self.act(self.reduce(s)))
+        return x * self.gate(s)
+
+
+class InvertedResidual(nn.Module):
+    """A plain MBConv block: [expand (conv, BN, act)] → depthwise (conv, BN, act) → [SE] → project (conv, BN) [+ x]."""
+
+    def __init__(self, expand: nn.Module | None, depthwise: nn.Module, se: nn.Module | None,
+                 project: nn.Module, residual: bool):
+        super().__init__()
+        self.expand = expand
+        self.depthwise = depthwise
+        self.se = se
+        self.project = project
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.expand(x) if self.expand is not None else x
+        h = self.depthwise(h)
+        if self.se is not None:
+            h = self.se(h)
+        h = self.project(h)
+        return h + x if self.residual else h
+
+
+class MobileNetV3Subnet(nn.Module):
+    """A standalone network extracted from :class:`OFAMobileNetV3` (plain torch layers only).
+
+    ``arch`` and ``supernet_config`` are kept as plain attributes for bookkeeping.
+    """
+
+    def __init__(self, stem: nn.Module, blocks: Sequence[nn.Module], final_expand: nn.Module,
+                 feature_mix: nn.Module, dropout: float, classifier: nn.Linear,
+                 arch: Arch | None = None, config: dict[str, Any] | None = None):
+        super().__init__()
+        self.stem = stem
+        self.blocks = nn.Sequential(*blocks)
+        self.final_expand = final_expand
+        self.feature_mix = feature_mix
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = classifier
+        self.num_features = classifier.in_features
+        self.arch = copy.deepcopy(arch)
+        self.supernet_config = copy.deepcopy(config)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_expand(self.blocks(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.feature_mix(x.mean((2, 3), keepdim=True)).flatten(1)
+        if pre_logits:
+            return x
+        return self.classifier(self.dropout(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised linear head (fine-tuning on another task)."""
+        old = self.classifier.weight
+        self.classifier = nn.Linear(self.num_features, num_classes).to(device=old.device, dtype=old.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# dynamic layers
+# ---------------------------------------------------------------------------------------------
+class _DepthwiseConv2d(torch.autograd.Function):
+    """Depthwise conv whose weight gradient for kernels ≥ 5 is one grouped convolution.
+
+    oneDNN's depthwise weight-gradient kernel is slow on CPU for 5x5 and 7x7 kernels (measured on
+    a 2-core CPU: up to 10x slower than this for NCHW inputs, 1–1.5x for channels_last, so the
+    largest ``cpu``-preset subnet's forward + backward went from 1.3 to 0.7 s). The weight gradient of a depthwise conv is the correlation of
+    each image's input channel with its output gradient, i.e. a conv of the input, viewed as one
+    image of ``N·C`` channels, with the gradient as ``N·C`` depthwise kernels (dilated by the
+    stride), summed over the batch. Forward and input gradient are the native ones.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        s, p = ctx.stride, ctx.padding
+        n, c, h, w = x.shape
+        k = weight.shape[-1]
+        dtype = grad.dtype  # under autocast the forward ran in the autocast dtype
+        xd, wd = x.to(dtype), weight.to(dtype)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, xd, wd, None, [s, s], [p, p], [1, 1], False, [0, 0], c, (True, False, False))[0].to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            if k >= 5:
+                xi = xd.transpose(0, 1).reshape(1, c * n, h, w)
+                gi = grad.transpose(0, 1).reshape(c * n, 1, grad.shape[2], grad.shape[3])
+                out = F.conv2d(xi, gi, None, 1, p, s, c * n)[..., :k, :k]
+                grad_w = out.reshape(c, n, k, k).sum(1, keepdim=True)
+            else:
+                grad_w = torch.ops.aten.convolution_backward(
+                    grad, xd, wd, None, [s, s], [p, p], [1, 1], False, [0, 0], c, (False, True, False))[1]
+            grad_w = grad_w.to(dtype=weight.dtype, memory_format=torch.contiguous_format)
+        return grad_x, grad_w, None, None
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, stride, padding, groups=C)`` with a faster weight gradient on CPU."""
+    if x.device.type != "cpu" or not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
+        return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
+    return _DepthwiseConv2d.apply(x, weight, stride, padding)
+
+
+class DynamicDepthwiseConv2d(DynamicConv2d):
+    """:class:`DynamicConv2d` in depthwise mode, without bias, using :func:`depthwise_conv2d`."""
+
+    def __init__(self, max_channels: int, kernel_sizes: Sequence[int] | int, stride: int = 1):
+        super().__init__(max_channels, max_channels, kernel_sizes, stride, depthwise=True, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        return depthwise_conv2d(x, self.kernel_weight(c, c, self.active_kernel), self.stride, self.active_kernel // 2)
+
+
+class DynamicSE(nn.Module):
+    """Squeeze-excite over the first ``C`` channels of its input (``C`` read from the input).
+
+    The reduced width is ``make_divisible(C // reduction, divisor)`` as in OFA's ``DynamicSE``;
+    the reduce/expand 1x1 convs hold the weights of the widest configuration and are sliced.
+    """
+
+    def __init__(self, max_channels: int, reduction: int = 4, divisor: int = 8,
+                 act: str = "relu", gate: str = "hard_sigmoid"):
+        super().__init__()
+        self.max_channels, self.reduction, self.divisor = max_channels, reduction, divisor
+        self.act_name, self.gate_name = act, gate
+        self.max_reduced = max(self.reduced_channels(c) for c in range(1, max_channels + 1))
+        self.reduce = nn.Conv2d(max_channels, self.max_reduced, 1, bias=True)
+        self.expand = nn.Conv2d(self.max_reduced, max_channels, 1, bias=True)
+        self.act = _act(act)
+        self.gate = _act(gate)
+
+    def reduced_channels(self, channels: int) -> int:
+        return make_divisible(channels // self.reduction, self.divisor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        r = self.reduced_channels(c)
+        s = x.mean((2, 3), keepdim=True)
+        s = F.conv2d(s, self.reduce.weight[:r, :c], self.reduce.bias[:r])
+        s = F.conv2d(self.act(s), self.expand.weight[:c, :r], self.expand.bias[:c])
+        return x * self.gate(s)
+
+    @torch.no_grad()
+    def export(self, channels: int) -> SqueezeExcite:
+        r = self.reduced_channels(channels)
+        se = SqueezeExcite(channels, r, self.act_name, self.gate_name)
+        se.reduce.weight.copy_(self.reduce.weight[:r, :channels])
+        se.reduce.bias.copy_(self.reduce.bias[:r])
+        se.expand.weight.copy_(self.expand.weight[:channels, :r])
+        se.expand.bias.copy_(self.expand.bias[:channels])
+        return se
+
+    def extra_repr(self) -> str:
+        return f"max_channels={self.max_channels}, reduction={self.reduction}, max_reduced={self.max_reduced}"
+
+
+class DynamicMBConv(nn.Module):
+    """An MBConv block with an elastic depthwise kernel and an elastic middle width.
+
+    The input and output widths are fixed (the width multiplier is fixed per supernet).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_choices: Sequence[int],
+                 expand_choices: Sequence[float], stride: int, act: str, use_se: bool):
+        super().__init__()
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.kernel_choices = tuple(sorted(set(kernel_choices)))
+        self.expand_choices = tuple(sorted(set(expand_choices)))
+        self.act_name, self.use_se = act, use_se
+        self.has_expand = any(e != 1 for e in self.expand_choices)
+        #: middle width of every expand choice
+        self.mid_of = {e: (mid_channels(in_channels, e) if self.has_expand else in_channels)
+                       for e in self.expand_choices}
+        self.max_mid = max(self.mid_of.values())
+        if self.has_expand:
+            self.expand_conv = DynamicConv2d(in_channels, self.max_mid, 1)
+            self.expand_bn = DynamicBatchNorm2d(self.max_mid)
+        else:
+            self.expand_conv = self.expand_bn = None
+        self.dw_conv = DynamicDepthwiseConv2d(self.max_mid, self.kernel_choices, stride)
+        self.dw_bn = DynamicBatchNorm2d(self.max_mid)
+        self.se = DynamicSE(self.max_mid) if use_se else None
+        self.project_conv = DynamicConv2d(self.max_mid, out_channels, 1)
+        self.project_bn = DynamicBatchNorm2d(out_channels)
+        self.act = _act(act)
+        self.residual = stride == 1 and in_channels == out_channels
+        self.set_active(self.kernel_choices[-1], self.max_mid)
+
+    def set_active(self, kernel: int, mid: int) -> None:
+        self.active_kernel, self.active_mid = kernel, mid
+        self.dw_conv.active_kernel = kernel
+        self.dw_conv.active_out = mid
+        if self.expand_conv is not None:
+            self.expand_conv.active_out = mid
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        if self.expand_conv is not None:
+            h = self.act(self.expand_bn(self.expand_conv(h)))
+        h = self.act(self.dw_bn(self.dw_conv(h)))
+        if self.se is not None:
+            h = self.se(h)
+        h = self.project_bn(self.project_conv(h))
+        return h + x if self.residual else h
+
+    @torch.no_grad()
+    def export(self, kernel: int, mid: int) -> InvertedResidual:
+        expand = None
+        if self.expand_conv is not None:
+            expand = nn.Sequential(self.expand_conv.export(self.in_channels, mid, 1),
+                                   self.expand_bn.export(mid), _act(self.act_name))
+        depthwise = nn.Sequential(self.dw_conv.export(mid, mid, kernel), self.dw_bn.export(mid),
+                                  _act(self.act_name))
+        se = self.se.export(mid) if self.se is not None else None
+        project = nn.Sequential(self.project_conv.export(mid, self.out_channels, 1),
+                                self.project_bn.export(self.out_channels))
+        return InvertedResidual(expand, depthwise, se, project, self.residual)
+
+    # -- analytic cost -----------------------------------------------------------------------
+    def cost(self, kernel: int, mid: int, size: tuple[int, int]) -> tuple[int, int, tuple[int, int]]:
+        """``(params, macs, output size)`` of the exported block for an input of spatial ``size``."""
+        h, w = size
+        params = macs = 0
+        if self.has_expand:
+            params += self.in_channels * mid + 2 * mid
+            macs += h * w * mid * self.in_channels
+        oh, ow = _conv_out(h, kernel, self.stride), _conv_out(w, kernel, self.stride)
+        params += mid * kernel * kernel + 2 * mid
+        macs += oh * ow * mid * kernel * kernel
+        if self.se is not None:
+            r = self.se.reduced_channels(mid)
+            params += (mid * r + r) + (r * mid + mid)
+            macs += 2 * mid * r
+        params += mid * self.out_channels + 2 * self.out_channels
+        macs += oh * ow * self.out_channels * mid
+        return params, macs, (oh, ow)
+
+    @torch.no_grad()
+    def sort_channels(self, nested_widths: Sequence[int] = ()) -> None:
+        """OFA ``re_organize_middle_weights``: order the middle channels by the L1 norm of the
+        project conv's weights (descending), permuting every layer that touches them.
+
+        ``nested_widths`` (ascending middle widths) keeps the channels of each narrower width
+        within that width (the channels are only reordered inside each nested band), so
+        subnets released earlier keep their channel sets.
+        """
+        if self.expand_conv is None:  # the middle channels are the block's input: not ours to permute
+            return
+        importance = self.project_conv.weight.abs().sum(dim=(0, 2, 3))
+        bounds = sorted({w for w in nested_widths if 0 < w < self.max_mid})
+        band = torch.zeros_like(importance)
+        for lo in bounds:  # channels beyond each nested width rank below every channel inside it
+            band[lo:] -= 1.0
+        # lexicographic order: band (descending), then importance (descending)
+        by_importance = torch.argsort(importance, descending=True, stable=True)
+        idx = by_importance[torch.argsort(band[by_importance], descending=True, stable=True)]
+        self.project_conv.weight.copy_(self.project_conv.weight[:, idx])
+        self.dw_conv.weight.copy_(self.dw_conv.weight[idx])
+        if self.dw_conv.bias is not None:
+            self.dw_conv.bias.copy_(self.dw_conv.bias[idx])
+        _permute_bn(self.dw_bn, idx)
+        self.expand_conv.weight.copy_(self.expand_conv.weight[idx])
+        if self.expand_conv.bias is not None:
+            self.expand_conv.bias.copy_(self.expand_conv.bias[idx])
+        _permute_bn(self.expand_bn, idx)
+        if self.se is not None:
+            se = self.se
+            se.reduce.weight.copy_(se.reduce.weight[:, idx])
+            se.expand.weight.copy_(se.expand.weight[idx])
+            se.expand.bias.copy_(se.expand.bias[idx])
+            # the SE's own middle (reduced) channels, by the L1 norm of the expand weights
+            se_idx = torch.argsort(se.expand.weight.abs().sum(dim=(0, 2, 3)), descending=True, stable=True)
+            se.expand.weight.copy_(se.expand.weight[:, se_idx])
+            se.reduce.weight.copy_(se.reduce.weight[se_idx])
+            se.reduce.bias.copy_(se.reduce.bias[se_idx])
+
+
+def _permute_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
+    if bn.affine:
+        bn.weight.copy_(bn.weight[idx])
+        bn.bias.copy_(bn.bias[idx])
+    if bn.track_running_stats:
+        bn.running_mean.copy_(bn.running_mean[idx])
+        bn.running_var.copy_(bn.running_var[idx])
+
+
+# ---------------------------------------------------------------------------------------------
+# the supernet
+# ---------------------------------------------------------------------------------------------
+class OFAMobileNetV3(Supernet):
+    """Once-for-All MobileNetV3 supernet (elastic kernel, depth and expand ratio; fixed width).
+
+    :param in_channels: image channels (any).
+    :param num_classes: classifier outputs (any).
+    :param preset: ``"cpu"`` (half width, kernels {3, 5}, 28 px) or ``"paper"`` (OFA-MobileNetV3,
+        224 px); every other argument left ``None`` takes the preset's value.
+    :param width_mult: width multiplier applied to every base width (``make_divisible(·, 8)``).
+    :param stem_width: base width of the stem conv (16).
+    :param first_block_width: base output width of the fixed first block (16).
+    :param stage_widths: base output widths of the elastic stages (24, 40, 80, 112, 160).
+    :param final_expand_width: base width of the final 1x1 expand conv (960).
+    :param last_channel: base width of the feature-mix conv (1280).
+    :param depth_choices: blocks per stage to choose from.
+    :param expand_choices: expand ratios to choose from.
+    :param kernel_choices: depthwise kernel sizes to choose from (odd).
+    :param stage_strides: stride of each stage's first block; default from ``image_size``.
+    :param stem_stride: stride of the stem conv; default from ``image_size``.
+    :param image_size: the expected input size; sets default strides (≤ 32: stem 1 and
+        :data:`SMALL_STAGE_STRIDES`; < 128: stem 2 and small strides; else the paper's).
+    :param dropout: dropout before the classifier.
+    :param stage_acts: activation of each stage (timm names).
+    :param stage_se: whether each stage's blocks have squeeze-excite.
+    """
+
+    dimensions = ("kernel", "depth", "expand")
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000, preset: str = "cpu", *,
+                 width_mult: float | None = None, stem_width: int | None = None,
+                 first_block_width: int | None = None, stage_widths: Sequence[int] | None = None,
+                 final_expand_width: int | None = None, last_channel: int | None = None,
+                 depth_choices: Sequence[int] | None = None, expand_choices: Sequence[float] | None = None,
+                 kernel_choices: Sequence[int] | None = None, stage_strides: Sequence[int] | None = None,
+                 stem_stride: int | None = None, image_size: int | None = None, dropout: float | None = None,
+                 stage_acts: Sequence[str] | None = None, stage_se: Sequence[bool] | None = None):
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        given = dict(width_mult=width_mult, stem_width=stem_width, first_block_width=first_block_width,
+                     stage_widths=stage_widths, final_expand_width=final_expand_width, last_channel=last_channel,
+                     depth_choices=depth_choices, expand_choices=expand_choices, kernel_choices=kernel_choices,
+                     image_size=image_size, dropout=dropout, stage_acts=stage_acts, stage_se=stage_se)
+        cfg = {**_DEFAULTS, **PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+        cfg = self._check_config(in_channels, num_classes, cfg)
+        n_stages = len(cfg["stage_widths"])
+        if stage_strides is None:
+            if cfg["image_size"] >= 128:
+                stage_strides = PAPER_STAGE_STRIDES
+            elif n_stages == len(SMALL_STAGE_STRIDES):
+                stage_strides = SMALL_STAGE_STRIDES
+            else:
+                raise ValueError(f"give stage_strides for {n_stages} stages")
+            if cfg["image_size"] >= 128 and n_stages != len(PAPER_STAGE_STRIDES):
+                raise ValueError(f"give stage_strides for {n_stages} stages")
+        if stem_stride is None:
+            stem_stride = 1 if cfg["image_size"] <= 32 else 2
+        stage_strides = [int(s) for s in stage_strides]
+        if len(stage_strides) != n_stages or any(s not in (1, 2) for s in stage_strides):
+            raise ValueError(f"stage_strides must be {n_stages} values in (1, 2), got {stage_strides}")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
+        self._config = {"in_channels": int(in_channels), "num_classes": int(num_classes), "preset": preset,
+                        **cfg, "stage_strides": stage_strides, "stem_stride": int(stem_stride)}
+
+        c = self._config
+        wm = c["width_mult"]
+        self.stem_channels = make_divisible(c["stem_width"] * wm, 8)
+        self.first_block_channels = make_divisible(c["first_block_width"] * wm, 8)
+        self.stage_channels = [make_divisible(w * wm, 8) for w in c["stage_widths"]]
+        self.final_expand_channels = make_divisible(c["final_expand_width"] * wm, 8)
+        self.num_features = make_divisible(c["last_channel"] * wm, 8)
+        self.kernel_choices: tuple[int, ...] = tuple(c["kernel_choices"])
+        self.expand_choices: tuple[float, ...] = tuple(c["expand_choices"])
+        self.depth_choices: tuple[int, ...] = tuple(c["depth_choices"])
+        self.n_stages = n_stages
+        self.max_depth = max(self.depth_choices)
+        self.n_slots = n_stages * self.max_depth
+
+        self.stem = nn.Sequential(
+            nn.Conv2d(c["in_channels"], self.stem_channels, 3, c["stem_stride"], 1, bias=False),
+            nn.BatchNorm2d(self.stem_channels), _act(_STEM_ACT))
+        self.first_block = DynamicMBConv(self.stem_channels, self.first_block_channels, (3,), (1,), 1,
+                                         _FIRST_BLOCK_ACT, False)
+        blocks = []
+        feature = self.first_block_channels
+        for s in range(n_stages):
+            for i in range(self.max_depth):
+                blocks.append(DynamicMBConv(feature, self.stage_channels[s], self.kernel_choices,
+                                            self.expand_choices, stage_strides[s] if i == 0 else 1,
+                                            c["stage_acts"][s], c["stage_se"][s]))
+                feature = self.stage_channels[s]
+        self.blocks = nn.ModuleList(blocks)
+        self.final_expand = nn.Sequential(nn.Conv2d(feature, self.final_expand_channels, 1, bias=False),
+                                          nn.BatchNorm2d(self.final_expand_channels), _act(_HEAD_ACT))
+        self.feature_mix = nn.Sequential(nn.Conv2d(self.final_expand_channels, self.num_features, 1, bias=False),
+                                         _act(_HEAD_ACT))
+        self.dropout = nn.Dropout(c["dropout"])
+        self.classifier = DynamicLinear(self.num_features, c["num_classes"])
+        self._init_weights()
+
+        # canonical expand ratio of every (slot, ratio): the smallest ratio with the same middle width
+        self._expand_canon: list[dict[float, float]] = []
+        self._expand_distinct: list[tuple[float, ...]] = []
+        for block in self.blocks:
+            canon: dict[float, float] = {}
+            first_of_mid: dict[int, float] = {}
+            for e in block.expand_choices:  # ascending
+                canon[e] = first_of_mid.setdefault(block.mid_of[e], e)
+            self._expand_canon.append(canon)
+            self._expand_distinct.append(tuple(sorted(set(canon.values()))))
+        self.set_active(self.largest())
+
+    # -- construction helpers ------------------------------------------------------------------
+    @staticmethod
+    def _check_config(in_channels: int, num_classes: int, cfg: dict[str, Any]) -> dict[str, Any]:
+        def positive_int(name: str, v: Any) -> int:
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            return int(v)
+
+        def choices(name: str, values: Any, kind: type) -> list:
+            if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+                raise ValueError(f"{name} must be a list, got {values!r}")
+            values = list(values)
+            if not values:
+                raise ValueError(f"{name} must not be empty")
+            for v in values:
+                if isinstance(v, bool) or not isinstance(v, numbers.Real) or v <= 0:
+                    raise ValueError(f"{name} must hold positive numbers, got {v!r}")
+            out = sorted({(int(v) if kind is int or float(v).is_integer() else float(v)) for v in values})
+            return out
+
+        positive_int("in_channels", in_channels)
+        positive_int("num_classes", num_classes)
+        out = dict(cfg)
+        wm = out["width_mult"]
+        if isinstance(wm, bool) or not isinstance(wm, numbers.Real) or wm <= 0:
+            raise ValueError(f"width_mult must be a positive number, got {wm!r}")
+        out["width_mult"] = float(wm)
+        for name in ("stem_width", "first_block_width", "final_expand_width", "last_channel", "image_size"):
+            out[name] = positive_int(name, out[name])
+        out["stage_widths"] = [positive_int("stage_widths", w) for w in out["stage_widths"]]
+        n = len(out["stage_widths"])
+        if n < 1:
+            raise ValueError("stage_widths must not be empty")
+        out["depth_choices"] = [positive_int("depth_choices", d) for d in choices("depth_choices", out["depth_choices"], int)]
+        out["kernel_choices"] = choices("kernel_choices", out["kernel_choices"], int)
+        if any(k % 2 == 0 for k in out["kernel_choices"]):
+            raise ValueError(f"kernel_choices must be odd, got {out['kernel_choices']}")
+        out["expand_choices"] = choices("expand_choices", out["expand_choices"], float)
+        out["stage_acts"] = [str(a) for a in out["stage_acts"]]
+        out["stage_se"] = [bool(s) for s in out["stage_se"]]
+        for name in ("stage_acts", "stage_se"):
+            if len(out[name]) != n:
+                raise ValueError(f"{name} must have one entry per stage ({n}), got {out[name]}")
+        for a in out["stage_acts"]:
+            _act(a)
+        dropout = out["dropout"]
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        out["dropout"] = float(dropout)
+        return out
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # -- the space -----------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return copy.deepcopy(self._config)
+
+    def _slots(self, stage: int) -> range:
+        return range(stage * self.max_depth, (stage + 1) * self.max_depth)
+
+    def largest(self) -> Arch:
+        return self.validate({"kernel": [max(self.kernel_choices)] * self.n_slots,
+                              "expand": [max(self.expand_choices)] * self.n_slots,
+                              "depth": [self.max_depth] * self.n_stages})
+
+    def smallest(self) -> Arch:
+        return self.validate({"kernel": [min(self.kernel_choices)] * self.n_slots,
+                              "expand": [min(self.expand_choices)] * self.n_slots,
+                              "depth": [min(self.depth_choices)] * self.n_stages})
+
+    def sample(self, rng: random.Random | np.random.Generator | int | None = None,
+               dimensions: Iterable[str] | None = None) -> Arch:
+        """A random canonical architecture: each released dimension uniform over its distinct
+        choices (per stage for depth; per block slot for kernel and expand, expand over the
+        distinct middle widths of that slot); the others at their largest value."""
+        rng = make_rng(rng)
+        dims = set(self.dimensions if dimensions is None else dimensions)
+        unknown = dims - set(self.dimensions)
+        if unknown:
+            raise ValueError(f"unknown dimensions {sorted(unknown)}; this space has {list(self.dimensions)}")
+        depth = [rng.choice(self.depth_choices) if "depth" in dims else self.max_depth for _ in range(self.n_stages)]
+        kernel = [rng.choice(self.kernel_choices) if "kernel" in dims else max(self.kernel_choices)
+                  for _ in range(self.n_slots)]
+        expand = [rng.choice(self._expand_distinct[j]) if "expand" in dims else max(self.expand_choices)
+                  for j in range(self.n_slots)]
+        return self.validate({"kernel": kernel, "expand": expand, "depth": depth})
+
+    def _block_options(self, slot: int) -> int:
+        return len(self.kernel_choices) * len(self._expand_distinct[slot])
+
+    def count(self) -> int:
+        total = 1
+        for s in range(self.n_stages):
+            slots = list(self._slots(s))
+            per_stage = 0
+            for d in self.depth_choices:
+                n = 1
+                for j in slots[:d]:
+                    n *= self._block_options(j)
+                per_stage += n
+            total *= per_stage
+        return total
+
+    def validate(self, arch: Arch) -> Arch:
+        if not isinstance(arch, Mapping):
+            raise InvalidArchitecture(f"an architecture is a dict, got {type(arch).__name__}")
+        expected = {"kernel", "expand", "depth"}
+        missing, extra = expected - set(arch), set(arch) - expected
+        if missing or extra:
+            raise InvalidArchitecture(
+                f"architecture keys must be {sorted(expected)}; missing {sorted(missing)}, unexpected {sorted(map(str, extra))}")
+        lengths = {"depth": self.n_stages, "kernel": self.n_slots, "expand": self.n_slots}
+        for key, n in lengths.items():
+            value = arch[key]
+            if not isinstance(value, (list, tuple)) or len(value) != n:
+                raise InvalidArchitecture(f"{key!r} must be a list of {n} entries, got {value!r}")
+        depth = []
+        for s, v in enumerate(arch["depth"]):
+            d = _match(v, self.depth_choices)
+            if d is None:
+                raise InvalidArchitecture(f"depth[{s}] = {v!r} is not one of {list(self.depth_choices)}")
+            depth.append(d)
+        kernel: list[int | None] = []
+        expand: list[float | None] = []
+        for j in range(self.n_slots):
+            s, i = divmod(j, self.max_depth)
+            active = i < depth[s]
+            k, e = arch["kernel"][j], arch["expand"][j]
+            kk = _match(k, self.kernel_choices)
+            if kk is None and (active or k is not None):
+                raise InvalidArchitecture(
+                    f"kernel[{j}] = {k!r} is not one of {list(self.kernel_choices)}"
+                    + ("" if active else " (or None: the block is inactive)"))
+            ee = _match(e, self.expand_choices)
+            if ee is None and (active or e is not None):
+                raise InvalidArchitecture(
+                    f"expand[{j}] = {e!r} is not one of {list(self.expand_choices)}"
+                    + ("" if active else " (or None: the block is inactive)"))
+            kernel.append(kk if active else None)
+            expand.append(self._expand_canon[j][ee] if active else None)
+        return {"kernel": kernel, "expand": expand, "depth": depth}
+
+    # -- running and extracting ------------------------------------------------------------------
+    def set_active(self, arch: Arch) -> None:
+        arch = self.validate(arch)
+        for j, block in enumerate(self.blocks):
+            if arch["kernel"][j] is not None:
+                block.set_active(arch["kernel"][j], block.mid_of[arch["expand"][j]])
+        self._active = arch
+        self._active_blocks = [self.blocks[j] for j in range(self.n_slots) if arch["kernel"][j] is not None]
+
+    def active(self) -> Arch:
+        return copy.deepcopy(self._active)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.first_block(self.stem(x))
+        for block in self._active_blocks:
+            x = block(x)
+        return self.final_expand(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.feature_mix(self.forward_features(x).mean((2, 3), keepdim=True)).flatten(1)
+        return self.classifier(self.dropout(x))
+
+    @torch.no_grad()
+    def extract(self, arch: Arch) -> MobileNetV3Subnet:
+        arch = self.validate(arch)
+        blocks = [self.first_block.export(3, self.first_block.max_mid)]
+        for j, block in enumerate(self.blocks):
+            if arch["kernel"][j] is not None:
+                blocks.append(block.export(arch["kernel"][j], block.mid_of[arch["expand"][j]]))
+        net = MobileNetV3Subnet(copy.deepcopy(self.stem), blocks, copy.deepcopy(self.final_expand),
+                                copy.deepcopy(self.feature_mix), self._config["dropout"],
+                                self.classifier.export(self.num_features), arch=arch, config=self.config())
+        # the supernet's parameters may be channels_last or on a device: follow them
+        ref = self.stem[0].weight
+        net = net.to(device=ref.device, dtype=ref.dtype)
+        if ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous():
+            net = net.to(memory_format=torch.channels_last)
+        return net.train(self.training)
+
+    @torch.no_grad()
+    def sort_channels(self, expand_stage: int = 0) -> None:
+        """Reorder every elastic block's middle channels by importance (OFA ``re_organize_middle_weights``).
+
+        The largest-expand function of every block is unchanged. ``expand_stage`` as in OFA:
+        with ``n > 0``, the channels inside each of the ``n`` largest-but-one middle widths
+        stay inside it (only reordered within their band), so that subnets already trained in
+        earlier expand phases keep their channels.
+        """
+        for block in self.blocks:
+            mids = sorted(set(block.mid_of.values()), reverse=True)
+            nested = mids[1:expand_stage + 1] if expand_stage > 0 else []
+            block.sort_channels(nested)
+
+    # -- identity and encodings ------------------------------------------------------------------
+    @property
+    def encoding_dim(self) -> int:
+        return (self.n_slots * (len(self.kernel_choices) + len(self.expand_choices))
+                + self.n_stages * len(self.depth_choices))
+
+    def encode(self, arch: Arch) -> torch.Tensor:
+        """OFA ``MobileNetArchEncoder`` style: per block slot one-hot kernel then one-hot expand
+        (all zero for inactive slots), then one-hot depth per stage."""
+        arch = self.validate(arch)
+        feature: list[float] = []
+        for j in range(self.n_slots):
+            feature += one_hot(arch["kernel"][j], self.kernel_choices)
+            feature += one_hot(arch["expand"][j], self.expand_choices)
+        for d in arch["depth"]:
+            feature += one_hot(d, self.depth_choices)
+        return torch.tensor(feature, dtype=torch.float32)
+
+    def cost(self, arch: Arch, input_size: int | Sequence[int] | None = None) -> dict[str, int]:
+        """Parameters and multiply-accumulates of the extracted network for one image.
+
+        ``input_size``: ``H`` (square), ``(H, W)`` or ``(C, H, W)``; default the ``image_size`` hint.
+        MACs count convolutions (``out elements × in/groups × k²``), the SE's 1x1 convs and the
+        classifier; not BN, activations, pooling or the residual additions.
+        """
+        arch = self.validate(arch)
+        if input_size is None:
+            input_size = self._config["image_size"]
+        size = [input_size] if isinstance(input_size, numbers.Integral) else list(input_size)
+        if len(size) == 3:
+            if size[0] != self._config["in_channels"]:
+                raise ValueError(f"input has {size[0]} channels, the network takes {self._config['in_channels']}")
+            size = size[1:]
+        if len(size) == 1:
+            size = size * 2
+        if len(size) != 2 or any(not isinstance(v, numbers.Integral) or v < 1 for v in size):
+            raise ValueError(f"input_size must be H, (H, W) or (C, H, W), got {input_size!r}")
+        c = self._config
+        h, w = _conv_out(size[0], 3, c["stem_stride"]), _conv_out(size[1], 3, c["stem_stride"])
+        params = c["in_channels"] * self.stem_channels * 9 + 2 * self.stem_channels
+        macs = h * w * self.stem_channels * c["in_channels"] * 9
+        p, m, (h, w) = self.first_block.cost(3, self.first_block.max_mid, (h, w))
+        params, macs = params + p, macs + m
+        for j, block in enumerate(self.blocks):
+            if arch["kernel"][j] is not None:
+                p, m, (h, w) = block.cost(arch["kernel"][j], block.mid_of[arch["expand"][j]], (h, w))
+                params, macs = params + p, macs + m
+        last = self.stage_channels[-1]
+        params += last * self.final_expand_channels + 2 * self.final_expand_channels
+        macs += h * w * self.final_expand_channels * last
+        params += self.final_expand_channels * self.num_features
+        macs += self.final_expand_channels * self.num_features
+        params += self.num_features * c["num_classes"] + c["num_classes"]
+        macs += self.num_features * c["num_classes"]
+        return {"params": int(params), "macs": int(macs)}
