@@ -44,6 +44,8 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
         for bn, momentum in zip(layers, momenta):
             bn.momentum = momentum
         model.eval()
+    if seen == 0 and layers:
+        raise ValueError("recalibrate_bn got no batches: the BN statistics were reset and nothing re-estimated them")
     return seen
 
 

@@ -231,3 +231,13 @@ stages: [{{name: dataset_summary}}]
     result = invoke("validate", str(path))
     assert result.exit_code == 2
     assert "datasets[1]: a second dataset named 'tiny'" in result.output and "'name' argument" in result.output
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("config_file", sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_example_config_validates(config_file, shared_data, tmp_path):
+    env = {"MEDMNIST_ROOT": str(shared_data / "medmnist"), "MEDNNS_DATA": str(shared_data),
+           "MEDNNS_CACHE_DIR": str(tmp_path / "cache")}
+    result = run_mednns("validate", str(config_file), env_extra=env, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
