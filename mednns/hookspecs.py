@@ -53,9 +53,11 @@ def register_search_spaces(register: Register) -> None:
     :param register: call ``register(name, factory, description=...)`` once per space.
     :returns: nothing; results flow through ``register``.
 
-    ``factory(**args)`` returns the supernet, a ``torch.nn.Module`` that also
-    implements the search-space contract (``sample``, ``largest``, ``smallest``,
-    ``set_active``, ``extract``, ``encode``, ``cost``, ``arch_to_json`` ...).
+    ``factory(**args)`` returns the supernet: a :class:`mednns.search_spaces.base.Supernet`
+    (an ``nn.Module`` with ``sample``, ``largest``, ``smallest``, ``set_active``,
+    ``extract``, ``encode``, ``cost``, ``arch_to_json`` ...). It must accept
+    ``in_channels`` and ``num_classes``, which stages fill in from the dataset.
+    Register heavy classes with :func:`mednns.lazy` to keep the CLI fast.
     Called once per plugin manager, after loading.
     """
 
