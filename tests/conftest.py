@@ -35,3 +35,15 @@ def registered() -> Callable[[types.ModuleType], dict[str, tuple[Callable[..., A
         return found
 
     return capture
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread: small CPU kernels are as fast, deterministic and immune to
+    oversubscription when the machine's two cores are shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,13 +19,7 @@ from mednns.search_spaces.ofa_mobilenetv3 import OFAMobileNetV3, depthwise_conv2
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small ops: one thread is as fast and immune to oversubscription on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 #: a tiny space with make_divisible collisions (expand 2 and 2.1 give the same width) and expand 1

@@ -23,13 +23,7 @@ TINY = dict(stage_widths=[16, 24], base_depths=[1, 1], depth_choices=[0, 1], exp
 PLAIN_LAYERS = (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout, nn.Identity)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small batches: one thread is as fast and immune to oversubscription by concurrent jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @torch.no_grad()

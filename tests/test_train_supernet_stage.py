@@ -28,12 +28,7 @@ TINY_STAGE = {"full_epochs": 1, "shrink_epochs": 1, "batch_size": 16, "num_rando
 TINY_SPACE = {"name": "ofa_resnet", "args": {"preset": "cpu", **TINY_RESNET}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

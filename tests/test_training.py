@@ -34,13 +34,7 @@ from mednns.training.checkpoint import capture_rng_state, restore_rng_state
 from supernet_helpers import CountingDataset, make_manager, tiny_dataset, tiny_mobilenet, tiny_resnet
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Deterministic, fast CPU kernels: one intra-op thread (2-core machines share their cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**overrides) -> TrainConfig:
