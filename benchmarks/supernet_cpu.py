@@ -27,12 +27,24 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 import mednns
 from mednns.data import dataset_tensors
 from mednns.files import atomic_write_text, write_json
 from mednns.search_spaces.calibration import preserved_bn_statistics, recalibrate_bn
 from mednns.training import DistillationLoss, SupernetTrainer, TrainConfig, sandwich_step, supervised_loss
+
+
+def _value(text: str):
+    """A YAML scalar, with 5e-4 read as a float (YAML 1.1 wants 5.0e-4)."""
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def timed(fn, repeats: int) -> float:
@@ -100,6 +112,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="runs/benchmarks", help="where the trained supernets go")
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--tag", default="", help="suffix of the result files (several schedules side by side)")
+    parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other TrainConfig field, e.g. --train weight_decay=5e-4 (repeatable)")
     parser.add_argument("--skip-standalone", action="store_true")
     args = parser.parse_args()
 
@@ -108,12 +123,14 @@ def main() -> None:
     info = dataset.info
     make_space = lambda: mednns.create("search-spaces", args.space, in_channels=info.n_channels,  # noqa: E731
                                        num_classes=info.n_classes, preset="cpu")
-    work = Path(args.work) / f"{args.space}_{args.dataset}_seed{args.seed}"
-    config = TrainConfig(full_epochs=args.full_epochs, shrink_epochs=args.shrink_epochs, progress=False)
+    tag = "".join(f"_{t}" for t in args.train).replace("=", "-")
+    work = Path(args.work) / f"{args.space}_{args.dataset}_e{args.full_epochs}-{args.shrink_epochs}{tag}_seed{args.seed}"
+    extra = {key: _value(value) for key, _, value in (item.partition("=") for item in args.train)}
+    config = TrainConfig(full_epochs=args.full_epochs, shrink_epochs=args.shrink_epochs, progress=False, **extra)
     results: dict = {"space": args.space, "dataset": args.dataset, "preset": "cpu", "image_size": list(info.image_size),
                      "seed": args.seed, "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "machine": platform.processor() or platform.machine(), "train_config": {
-                         "full_epochs": args.full_epochs, "shrink_epochs": args.shrink_epochs}}
+                         "full_epochs": args.full_epochs, "shrink_epochs": args.shrink_epochs, **extra}}
 
     torch.manual_seed(args.seed)
     space = make_space()
@@ -127,7 +144,7 @@ def main() -> None:
         epochs = max(1, round(supernet_seconds / full_epoch_s))
         torch.manual_seed(args.seed)
         alone_space = make_space()
-        alone_config = TrainConfig(full_epochs=epochs, shrink_epochs=0, progress=False)
+        alone_config = TrainConfig(full_epochs=epochs, shrink_epochs=0, progress=False, **extra)
         start = time.perf_counter()
         alone = SupernetTrainer(alone_space, dataset, work / "standalone", alone_config, space_name=args.space,
                                 seed=args.seed).fit()
@@ -143,8 +160,9 @@ def main() -> None:
     results["subnet_eval"] = eval_ratio(space, calibration, x_test, archs)
 
     out = Path(args.out)
-    write_json(out / f"supernet_{args.space}.json", results)
-    atomic_write_text(out / f"supernet_{args.space}.md", to_markdown(results, args))
+    stem = f"supernet_{args.space}" + (f"_{args.tag}" if args.tag else "")
+    write_json(out / f"{stem}.json", results)
+    atomic_write_text(out / f"{stem}.md", to_markdown(results, args))
     print(to_markdown(results, args))
 
 
@@ -156,7 +174,8 @@ def to_markdown(r: dict, args) -> str:
     final = r["supernet"]["final"]["test"]
     lines = [f"# Supernet benchmark: {r['space']} (cpu preset) on {r['dataset']} {'x'.join(map(str, r['image_size']))}",
              "", f"Command: `python benchmarks/supernet_cpu.py --space {args.space} --full-epochs {args.full_epochs} "
-             f"--shrink-epochs {args.shrink_epochs} --seed {args.seed}`  ",
+             f"--shrink-epochs {args.shrink_epochs} --seed {args.seed}"
+             + "".join(f" --train {t}" for t in args.train) + "`  ",
              f"torch {r['torch']}, {r['threads']} threads, {r['machine']}", "",
              "| what | value |", "|---|---|",
              f"| supernet training wall time | {r['supernet']['wall_s'] / 60:.1f} min |",
