@@ -39,9 +39,9 @@ class TrainConfig:
     with 0 epochs is skipped; its dimension is still released for the phases after it.
     """
 
-    full_epochs: int = 8
+    full_epochs: int = 16
     full_lr: float = 0.1
-    shrink_epochs: int = 4
+    shrink_epochs: int = 6
     shrink_lr: float = 0.03
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     batch_size: int = 128
@@ -52,7 +52,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     optimizer: Literal["sgd", "momentum", "adamw"] = "sgd"
     momentum: float = 0.9
-    weight_decay: float = 5e-5
+    weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
     warmup_lr_ratio: float = 0.01
     min_lr: float = 0.0
