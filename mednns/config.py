@@ -263,5 +263,26 @@ def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
 
 
+def parse_key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
+    """Command-line ``KEY=VALUE`` pairs: ``("a=1", "b=x")`` → ``{"a": 1, "b": "x"}`` (values parsed as YAML).
+
+    :param option: the option's name, for error messages (e.g. ``--set``).
+    """
+    values: dict[str, Any] = {}
+    issues = []
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            issues.append(ConfigIssue(f"{option} {pair}", "expected KEY=VALUE"))
+            continue
+        try:
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            values[key.strip()] = raw
+    if issues:
+        raise ConfigError(issues)
+    return values
+
+
 __all__ = ["RunConfig", "apply_overrides", "check_component", "describe", "expand_env", "load_config",
-           "read_yaml", "validate_config"]
+           "parse_key_values", "read_yaml", "validate_config"]

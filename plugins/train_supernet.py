@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import click
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 import mednns
 from mednns.data import MedicalDataset
-from mednns.errors import ConfigError, ConfigIssue, UsageError
+from mednns.config import parse_key_values
+from mednns.errors import UsageError
 from mednns.seeding import derive_seed, seed_everything
 from mednns.stages import Stage
 from mednns.training.config import FINAL, SUPERNET_METADATA, SUPERNET_WEIGHTS, TrainConfig
@@ -173,24 +173,6 @@ def register_stages(register):
 
 
 # -- the command ---------------------------------------------------------------------
-def _key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
-    """``("a=1", "b=x")`` → ``{"a": 1, "b": "x"}`` (values parsed as YAML)."""
-    values: dict[str, Any] = {}
-    issues = []
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            issues.append(ConfigIssue(f"{option} {pair}", "expected KEY=VALUE"))
-            continue
-        try:
-            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            values[key.strip()] = raw
-    if issues:
-        raise ConfigError(issues)
-    return values
-
-
 def build_run_config(dataset: str, *, dataset_args: dict[str, Any] | None = None, space: str = "ofa_resnet",
                      preset: str | None = None, space_args: dict[str, Any] | None = None,
                      stage_args: dict[str, Any] | None = None, name: str | None = None, output_dir: str = "runs",
@@ -256,7 +238,7 @@ def register_commands(cli):
         from mednns.runner import execute
         from mednns.runs import prepare_run
 
-        args = _key_values(stage_args, "--set")
+        args = parse_key_values(stage_args, "--set")
         if epochs is not None:
             args.setdefault("full_epochs", epochs)
             args.setdefault("shrink_epochs", epochs)
@@ -264,8 +246,8 @@ def register_commands(cli):
             args.setdefault("max_train_images", max_train_images)
         if no_progress:
             args["progress"] = False
-        data = build_run_config(dataset, dataset_args=_key_values(dataset_args, "--dataset-arg"), space=space,
-                                preset=preset, space_args=_key_values(space_args, "--space-arg"), stage_args=args,
+        data = build_run_config(dataset, dataset_args=parse_key_values(dataset_args, "--dataset-arg"), space=space,
+                                preset=preset, space_args=parse_key_values(space_args, "--space-arg"), stage_args=args,
                                 name=name, output_dir=output_dir, device=device, seed=seed)
         manager = get_plugin_manager()
         config = validate_config(manager, data, source="mednns train-supernet")

@@ -1,0 +1,281 @@
+"""Built-in stage ``build_zoo`` and the ``mednns zoo`` commands (build, stats, export, merge).
+
+The stage evaluates subnets of every supernet a ``train_supernet`` stage left in the run (or in
+``supernets``) into one SQLite store, by default ``stages/build_zoo/zoo.sqlite`` (a sharded build
+writes ``zoo.shard-<i>-of-<n>.sqlite``; ``mednns zoo merge`` combines them). Stopping at any moment
+loses at most ``commit_every`` rows; running again resumes (:mod:`mednns.zoo`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import mednns
+from mednns.errors import UsageError
+from mednns.stages import Stage
+from mednns.training.config import SUPERNET_METADATA
+from mednns.zoo import BuildSettings, Shard, ZooProtocol
+
+STAGE = "build_zoo"
+STORE = "zoo.sqlite"
+SUPERNET_STAGE = "train_supernet"
+_S, _P = BuildSettings(), ZooProtocol()  # defaults: one source of truth
+
+
+def store_name(shard: Shard) -> str:
+    """The default store file of a shard (``zoo.sqlite`` for an unsharded build)."""
+    return STORE if shard.whole else f"zoo.shard-{shard.index}-of-{shard.count}.sqlite"
+
+
+class BuildZoo(Stage):
+    """Per trained supernet: evaluate sampled subnets (BN recalibrated) on the val and test splits.
+
+    :param supernets: folder with one trained supernet folder per dataset (default: this run's
+        ``stages/train_supernet``).
+    :param datasets: only these datasets of the run (default: every dataset with a supernet folder).
+    :param store: the SQLite file (default: ``stages/build_zoo/zoo.sqlite``, or one file per shard).
+    :param samples: distinct random architectures per supernet.
+    :param anchors: extra architectures shared by every dataset of a space.
+    :param extremes: also evaluate the largest and smallest subnet.
+    :param shard: ``i/n``: evaluate only part ``i`` of ``n`` disjoint parts of the plan.
+    :param calibration_images: training images for BN recalibration.
+    :param calibration_batch_size: their batch size.
+    :param max_val_images: cap on validation images (null: all).
+    :param max_test_images: cap on test images (null: all).
+    :param batch_size: inference batch size.
+    :param channels_last: channels-last memory format.
+    :param commit_every: rows per transaction (a kill loses at most these).
+    :param progress: show a progress bar.
+    """
+
+    name = STAGE
+
+    def __init__(self, supernets: str | None = None, datasets: list[str] | None = None, store: str | None = None,
+                 samples: int = _S.samples, anchors: int = _S.anchors, extremes: bool = _S.extremes,
+                 shard: str | None = None, calibration_images: int = _P.calibration_images,
+                 calibration_batch_size: int = _P.calibration_batch_size,
+                 max_val_images: int | None = _P.max_val_images, max_test_images: int | None = _P.max_test_images,
+                 batch_size: int = _S.batch_size, channels_last: bool = _S.channels_last,
+                 commit_every: int = _S.commit_every, progress: bool = _S.progress):
+        if samples < 0 or anchors < 0:
+            raise UsageError("samples and anchors must be >= 0")
+        self.supernets = supernets
+        self.only = datasets
+        self.store = store
+        self.shard = Shard.parse(shard)
+        self.protocol_args = dict(calibration_images=calibration_images, calibration_batch_size=calibration_batch_size,
+                                  max_val_images=max_val_images, max_test_images=max_test_images)
+        ZooProtocol(**self.protocol_args)  # validate now, before any work
+        self.settings_args = dict(samples=samples, anchors=anchors, extremes=extremes, shard=self.shard,
+                                  batch_size=batch_size, channels_last=channels_last,
+                                  commit_every=commit_every, progress=progress)
+        BuildSettings(**self.settings_args)
+
+    # -- paths -------------------------------------------------------------------------
+    def store_path(self, run) -> Path:
+        return Path(self.store) if self.store else run.stage_dir(self.name) / store_name(self.shard)
+
+    def supernet_root(self, run) -> Path:
+        return Path(self.supernets) if self.supernets else run.directory / "stages" / SUPERNET_STAGE
+
+    def summary_path(self, run) -> Path:
+        suffix = "" if self.shard.whole else f".shard-{self.shard.index}-of-{self.shard.count}"
+        return run.stage_dir(self.name) / f"summary{suffix}.json"
+
+    def outputs(self, run) -> list[Path]:
+        return [self.store_path(run), self.summary_path(run)]
+
+    def targets(self, run) -> list[tuple[str, Path]]:
+        """(dataset name, supernet folder) pairs to evaluate, in the run's dataset order."""
+        root = self.supernet_root(run)
+        names = self.only if self.only is not None else [n for n in run.datasets if (root / n / SUPERNET_METADATA).is_file()]
+        if not names:
+            raise UsageError(f"build_zoo: no trained supernet of the run's datasets under {root}",
+                             hint="run a train_supernet stage first, or set 'supernets' to its folder")
+        missing = [n for n in names if not (root / n / SUPERNET_METADATA).is_file()]
+        if missing:
+            raise UsageError(f"build_zoo: no trained supernet for {', '.join(missing)} under {root}",
+                             hint="train it first (train_supernet stage) or drop it from 'datasets'")
+        return [(n, root / n) for n in names]
+
+    # -- work --------------------------------------------------------------------------
+    def run(self, run) -> dict[str, Any]:
+        from mednns.files import write_json
+        from mednns.zoo import ZooStore, build_zoo
+
+        settings = BuildSettings(**self.settings_args, seed=run.seed)
+        protocol = ZooProtocol(**self.protocol_args, seed=run.seed)
+        targets = self.targets(run)
+        summaries = {}
+        with ZooStore(self.store_path(run)) as store:
+            for name, folder in targets:
+                summaries[name] = build_zoo(store, folder, run.dataset(name), settings=settings, protocol=protocol,
+                                            device=run.device, manager=run.manager, console=run.console)
+            results = {"store": str(self.store_path(run)), "shard": str(self.shard), "rows": store.count(),
+                       "datasets": summaries}
+        write_json(self.summary_path(run), results)
+        return results
+
+
+@mednns.hookimpl
+def register_stages(register):
+    register(STAGE, BuildZoo, description="Per trained supernet: evaluate sampled subnets into a SQLite model zoo "
+                                          "(resumable, shardable)")
+
+
+# -- commands ----------------------------------------------------------------------------
+def resolve_store(path: str) -> Path:
+    """A store file, or a run directory holding ``stages/build_zoo/zoo.sqlite``."""
+    candidate = Path(path)
+    if candidate.is_dir():
+        candidate = candidate / "stages" / STAGE / STORE
+    if not candidate.is_file():
+        raise UsageError(f"no zoo store at {candidate}", hint="give a .sqlite file or a run directory with a built zoo")
+    return candidate
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def stats_table(stats: list[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("dataset", "space", "models", "val acc median [min, max]", "test acc median [min, max]",
+                   "test auc median", "params", "MACs", "s/model"):
+        table.add_column(column, justify="left" if column in ("dataset", "space") else "right")
+    for s in stats:
+        val, test = s["metrics"]["val_acc"], s["metrics"]["test_acc"]
+        table.add_row(escape(s["dataset"]), escape(s["space"]), f"{s['n']:,}",
+                      f"{_fmt(val['median'])} [{_fmt(val['min'])}, {_fmt(val['max'])}]",
+                      f"{_fmt(test['median'])} [{_fmt(test['min'])}, {_fmt(test['max'])}]",
+                      _fmt(s["metrics"]["test_auc"]["median"]),
+                      f"{s['params']['min']:,}-{s['params']['max']:,}", f"{s['macs']['min']:,}-{s['macs']['max']:,}",
+                      f"{s['eval_seconds']['mean']:.2f}")
+    return table
+
+
+@mednns.hookimpl
+def register_commands(cli):
+    @cli.group("zoo")
+    def zoo() -> None:
+        """Build, inspect, export and merge model zoos (SQLite stores of evaluated subnets)."""
+
+    @zoo.command("build")
+    @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+    @click.option("--samples", type=int, help=f"Random architectures per supernet [default: {_S.samples}].")
+    @click.option("--anchors", type=int, help="Architectures shared by all datasets of a space [default: 0].")
+    @click.option("--shard", metavar="I/N", help="Evaluate part I of N disjoint parts (0-based).")
+    @click.option("--store", type=click.Path(dir_okay=False), help="Store file [default: RUN_DIR/stages/build_zoo/"
+                                                                   "zoo.sqlite, or zoo.shard-I-of-N.sqlite].")
+    @click.option("--dataset", "datasets", multiple=True, metavar="NAME", help="Only this dataset; repeatable.")
+    @click.option("--set", "stage_args", multiple=True, metavar="KEY=VALUE",
+                  help="Any build_zoo stage argument (e.g. batch_size=256); repeatable.")
+    @click.option("--device", help="auto, cpu, cuda or cuda:N [default: the run's].")
+    @click.option("--no-progress", is_flag=True, help="No progress bar.")
+    def zoo_build(run_dir: str, samples: int | None, anchors: int | None, shard: str | None, store: str | None,
+                  datasets: tuple[str, ...], stage_args: tuple[str, ...], device: str | None,
+                  no_progress: bool) -> None:
+        """Evaluate subnets of the supernets a run trained (RUN_DIR/stages/train_supernet) into a store.
+
+        Resumable: run the same command again after a kill. Shards (--shard 0/4 ... 3/4) can run as
+        separate processes or machines; combine their stores with 'mednns zoo merge'.
+        """
+        from mednns.config import load_config, parse_key_values
+        from mednns.manager import get_plugin_manager
+        from mednns.runs import prepare_run
+
+        args = parse_key_values(stage_args, "--set")
+        for key, value in (("samples", samples), ("anchors", anchors), ("shard", shard), ("store", store)):
+            if value is not None:
+                args[key] = value
+        if datasets:
+            args["datasets"] = list(datasets)
+        if no_progress:
+            args["progress"] = False
+        manager = get_plugin_manager()
+        config_path = Path(run_dir) / "config.yaml"
+        if not config_path.is_file():
+            raise UsageError(f"{run_dir} is not a run directory (no config.yaml)")
+        config = load_config(manager, config_path)
+        config.stages = []
+        if device is not None:
+            config.device = device
+        console = Console(soft_wrap=False)
+        run = prepare_run(manager, config, directory=run_dir, console=console)
+        stage = manager.create("stages", STAGE, **args)
+        stage.name = STAGE
+        results = stage.run(run)
+        from mednns.zoo import ZooStore, zoo_stats
+
+        with ZooStore(results["store"], readonly=True) as zoo_store:
+            console.print(stats_table(zoo_stats(zoo_store), f"zoo {escape(results['store'])}"))
+
+    @zoo.command("stats")
+    @click.argument("store")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    def zoo_stats_command(store: str, as_json: bool) -> None:
+        """Per dataset and space: model count, metric distributions, params and MACs ranges.
+
+        STORE is a .sqlite file or a run directory with a built zoo.
+        """
+        import json
+
+        from mednns.zoo import ZooStore, zoo_stats
+
+        path = resolve_store(store)
+        with ZooStore(path, readonly=True) as zoo_store:
+            stats = zoo_stats(zoo_store)
+        if as_json:
+            click.echo(json.dumps(stats, indent=2))
+        else:
+            Console(soft_wrap=False).print(stats_table(stats, f"zoo {escape(str(path))}"))
+
+    @zoo.command("export")
+    @click.argument("store")
+    @click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]), default="csv", show_default=True)
+    @click.option("-o", "--output", help="Output file [default: stdout].")
+    @click.option("--dataset", help="Only this dataset.")
+    @click.option("--space", help="Only this search space.")
+    def zoo_export(store: str, fmt: str, output: str | None, dataset: str | None, space: str | None) -> None:
+        """Write every row of a store as CSV or JSON lines."""
+        from mednns.zoo import ZooStore, export_zoo
+
+        with ZooStore(resolve_store(store), readonly=True) as zoo_store:
+            count = export_zoo(zoo_store, fmt, output, dataset=dataset, space=space)
+        if output:
+            click.echo(f"{count:,} rows written to {output}", err=True)
+
+    @zoo.command("merge")
+    @click.argument("target", type=click.Path(dir_okay=False))
+    @click.argument("sources", nargs=-1, required=True)
+    def zoo_merge(target: str, sources: tuple[str, ...]) -> None:
+        """Merge SOURCES (stores or run directories) into TARGET (created when absent). Idempotent.
+
+        A model present in both with different numbers is a conflict: reported, TARGET's row kept;
+        the command then exits with status 1.
+        """
+        from mednns.zoo import merge_stores
+
+        reports = merge_stores(target, [resolve_store(s) for s in sources])
+        console = Console(soft_wrap=False)
+        table = Table(title=f"merged into {escape(target)}")
+        for column in ("source", "added", "duplicates", "conflicts", "supernets added"):
+            table.add_column(column)
+        conflicts = 0
+        for source, report in reports.items():
+            conflicts += len(report.conflicts)
+            table.add_row(escape(source), f"{report.added:,}", f"{report.duplicates:,}", f"{len(report.conflicts):,}",
+                          str(report.supernets_added))
+        console.print(table)
+        for source, report in reports.items():
+            for c in report.conflicts[:20]:
+                console.print(f"[red]conflict[/red] {escape(source)}: {escape(c['dataset'])}/{escape(c['space'])} "
+                              f"{c['arch_hash']}: val acc here {c['here_val_acc']}, there {c['other_val_acc']}")
+        if conflicts:
+            raise SystemExit(1)
