@@ -49,7 +49,9 @@ def execute(run: Run, *, restart: bool = False) -> dict[str, Any]:
     A stage is skipped when its ``stage.json`` records ``complete`` under the same
     fingerprint and its outputs exist. A stage interrupted under a *different*
     config is refused (its partial state belongs to the old config) unless
-    ``restart`` is set, which discards that partial state.
+    ``restart`` is set, which discards that partial state. A stage whose
+    :attr:`~mednns.stages.Stage.keeps_state` is true keeps its directory when its
+    config changes (``restart`` still discards it).
     """
     write_run_metadata(run)
     handler = _attach_log_file(run.directory)
@@ -98,15 +100,18 @@ def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[s
         log.info("stage %s: outputs missing (%s), running again", name, ", ".join(missing))
     elif state is not None and state.get("fingerprint") != fingerprint:
         changed = _changed_keys(state.get("inputs", {}), inputs)
-        if state.get("status") != "complete" and not restart:
+        keep = getattr(stage, "keeps_state", False) and not restart
+        if state.get("status") != "complete" and not restart and not keep:
             raise UsageError(
                 f"stage '{name}' in {run.directory} was interrupted under a different config "
                 f"(changed: {', '.join(changed) or 'unknown'}); refusing to resume it",
                 hint="restore the old config, pass --restart to discard its partial state, or use --output-dir",
             )
-        log.info("stage %s: config changed (%s), running again", name, ", ".join(changed) or "unknown")
-        shutil.rmtree(directory)
-        directory = run.stage_dir(name)
+        log.info("stage %s: config changed (%s), running again%s", name, ", ".join(changed) or "unknown",
+                 " on its kept files" if keep else "")
+        if not keep:
+            shutil.rmtree(directory)
+            directory = run.stage_dir(name)
     elif restart and state is not None and state.get("status") != "complete":
         shutil.rmtree(directory)
         directory = run.stage_dir(name)

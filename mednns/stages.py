@@ -24,6 +24,10 @@ class Stage(abc.ABC):
     """
 
     name: str = ""
+    #: When the stage's config changes, keep its directory and run it again (instead of deleting
+    #: it first): for stages whose files stay valid and that check them themselves, such as a
+    #: model zoo keyed by supernet weights and evaluation protocol. ``--restart`` still discards.
+    keeps_state: bool = False
 
     def outputs(self, run: "Run") -> list[Path]:
         """Files whose existence (with an unchanged config) proves the stage complete."""

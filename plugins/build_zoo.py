@@ -20,7 +20,7 @@ import mednns
 from mednns.errors import UsageError
 from mednns.stages import Stage
 from mednns.training.config import SUPERNET_METADATA
-from mednns.zoo import BuildSettings, Shard, ZooProtocol
+from mednns.zoo.settings import BuildSettings, Shard, ZooProtocol
 
 STAGE = "build_zoo"
 STORE = "zoo.sqlite"
@@ -55,6 +55,7 @@ class BuildZoo(Stage):
     """
 
     name = STAGE
+    keeps_state = True  # rows are keyed by supernet weights and protocol: a new 'samples' adds to them
 
     def __init__(self, supernets: str | None = None, datasets: list[str] | None = None, store: str | None = None,
                  samples: int = _S.samples, anchors: int = _S.anchors, extremes: bool = _S.extremes,
@@ -183,6 +184,9 @@ def register_commands(cli):
                   no_progress: bool) -> None:
         """Evaluate subnets of the supernets a run trained (RUN_DIR/stages/train_supernet) into a store.
 
+        Starts from the build_zoo arguments of the run's config, when it has that stage; the options
+        here override them.
+
         Resumable: run the same command again after a kill. Shards (--shard 0/4 ... 3/4) can run as
         separate processes or machines; combine their stores with 'mednns zoo merge'.
         """
@@ -190,7 +194,15 @@ def register_commands(cli):
         from mednns.manager import get_plugin_manager
         from mednns.runs import prepare_run
 
-        args = parse_key_values(stage_args, "--set")
+        manager = get_plugin_manager()
+        config_path = Path(run_dir) / "config.yaml"
+        if not config_path.is_file():
+            raise UsageError(f"{run_dir} is not a run directory (no config.yaml)")
+        config = load_config(manager, config_path)
+        # the run's own build_zoo arguments (same protocol, same store), then the options given here
+        configured = [spec for spec in config.stages if spec["name"] == STAGE]
+        args = dict(configured[0]["args"]) if configured else {}
+        args.update(parse_key_values(stage_args, "--set"))
         for key, value in (("samples", samples), ("anchors", anchors), ("shard", shard), ("store", store)):
             if value is not None:
                 args[key] = value
@@ -198,11 +210,6 @@ def register_commands(cli):
             args["datasets"] = list(datasets)
         if no_progress:
             args["progress"] = False
-        manager = get_plugin_manager()
-        config_path = Path(run_dir) / "config.yaml"
-        if not config_path.is_file():
-            raise UsageError(f"{run_dir} is not a run directory (no config.yaml)")
-        config = load_config(manager, config_path)
         config.stages = []
         if device is not None:
             config.device = device

@@ -141,3 +141,21 @@ def test_failed_stage_is_recorded_and_resumed_only_under_the_same_config(setup):
     results = run(second_args={"fail": False}, restart=True)
     assert results["status"] == "complete"
     assert results["stages"]["first"]["status"] == "skipped"
+
+
+def test_a_stage_that_keeps_state_keeps_its_directory_when_its_config_changes(setup, monkeypatch):
+    run, _, directory = setup
+    monkeypatch.setattr(CountingStage, "keeps_state", True)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run(second_args={"fail": True})
+    marker = directory / "stages" / "second" / "kept.txt"
+    marker.write_text("rows of a zoo")
+    results = run(second_args={"value": 5})  # interrupted, changed config: resumed on its files
+    assert results["stages"]["second"]["results"]["value"] == 5 and marker.exists()
+    run(second_args={"value": 6})  # complete, changed config: kept too
+    assert marker.exists()
+    with pytest.raises(RuntimeError):
+        run(second_args={"fail": True})
+    run(second_args={"value": 8}, restart=True)  # --restart still discards
+    assert not marker.exists()
+    assert CALLS.count("second") == 5

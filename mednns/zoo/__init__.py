@@ -1,16 +1,49 @@
 """The model zoo: evaluated subnets of trained supernets, in a SQLite store.
 
-``plan`` decides which architectures (deterministic, deduplicated, shardable), ``evaluator``
-measures them fast, ``store`` keeps the rows, ``build`` ties the three together and is resumable,
-``report`` reads a store back (statistics, CSV / JSON-lines export).
+Modules, one job each: :mod:`~mednns.zoo.settings` (protocol, build settings, shards; no torch),
+:mod:`~mednns.zoo.plan` (which architectures: deterministic, deduplicated, shardable),
+:mod:`~mednns.zoo.evaluator` (measuring them fast), :mod:`~mednns.zoo.store` (the rows),
+:mod:`~mednns.zoo.build` (the three together, resumable) and :mod:`~mednns.zoo.report`
+(statistics, CSV / JSON-lines export). Names are imported on first use, so ``import mednns.zoo``
+does not import torch.
 """
 
-from mednns.zoo.build import BuildSettings, build_zoo
-from mednns.zoo.evaluator import EvaluationData, SubnetEvaluator, ZooProtocol
-from mednns.zoo.plan import Planned, Shard, plan_architectures, shard_plan
-from mednns.zoo.report import export_zoo, zoo_stats
-from mednns.zoo.store import SCHEMA_VERSION, MergeReport, ModelRow, ZooStore, merge_stores
+from __future__ import annotations
 
-__all__ = ["BuildSettings", "EvaluationData", "MergeReport", "ModelRow", "Planned", "SCHEMA_VERSION", "Shard",
-           "SubnetEvaluator", "ZooProtocol", "ZooStore", "build_zoo", "export_zoo",
-           "merge_stores", "plan_architectures", "shard_plan", "zoo_stats"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BuildSettings": "mednns.zoo.settings",
+    "Shard": "mednns.zoo.settings",
+    "ZooProtocol": "mednns.zoo.settings",
+    "Planned": "mednns.zoo.plan",
+    "plan_architectures": "mednns.zoo.plan",
+    "shard_plan": "mednns.zoo.plan",
+    "EvaluationData": "mednns.zoo.evaluator",
+    "SubnetEvaluator": "mednns.zoo.evaluator",
+    "build_zoo": "mednns.zoo.build",
+    "export_zoo": "mednns.zoo.report",
+    "zoo_stats": "mednns.zoo.report",
+    "SCHEMA_VERSION": "mednns.zoo.store",
+    "MergeReport": "mednns.zoo.store",
+    "ModelRow": "mednns.zoo.store",
+    "ZooStore": "mednns.zoo.store",
+    "merge_stores": "mednns.zoo.store",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'mednns.zoo' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

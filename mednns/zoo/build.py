@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mednns.data import MedicalDataset
 from mednns.errors import UsageError
 from mednns.training.checkpoint import _resolve, load_supernet
-from mednns.zoo.evaluator import EvaluationData, SubnetEvaluator, ZooProtocol
-from mednns.zoo.plan import Shard, plan_architectures, shard_plan
+from mednns.zoo.evaluator import EvaluationData, SubnetEvaluator
+from mednns.zoo.plan import plan_architectures, shard_plan
+from mednns.zoo.settings import BuildSettings, ZooProtocol
 from mednns.zoo.store import ModelRow, ZooStore, sha256_file
 
 log = logging.getLogger("mednns.zoo")
-
-
-@dataclass(frozen=True)
-class BuildSettings:
-    """What to evaluate and how fast (the protocol is separate: it defines what the numbers mean).
-
-    :param samples: distinct random architectures per supernet.
-    :param anchors: architectures shared by every dataset of a space (drawn from the space's seed).
-    :param extremes: also evaluate the largest and smallest subnet.
-    :param seed: seed of the plan.
-    :param shard: the part of the plan this process evaluates.
-    :param batch_size: inference batch size.
-    :param channels_last: channels-last memory format.
-    :param commit_every: rows per transaction (a kill loses at most these).
-    :param progress: draw a progress bar.
-    """
-
-    samples: int = 1000
-    anchors: int = 0
-    extremes: bool = True
-    seed: int = 0
-    shard: Shard = Shard()
-    batch_size: int = 256
-    channels_last: bool = True
-    commit_every: int = 16
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.commit_every < 1:
-            raise UsageError("batch_size and commit_every must be >= 1")
 
 
 def build_zoo(store: ZooStore, supernet: str | os.PathLike, dataset: MedicalDataset, *,
@@ -79,7 +49,7 @@ def build_zoo(store: ZooStore, supernet: str | os.PathLike, dataset: MedicalData
     if others:
         raise UsageError(f"{store.path} already holds rows of this {name} supernet evaluated under another "
                          f"protocol ({store.protocol(others[0])}); this build uses {protocol.to_dict()}",
-                         hint="use the same protocol, or another store")
+                         hint="use the same protocol, another store, or discard this one (mednns run --restart)")
 
     plan = plan_architectures(space, space_name=space_name, dataset=name, samples=settings.samples,
                               anchors=settings.anchors, extremes=settings.extremes, seed=settings.seed)

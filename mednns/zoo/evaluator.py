@@ -1,6 +1,6 @@
 """Evaluating many subnets of one supernet fast: data prepared once, one pass per subnet.
 
-:class:`ZooProtocol` fixes what a zoo row's numbers mean (calibration images, split caps, seed);
+:class:`~mednns.zoo.settings.ZooProtocol` fixes what a zoo row's numbers mean;
 :class:`EvaluationData` holds the dataset's tensors for it, normalized once; and
 :class:`SubnetEvaluator` turns an architecture into validation and test metrics:
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -26,37 +26,9 @@ from mednns.search_spaces.base import Arch, Supernet
 from mednns.search_spaces.calibration import recalibrate_bn
 from mednns.seeding import derive_seed, torch_generator
 from mednns.training.evaluation import metrics_from_logits, predict
+from mednns.zoo.settings import ZooProtocol
 
 log = logging.getLogger("mednns.zoo")
-
-
-@dataclass(frozen=True)
-class ZooProtocol:
-    """How every subnet of a zoo is evaluated (stored with each row; rows of one supernet share one).
-
-    :param calibration_images: training images for BN recalibration (a seeded random subset).
-    :param calibration_batch_size: their batch size (the set is a whole number of batches).
-    :param max_val_images: cap on validation images (a seeded random subset; ``None``: all).
-    :param max_test_images: cap on test images (``None``: all).
-    :param seed: seed of those subsets.
-    """
-
-    calibration_images: int = 512
-    calibration_batch_size: int = 256
-    max_val_images: int | None = 1000
-    max_test_images: int | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.calibration_images < 1 or self.calibration_batch_size < 2:
-            raise UsageError("calibration_images must be >= 1 and calibration_batch_size >= 2")
-        for name in ("max_val_images", "max_test_images"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise UsageError(f"{name} must be >= 1 or null, got {value}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _subset(x: torch.Tensor, y: torch.Tensor, cap: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 from dataclasses import dataclass
 
 from mednns.errors import UsageError
 from mednns.search_spaces.base import Arch, Supernet
 from mednns.seeding import derive_seed
+from mednns.zoo.settings import Shard
 
 log = logging.getLogger("mednns.zoo")
 
@@ -32,36 +32,6 @@ class Planned:
     arch: Arch
     arch_hash: str
     origin: str  # "extreme" | "anchor" | "sample"
-
-
-@dataclass(frozen=True)
-class Shard:
-    """Part ``index`` (0-based) of ``count`` disjoint parts."""
-
-    index: int = 0
-    count: int = 1
-
-    @classmethod
-    def parse(cls, text: "str | Shard | None") -> "Shard":
-        """``"i/n"`` (0 <= i < n) → a shard; ``None`` → the whole plan."""
-        if text is None:
-            return cls()
-        if isinstance(text, Shard):
-            return text
-        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-        if not match:
-            raise UsageError(f"shard {text!r} is not of the form i/n", hint="e.g. --shard 0/4 ... --shard 3/4")
-        index, count = int(match.group(1)), int(match.group(2))
-        if count < 1 or not 0 <= index < count:
-            raise UsageError(f"shard {text!r}: need 0 <= i < n")
-        return cls(index, count)
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    @property
-    def whole(self) -> bool:
-        return self.count == 1
 
 
 def _draw(space: Supernet, rng: random.Random, wanted: int, seen: set[str], origin: str) -> list[Planned]:
