@@ -38,11 +38,18 @@ def list_components(kind: str, pattern: str | None = None) -> list[str]:
     return get_plugin_manager().registry(kind).names(pattern)
 
 
-def create(kind: str, name: str, **args: Any) -> Any:
+def create(kind: str, name: str, /, **args: Any) -> Any:
     """Build the component ``name`` of ``kind`` with ``args``, validated against its factory's signature."""
     from mednns.manager import get_plugin_manager
 
     return get_plugin_manager().create(kind, name, **args)
+
+
+def load_model(path: Any, **kwargs: Any) -> Any:
+    """A plain ``nn.Module`` from a folder written by ``mednns query --export`` (see :mod:`mednns.export`)."""
+    from mednns.export import load_model as _load_model
+
+    return _load_model(path, **kwargs)
 
 
 __all__ = [
@@ -60,4 +67,5 @@ __all__ = [
     "hookimpl",
     "lazy",
     "list_components",
+    "load_model",
 ]

@@ -220,7 +220,7 @@ class PluginManager:
             Registry(kind)  # raises the unknown-kind error
         return registries[kind]
 
-    def create(self, kind: str, name: str, **args: Any) -> Any:
+    def create(self, kind: str, name: str, /, **args: Any) -> Any:
         """Build a component after validating ``args`` against its factory's signature."""
         from mednns.config import check_component  # config depends on this module
 

@@ -25,13 +25,14 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_metrics_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write ``rows`` (dicts keyed by :data:`COLUMNS`; extra keys ignored) as CSV, atomically."""
+def write_metrics_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]],
+                      columns: Sequence[str] = COLUMNS) -> Path:
+    """Write ``rows`` (dicts keyed by ``columns``; extra keys ignored) as CSV, atomically."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(row.get(c)) for c in COLUMNS])
+        writer.writerow([_cell(row.get(c)) for c in columns])
     return atomic_write_text(path, buffer.getvalue())
 
 

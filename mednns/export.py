@@ -1,0 +1,129 @@
+"""Exported models: a subnet with its inherited weights, adapted to a target dataset, as plain files.
+
+An export folder holds ``model.safetensors`` (the state dict), ``model.json`` (how to rebuild it:
+the search space and its arguments, the canonical architecture, the adaptations, the source and
+target datasets) and ``arch.json``. :func:`load_model` rebuilds a plain ``nn.Module`` from it.
+
+Adapting a subnet to a target: its last ``nn.Linear`` (the classifier) is replaced by a new,
+seeded one with the target's class count, and when the input channels differ its first
+convolution is converted (3 → 1: the RGB kernels summed, as a grey image equals R = G = B; 1 → 3:
+the kernel repeated and divided by 3), so the inherited features still see the same signal.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mednns.errors import UsageError
+from mednns.files import read_json, write_json
+
+FORMAT = "mednns-model/1"
+WEIGHTS, METADATA, ARCH = "model.safetensors", "model.json", "arch.json"
+
+
+def _named(model: nn.Module, kind: type) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if type(m) is kind]
+
+
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, attribute = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    setattr(parent, attribute, module)
+
+
+def adapt_network(model: nn.Module, *, num_classes: int | None = None, in_channels: int | None = None,
+                  seed: int = 0) -> dict[str, Any]:
+    """Adapt ``model`` in place to a target's classes and input channels; returns what was changed.
+
+    :param num_classes: new classifier size (``None``: keep the head).
+    :param in_channels: new input channel count (``None``: keep).
+    :param seed: seed of the new classifier's initial weights.
+    """
+    changes: dict[str, Any] = {}
+    if num_classes is not None:
+        linears = _named(model, nn.Linear)
+        if not linears:
+            raise UsageError("cannot give the model a new head: it has no nn.Linear layer")
+        path, head = linears[-1]  # always a new head: the target's classes mean something else
+        generator = torch.Generator().manual_seed(seed)
+        new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+        with torch.no_grad():
+            bound = 1.0 / head.in_features ** 0.5
+            new.weight.uniform_(-bound, bound, generator=generator)
+            if new.bias is not None:
+                new.bias.zero_()
+        _replace(model, path, new.to(head.weight.device))
+        changes["head"] = {"module": path, "in_features": head.in_features, "num_classes": num_classes}
+    if in_channels is not None:
+        convs = _named(model, nn.Conv2d)
+        if not convs:
+            raise UsageError("cannot adapt the input channels: the model has no nn.Conv2d layer")
+        path, conv = convs[0]
+        if conv.in_channels != in_channels:
+            if conv.groups != 1 or {conv.in_channels, in_channels} != {1, 3}:
+                raise UsageError(f"cannot adapt a first convolution of {conv.in_channels} input channels to "
+                                 f"{in_channels} (1 <-> 3 only)")
+            new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                            conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+            with torch.no_grad():
+                weight = conv.weight.sum(1, keepdim=True) if in_channels == 1 else conv.weight.repeat(1, 3, 1, 1) / 3
+                new.weight.copy_(weight)
+                if conv.bias is not None:
+                    new.bias.copy_(conv.bias)
+            _replace(model, path, new.to(conv.weight.device))
+            changes["stem"] = {"module": path, "from": conv.in_channels, "to": in_channels}
+    return changes
+
+
+def export_subnet(space: Any, space_spec: dict[str, Any], arch: Any, directory: str | os.PathLike, *,
+                  num_classes: int, in_channels: int, metadata: dict[str, Any] | None = None, seed: int = 0) -> Path:
+    """Extract ``arch`` from the trained supernet ``space`` with its weights, adapt it, save it.
+
+    :param space_spec: ``{"name", "args"}`` that rebuild the space through the search-space registry.
+    :param metadata: anything else worth keeping (source and target datasets, the query's scores).
+    :returns: the export folder.
+    """
+    from mednns.training.checkpoint import save_weights
+
+    directory = Path(directory)
+    model = space.extract(arch).cpu().eval()
+    changes = adapt_network(model, num_classes=num_classes, in_channels=in_channels, seed=seed)
+    save_weights(directory / WEIGHTS, model)
+    arch_json = space.arch_to_json(arch)
+    (directory / ARCH).write_text(arch_json + "\n")
+    write_json(directory / METADATA, {
+        "format": FORMAT, "space": space_spec, "arch": arch_json, "arch_hash": space.arch_hash(arch),
+        "num_classes": num_classes, "in_channels": in_channels, "changes": changes, "seed": seed,
+        "params": sum(p.numel() for p in model.parameters()), **(metadata or {})})
+    return directory
+
+
+def load_model(path: str | os.PathLike, *, manager: Any = None, device: str | torch.device = "cpu") -> nn.Module:
+    """A plain ``nn.Module`` (eval mode) from an export folder (or its ``model.json``)."""
+    from mednns.manager import get_plugin_manager
+    from mednns.training.checkpoint import load_weights
+
+    path = Path(path)
+    directory = path.parent if path.is_file() else path
+    meta_path = directory / METADATA
+    if not meta_path.is_file():
+        raise UsageError(f"no exported model in {directory} ({METADATA} missing)",
+                         hint="export one with 'mednns query RUN_DIR --dataset ... --export DIR'")
+    metadata = read_json(meta_path)
+    if metadata.get("format") != FORMAT:
+        raise UsageError(f"{meta_path} is not a {FORMAT} file (format {metadata.get('format')!r})")
+    manager = manager or get_plugin_manager()
+    spec = metadata["space"]
+    space = manager.create("search-spaces", spec["name"], **spec.get("args", {}))
+    model = space.extract(space.arch_from_json(metadata["arch"]))
+    del space
+    adapt_network(model, num_classes=metadata["num_classes"], in_channels=metadata["in_channels"],
+                  seed=metadata.get("seed", 0))
+    model.to(device)
+    load_weights(model, directory / WEIGHTS)
+    return model.eval()

@@ -1,0 +1,159 @@
+"""Fine-tuning an exported model (or any export folder) on a target dataset.
+
+K epochs of SGD with momentum, weight decay and a cosine schedule with warm-up (timm's scheduler,
+as supernet training), random-crop (and optional flip) augmentation, the target's training
+statistics for normalization. After every epoch: validation and test metrics into ``metrics.csv``;
+the best epoch by validation ACC is saved as an export folder (``best/``) that
+:func:`mednns.load_model` reads, with ``final.json`` summarizing the run. The test split never
+chooses anything: it is only reported.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mednns.data import MedicalDataset, dataset_tensors
+from mednns.errors import UsageError
+from mednns.export import ARCH, METADATA, WEIGHTS, load_model
+from mednns.files import read_json, write_json
+from mednns.seeding import derive_seed, torch_generator
+from mednns.training.augment import random_crop, random_hflip
+from mednns.training.checkpoint import save_weights
+from mednns.training.evaluation import metrics_from_logits, predict
+from mednns.training.losses import supervised_loss
+from mednns.training.metrics_log import write_metrics_csv
+
+BEST, METRICS, FINAL = "best", "metrics.csv", "final.json"
+#: Columns of a fine-tuning ``metrics.csv``.
+COLUMNS = ("epoch", "lr", "train_loss", "val_acc", "val_auc", "val_loss", "test_acc", "test_auc", "test_loss", "seconds")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning hyper-parameters (the same for a retrieved model and for every baseline)."""
+
+    epochs: int = 10
+    lr: float = 0.05
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    crop_padding: int = 2
+    hflip: bool = False
+    max_train_images: int | None = None
+    eval_batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
+            raise UsageError("epochs must be >= 1, batch_size >= 2 and lr > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path, config: FinetuneConfig = FinetuneConfig(),
+             *, device: str = "cpu", manager: Any = None, console: Console | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Fine-tune the export in ``model_dir`` on ``dataset``; files go to ``out_dir``.
+
+    :returns: ``final.json``'s content: best epoch, its val and test metrics, per-epoch history.
+    """
+    from timm.scheduler import CosineLRScheduler
+
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    model = load_model(model_dir, manager=manager, device=device)  # checks the folder
+    export = read_json(model_dir / METADATA)
+    info = dataset.info
+    if (export["num_classes"] != info.n_classes or export["in_channels"] != info.n_channels):
+        raise UsageError(f"{model_dir} was exported for {export['num_classes']} classes and {export['in_channels']} "
+                         f"channel(s); {info.name} has {info.n_classes} and {info.n_channels}",
+                         hint="export it for this dataset: mednns query RUN_DIR --dataset ... --export DIR")
+    channels = info.n_channels
+    train_x, train_y = dataset_tensors(dataset, "train", channels=channels)
+    if config.max_train_images is not None and config.max_train_images < len(train_x):
+        keep = torch.randperm(len(train_x), generator=torch_generator(derive_seed(config.seed, "subset")))
+        keep = keep[: config.max_train_images].sort().values
+        train_x, train_y = train_x[keep], train_y[keep]
+    val_x, val_y = dataset_tensors(dataset, "val", channels=channels)
+    test_x, test_y = dataset_tensors(dataset, "test", channels=channels)
+    batch = min(config.batch_size, len(train_x))
+    steps = len(train_x) // batch
+    if steps < 1:
+        raise UsageError(f"{info.name}: {len(train_x)} training image(s) is too few to fine-tune")
+
+    torch.manual_seed(config.seed)
+    loss_fn = supervised_loss(info.task, config.label_smoothing)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, momentum=config.momentum,
+                                nesterov=True)
+    total = config.epochs * steps
+    scheduler = CosineLRScheduler(optimizer, t_initial=total, warmup_t=int(config.warmup_epochs * steps),
+                                  warmup_lr_init=config.lr * 0.01, lr_min=0.0, t_in_epochs=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    start = time.perf_counter()
+    columns = (TextColumn("[bold]fine-tune"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not progress) as bar:
+        task = bar.add_task("finetune", total=total, status="")
+        for epoch in range(1, config.epochs + 1):
+            model.train()
+            generator = torch_generator(derive_seed(config.seed, "finetune", epoch))
+            order = torch.randperm(len(train_x), generator=generator)[: steps * batch].view(steps, batch)
+            running = 0.0
+            for step, indices in enumerate(order):
+                x, y = train_x[indices], train_y[indices]
+                if config.crop_padding:
+                    x = random_crop(x, config.crop_padding, generator)
+                if config.hflip:
+                    x = random_hflip(x, generator)
+                x, y = x.to(device), y.to(device)
+                loss = loss_fn(model(x), y)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise UsageError(f"fine-tuning diverged at epoch {epoch} (loss {value})", hint="lower lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step_update((epoch - 1) * steps + step + 1)
+                running += value
+                bar.update(task, advance=1)
+            val = metrics_from_logits(info.task, predict(model, val_x, config.eval_batch_size, device=device), val_y)
+            test = metrics_from_logits(info.task, predict(model, test_x, config.eval_batch_size, device=device), test_y)
+            row = {"epoch": epoch, "train_loss": running / steps, "val_acc": val["acc"], "val_auc": val["auc"],
+                   "val_loss": val["loss"], "test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"],
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}
+            history.append(row)
+            write_metrics_csv(out_dir / METRICS, history, COLUMNS)
+            bar.update(task, status=f"val acc {val['acc']:.4f} | test acc {test['acc']:.4f}")
+            if best is None or val["acc"] > best["val_acc"]:
+                best = row
+                _save_best(model, model_dir, out_dir / BEST, export, row)
+    final = {"dataset": info.name, "model": str(model_dir), "config": config.to_dict(), "best_epoch": best["epoch"],
+             "best": best, "last": history[-1], "history": history, "seconds": round(time.perf_counter() - start, 2)}
+    write_json(out_dir / FINAL, final)
+    return final
+
+
+def _save_best(model: torch.nn.Module, source: Path, target: Path, export: dict[str, Any], row: dict[str, Any]) -> None:
+    """The fine-tuned weights as an export folder: the source's metadata plus where they came from."""
+    target.mkdir(parents=True, exist_ok=True)
+    save_weights(target / WEIGHTS, model)
+    write_json(target / METADATA, {**export, "finetuned": {"from": str(source), **row}})
+    if (source / ARCH).is_file():
+        shutil.copyfile(source / ARCH, target / ARCH)

@@ -1,0 +1,153 @@
+"""The query: an unseen dataset → a ranked, constraint-filtered list of zoo models.
+
+The dataset's training images are encoded with the meta-space's dataset encoder (cached), embedded
+by the set encoder, and every zoo model is scored in one vectorized pass against the saved model
+embeddings: the predicted metric (the predictor), the retrieval score (cosine similarity) or the
+mean of their ranks (``combined``). Parameter and MAC limits filter before ranking; a latency limit
+is checked on the finalists only, by measuring each extracted subnet on this device (batch 1, the
+target's image size; cached per architecture, device and input size).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from scipy import stats
+
+from mednns.data import MedicalDataset
+from mednns.errors import UsageError
+from mednns.files import read_json, write_json
+from mednns.metaspace.features import dataset_features
+from mednns.metaspace.train import load_meta_space
+from mednns.paths import cache_dir
+
+RankBy = Literal["predicted", "score", "combined"]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Hardware limits; ``None`` = no limit."""
+
+    max_params: int | None = None
+    max_macs: int | None = None
+    max_latency_ms: float | None = None
+
+
+def rank_key(predicted: np.ndarray, score: np.ndarray, by: RankBy) -> np.ndarray:
+    """Higher is better: the predicted metric, the score, or minus the mean of their ranks."""
+    if by == "predicted":
+        return predicted
+    if by == "score":
+        return score
+    if by == "combined":
+        return -(stats.rankdata(-predicted) + stats.rankdata(-score)) / 2
+    raise UsageError(f"rank by must be predicted, score or combined, got {by!r}")
+
+
+class LatencyMeter:
+    """Median latency (ms) of extracted subnets at batch 1, cached in a JSON file."""
+
+    def __init__(self, device: str = "cpu", repeats: int = 20, cache: Path | None = None):
+        self.device, self.repeats = device, repeats
+        self.cache_path = cache or cache_dir() / "latency.json"
+        self.cache: dict[str, float] = read_json(self.cache_path) if self.cache_path.is_file() else {}
+        self._spaces: dict[str, Any] = {}
+
+    def _space(self, supernet: str):
+        if supernet not in self._spaces:
+            from mednns.training import load_supernet
+
+            self._spaces[supernet] = load_supernet(supernet)[0]
+        return self._spaces[supernet]
+
+    @torch.inference_mode()
+    def __call__(self, supernet: str, arch_json: str, input_shape: tuple[int, ...]) -> float:
+        space = self._space(supernet)
+        arch = space.arch_from_json(arch_json)
+        key = f"{type(space).__name__}:{space.arch_hash(arch)}:{self.device}:{'x'.join(map(str, input_shape))}"
+        if key not in self.cache:
+            model = space.extract(arch).to(self.device).eval()
+            x = torch.randn(1, *input_shape, device=self.device)
+            for _ in range(3):
+                model(x)
+            times = []
+            for _ in range(self.repeats):
+                start = time.perf_counter()
+                model(x)
+                if self.device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times.append((time.perf_counter() - start) * 1000)
+            self.cache[key] = round(statistics.median(times), 4)
+            write_json(self.cache_path, self.cache)
+        return self.cache[key]
+
+
+def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by: RankBy = "predicted",
+          constraints: Constraints = Constraints(), manager: Any = None, device: str = "cpu",
+          latency: LatencyMeter | None = None, progress: bool = False) -> dict[str, Any]:
+    """Rank every zoo model of a trained meta-space for ``dataset``.
+
+    :param meta_dir: a ``fit_meta_space`` folder.
+    :returns: ``{"dataset", "by", "constraints", "candidates", "results": [row, ...], "seconds"}``;
+        a row has rank, zoo id, source dataset, space, architecture JSON, params, MACs, predicted,
+        score (and latency_ms when measured) and the supernet folder.
+    """
+    if top_k < 1:
+        raise UsageError("top_k must be >= 1")
+    trained = load_meta_space(meta_dir, manager=manager, device=device, with_model_encoder=False)
+    model, metadata, embeddings, table = trained.model, trained.metadata, trained.embeddings, trained.table
+    spec = metadata["dataset_encoder"]
+    from mednns.manager import get_plugin_manager
+
+    encoder = (manager or get_plugin_manager()).create("dataset-encoders", spec["name"], **spec["args"]).to(device)
+    features = dataset_features(encoder, dataset, images=metadata["images"], seed=metadata["image_seed"],
+                                cache_dir=cache_dir(), progress=progress)
+    start = time.perf_counter()
+    with torch.no_grad():
+        d = model.embed_datasets([torch.as_tensor(features, device=device)])
+        m = torch.as_tensor(embeddings, device=device).unsqueeze(0)
+        predicted_t, score_t = model.pair(d, m)
+    predicted, score = predicted_t[0].cpu().numpy(), score_t[0].cpu().numpy()
+    keep = np.ones(len(table), dtype=bool)
+    if constraints.max_params is not None:
+        keep &= table.params <= constraints.max_params
+    if constraints.max_macs is not None:
+        keep &= table.macs <= constraints.max_macs
+    key = rank_key(predicted, score, by)
+    order = [int(i) for i in np.argsort(-key, kind="stable") if keep[i]]
+    seconds = time.perf_counter() - start
+
+    info = dataset.info
+    input_shape = (info.n_channels, *info.image_size)
+    results: list[dict[str, Any]] = []
+    measured = 0
+    if constraints.max_latency_ms is not None and latency is None:
+        latency = LatencyMeter(device)
+    for i in order:
+        row = {"zoo_id": int(table.ids[i]), "dataset": table.dataset[i], "space": table.space[i],
+               "arch": table.arch[i], "params": int(table.params[i]), "macs": int(table.macs[i]),
+               "predicted": float(predicted[i]), "score": float(score[i]), "supernet": table.supernet[i]}
+        if latency is not None and constraints.max_latency_ms is not None:
+            shape = (_supernet_channels(table.supernet[i]), *info.image_size)
+            row["latency_ms"] = latency(table.supernet[i], table.arch[i], shape)
+            measured += 1
+            if row["latency_ms"] > constraints.max_latency_ms:
+                continue
+        results.append({"rank": len(results) + 1, **row})
+        if len(results) == top_k:
+            break
+    return {"dataset": info.name, "input_shape": list(input_shape), "by": by,
+            "constraints": constraints.__dict__, "candidates": int(keep.sum()), "zoo_models": len(table),
+            "latency_measured": measured, "results": results, "seconds": round(seconds, 4)}
+
+
+def _supernet_channels(folder: str) -> int:
+    meta = json.loads((Path(folder) / "supernet.json").read_text())
+    return int(meta["normalization"]["channels"])

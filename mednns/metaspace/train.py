@@ -1,0 +1,205 @@
+"""The ``fit_meta_space`` stage's work: gather the inputs, train, save what a query needs.
+
+Inputs, in order: the zoo's :class:`~mednns.metaspace.contracts.ModelTable`; per-image features of
+every zoo dataset and held-out dataset (cached in the user cache, keyed by dataset and encoder);
+FIDs between the training datasets, normalized to a maximum of 1; the model encoder set up on every
+row; the weighted loss terms. Then :class:`~mednns.metaspace.fit.MetaSpaceFitter` trains, and the
+stage directory receives the weights, the metadata to rebuild the network, every row's embedding
+and the report.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+from rich.markup import escape
+from rich.table import Table
+from torch import nn
+
+from mednns.errors import UsageError
+from mednns.files import atomic_write_bytes, write_json
+from mednns.metaspace.features import dataset_features, features_key
+from mednns.metaspace.contracts import ModelTable
+from mednns.metaspace.fid import fid_matrix
+from mednns.metaspace.fit import MetaSpaceFitter
+from mednns.metaspace.model import MetaSpace
+from mednns.metaspace.settings import FitConfig
+from mednns.metaspace.table import load_table
+from mednns.paths import cache_dir
+from mednns.seeding import derive_seed
+from mednns.training.checkpoint import save_weights
+from mednns.zoo.store import ZooStore
+
+log = logging.getLogger("mednns.metaspace")
+FORMAT = "mednns-metaspace/1"
+WEIGHTS_FILE, METADATA_FILE, EMBEDDINGS_FILE, REPORT_FILE = (
+    "metaspace.safetensors", "metaspace.json", "model_embeddings.npy", "report.json")
+
+
+def normalized_fid(matrix: np.ndarray) -> np.ndarray:
+    """``matrix`` divided by its largest entry (all zeros stay zeros)."""
+    top = float(matrix.max()) if matrix.size else 0.0
+    return matrix / top if top > 0 else matrix
+
+
+@torch.no_grad()
+def all_model_embeddings(model: MetaSpace, rows: int, batch: int = 4096) -> np.ndarray:
+    """Meta-space embeddings of rows ``0 .. rows-1`` of the table, ``(rows, E)`` float32."""
+    model.eval()
+    device = next(model.parameters()).device
+    chunks = [model.embed_models(torch.arange(s, min(s + batch, rows), device=device)).cpu()
+              for s in range(0, rows, batch)]
+    return torch.cat(chunks).numpy().astype(np.float32)
+
+
+def correlation_table(report: dict[str, Any]) -> Table:
+    table = Table(title="meta-space validation (measured vs predicted metric | vs retrieval score)")
+    for column in ("dataset", "kind", "models", "spearman", "kendall", "top-1 regret", "score spearman", "MAE"):
+        table.add_column(column, justify="left" if column in ("dataset", "kind") else "right")
+    for name, r in report.items():
+        p, s = r["predicted"], r["score"]
+        table.add_row(escape(name), r["kind"], str(r["models"]), f"{p['spearman']:.3f}", f"{p['kendall']:.3f}",
+                      f"{p['top1_regret']:.4f}", f"{s['spearman']:.3f}", f"{r['mae']:.4f}")
+    return table
+
+
+def train_meta_space(run, stage) -> dict[str, Any]:
+    """Train and save the meta-space of ``run`` as configured by the ``fit_meta_space`` ``stage``."""
+    zoo_path = stage.zoo_path(run)
+    if not zoo_path.is_file():
+        raise UsageError(f"fit_meta_space: no zoo at {zoo_path}", hint="run a build_zoo stage first, or set 'zoo'")
+    with ZooStore(zoo_path, readonly=True) as store:
+        table = load_table(store, stage.target)
+    train_names = [d for d in table.datasets if d not in stage.held_out]
+    wanted = train_names + [d for d in stage.held_out if d not in train_names]
+    missing = [d for d in wanted if d not in run.datasets]
+    if missing:
+        raise UsageError(f"fit_meta_space: the run has no dataset {', '.join(missing)} (the zoo or held_out names it)",
+                         hint="add it under 'datasets' so its images can be encoded")
+    seed = derive_seed(run.seed, stage.name)
+    cache = cache_dir()
+    encoder_spec = stage.dataset_encoder
+    encoder = run.manager.create("dataset-encoders", encoder_spec["name"], **encoder_spec["args"]).to(run.device)
+    features, keys = {}, {}
+    for name in wanted:
+        dataset = run.dataset(name)
+        features[name] = dataset_features(encoder, dataset, images=stage.images, seed=run.seed, cache_dir=cache,
+                                          progress=stage.progress)
+        keys[name] = features_key(encoder, dataset, images=stage.images, seed=run.seed)
+    fid_names, fid = fid_matrix({n: features[n] for n in train_names}, cache=cache / "fid" / "pairs.json",
+                                keys={n: keys[n] for n in train_names})
+    order = [fid_names.index(n) for n in train_names]
+    fid = fid[np.ix_(order, order)]
+
+    model_spec = stage.model_encoder
+    model_encoder = run.manager.create("model-encoders", model_spec["name"], **model_spec["args"])
+    model_encoder.setup(table, {"device": run.device, "cache_dir": cache, "seed": seed, "progress": stage.progress})
+    stacked = np.concatenate([features[n] for n in train_names])
+    config = FitConfig(**stage.fit_args, seed=seed)
+    torch.manual_seed(seed)
+    model = MetaSpace(stacked.shape[1], model_encoder, config.embed_dim, config.hidden,
+                      feature_mean=torch.as_tensor(stacked.mean(0)), feature_std=torch.as_tensor(stacked.std(0)))
+    losses = [(float(stage.loss_weights.get(spec["name"], 1.0)), run.manager.create("losses", spec["name"], **spec["args"]))
+              for spec in stage.losses]
+    fitter = MetaSpaceFitter(model, table, features, train_names, stage.held_out, normalized_fid(fid), losses, config,
+                             device=run.device, console=run.console, progress=stage.progress)
+    result = fitter.fit()
+    run.console.print(correlation_table(result["datasets"]))
+
+    directory = run.stage_dir(stage.name)
+    embeddings = all_model_embeddings(model, len(table))
+    buffer = io.BytesIO()
+    np.save(buffer, embeddings)
+    atomic_write_bytes(directory / EMBEDDINGS_FILE, buffer.getvalue())
+    save_weights(directory / WEIGHTS_FILE, model)
+    metadata = {
+        "format": FORMAT, "zoo": str(zoo_path.resolve()), "target": stage.target, "row_ids": table.ids.tolist(),
+        "train_datasets": train_names, "held_out": stage.held_out, "feature_dim": int(stacked.shape[1]),
+        "model_embed_dim": int(model_encoder.embed_dim),
+        "dataset_encoder": encoder_spec, "model_encoder": model_spec, "losses": stage.losses,
+        "loss_weights": {spec["name"]: float(stage.loss_weights.get(spec["name"], 1.0)) for spec in stage.losses},
+        "images": stage.images, "image_seed": run.seed, "config": config.to_dict(),
+    }
+    write_json(directory / METADATA_FILE, metadata)
+    write_json(directory / REPORT_FILE, {**result, "history": fitter.history,
+                                           "fid": {"datasets": train_names, "matrix": fid.tolist()}})
+    return {"best_step": result["best_step"], "objective": result["objective"], "summary": result["summary"],
+            "rows": len(table), "train_datasets": train_names, "held_out": stage.held_out}
+
+
+@dataclass
+class TrainedMetaSpace:
+    """A trained meta-space as :func:`load_meta_space` returns it.
+
+    :param model: the network (eval mode). :param metadata: ``metaspace.json``.
+    :param embeddings: ``(rows, E)`` meta-space embedding of every zoo row it was trained with.
+    :param table: those rows.
+    """
+
+    model: MetaSpace
+    metadata: dict[str, Any]
+    embeddings: np.ndarray
+    table: ModelTable
+
+
+class _SavedEmbeddingsOnly(nn.Module):
+    """Stands in for the model encoder when only the saved embeddings are needed (queries)."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.embed_dim = embed_dim
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        raise UsageError("this meta-space was loaded without its model encoder (with_model_encoder=False)")
+
+
+def load_meta_space(directory: str | Path, *, manager: Any = None, device: str = "cpu",
+                    with_model_encoder: bool = True) -> TrainedMetaSpace:
+    """The trained meta-space of a ``fit_meta_space`` folder.
+
+    :param with_model_encoder: set the model encoder up again on the zoo rows it was trained with
+        (cached inputs make this cheap), so :meth:`MetaSpace.embed_models` works; queries need only
+        the saved embeddings and skip it.
+    """
+    from mednns.files import read_json
+    from mednns.manager import get_plugin_manager
+
+    directory = Path(directory)
+    meta_path = directory / METADATA_FILE
+    if not meta_path.is_file():
+        raise UsageError(f"no trained meta-space in {directory} ({METADATA_FILE} missing)",
+                         hint="run a fit_meta_space stage; its folder is <run>/stages/fit_meta_space")
+    metadata = read_json(meta_path)
+    if metadata.get("format") != FORMAT:
+        raise UsageError(f"{meta_path} is not a {FORMAT} file")
+    manager = manager or get_plugin_manager()
+    with ZooStore(metadata["zoo"], readonly=True) as store:
+        table = load_table(store, metadata["target"])
+    if not np.array_equal(table.ids, np.asarray(metadata["row_ids"], dtype=np.int64)):
+        raise UsageError(f"the zoo {metadata['zoo']} changed since the meta-space was trained",
+                         hint="train the meta-space again (its stage reruns when the zoo stage changes)")
+    config = metadata["config"]
+    if with_model_encoder:
+        spec = metadata["model_encoder"]
+        model_encoder = manager.create("model-encoders", spec["name"], **spec["args"])
+        model_encoder.setup(table, {"device": device, "cache_dir": cache_dir(), "seed": config["seed"],
+                                    "progress": False})
+    else:
+        model_encoder = _SavedEmbeddingsOnly(metadata["model_embed_dim"])
+    model = MetaSpace(metadata["feature_dim"], model_encoder, config["embed_dim"], config["hidden"]).to(device)
+    state = safetensors.torch.load_file(str(directory / WEIGHTS_FILE), device=str(device))
+    if not with_model_encoder:
+        state = {k: v for k, v in state.items() if not k.startswith("model_encoder.")}
+    missing, unexpected = model.load_state_dict(state, strict=with_model_encoder)
+    if unexpected or (with_model_encoder and missing):
+        raise UsageError(f"{directory / WEIGHTS_FILE} does not fit the meta-space it describes")
+    model.eval()
+    embeddings = np.load(directory / EMBEDDINGS_FILE)
+    return TrainedMetaSpace(model, metadata, embeddings, table)

@@ -1,0 +1,100 @@
+"""Built-in stage ``fit_meta_space``: train the meta-space on a run's zoo.
+
+Reads the zoo (default: this run's ``stages/build_zoo/zoo.sqlite``), encodes a sample of every
+zoo dataset's training images with the dataset encoder (cached), computes the FIDs between the
+training datasets (cached), sets the model encoder up on every zoo row, and trains
+(:mod:`mednns.metaspace.fit`). Files under ``stages/fit_meta_space/``::
+
+    metaspace.safetensors  the trained network (set encoder, model encoder, predictor)
+    metaspace.json         how to rebuild it: zoo, target, encoders, losses, datasets, config
+    model_embeddings.npy   every zoo row's meta-space embedding (row ids in metaspace.json)
+    report.json            per-dataset Spearman / Kendall / top-1 regret, history, FID matrix
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import mednns
+from mednns.errors import UsageError
+from mednns.stages import Stage
+
+STAGE = "fit_meta_space"
+ZOO_STAGE = "build_zoo"
+#: The stage's files (``mednns.metaspace.train`` writes them under these names).
+FILES = ("metaspace.safetensors", "metaspace.json", "model_embeddings.npy", "report.json")
+DEFAULT_DATASET_ENCODER: dict[str, Any] = {"name": "image_stats", "args": {}}
+DEFAULT_MODEL_ENCODER: dict[str, Any] = {"name": "arch", "args": {}}
+DEFAULT_LOSSES: list[dict[str, Any]] = [{"name": "performance", "args": {}}, {"name": "rank", "args": {}},
+                                        {"name": "fid", "args": {}}]
+
+
+class FitMetaSpace(Stage):
+    """Train the meta-space on the zoo (held-out datasets are validated on, never trained on).
+
+    :param zoo: the zoo store (default: this run's ``stages/build_zoo/zoo.sqlite``).
+    :param held_out: datasets whose rows and FIDs stay out of training (they must be run datasets).
+    :param target: the zoo metric to learn.
+    :param dataset_encoder: per-image feature extractor (``mednns list dataset-encoders``).
+    :param model_encoder: zoo-row encoder (``mednns list model-encoders``).
+    :param losses: loss terms (``mednns list losses``). :param loss_weights: weight per loss name (default 1).
+    :param images: training images encoded per dataset.
+    :param embed_dim: :param hidden: :param steps: :param lr: :param weight_decay:
+    :param models_per_dataset: :param images_per_set: :param val_fraction: :param eval_every:
+    :param patience: :param select_by: see :class:`mednns.metaspace.fit.FitConfig`.
+    :param progress: show progress bars.
+    """
+
+    name = STAGE
+
+    def __init__(self, zoo: str | None = None, held_out: list[str] | None = None,
+                 target: Literal["val_acc", "val_auc"] = "val_acc",
+                 dataset_encoder: mednns.ComponentSpec["dataset-encoders"] | None = None,
+                 model_encoder: mednns.ComponentSpec["model-encoders"] | None = None,
+                 losses: list[mednns.ComponentSpec["losses"]] | None = None,
+                 loss_weights: dict[str, float] | None = None, images: int = 1000, embed_dim: int = 64,
+                 hidden: int = 128, steps: int = 3000, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 models_per_dataset: int = 64, images_per_set: int = 256, val_fraction: float = 0.2,
+                 eval_every: int = 100, patience: int = 8, select_by: Literal["predicted", "score"] = "predicted",
+                 progress: bool = True):
+        from mednns.metaspace.settings import FitConfig
+
+        self.zoo = zoo
+        self.held_out = list(held_out or [])
+        self.target = target
+        self.dataset_encoder = copy.deepcopy(dataset_encoder or DEFAULT_DATASET_ENCODER)
+        self.model_encoder = copy.deepcopy(model_encoder or DEFAULT_MODEL_ENCODER)
+        self.losses = copy.deepcopy(losses if losses is not None else DEFAULT_LOSSES)
+        names = [spec["name"] for spec in self.losses]
+        self.loss_weights = dict(loss_weights or {})
+        unknown = sorted(set(self.loss_weights) - set(names))
+        if unknown:
+            raise UsageError(f"loss_weights names {', '.join(unknown)}, which are not in losses ({', '.join(names)})")
+        if images < 2:
+            raise UsageError("images must be >= 2")
+        self.images = images
+        self.progress = progress
+        self.fit_args = dict(embed_dim=embed_dim, hidden=hidden, steps=steps, lr=lr, weight_decay=weight_decay,
+                             models_per_dataset=models_per_dataset, images_per_set=images_per_set,
+                             val_fraction=val_fraction, eval_every=eval_every, patience=patience, select_by=select_by)
+        FitConfig(**self.fit_args)  # validate before any work
+
+    def zoo_path(self, run) -> Path:
+        return Path(self.zoo) if self.zoo else run.directory / "stages" / ZOO_STAGE / "zoo.sqlite"
+
+    def outputs(self, run) -> list[Path]:
+        directory = run.stage_dir(self.name)
+        return [directory / f for f in FILES]
+
+    def run(self, run) -> dict[str, Any]:
+        from mednns.metaspace.train import train_meta_space
+
+        return train_meta_space(run, self)
+
+
+@mednns.hookimpl
+def register_stages(register):
+    register(STAGE, FitMetaSpace, description="Train the meta-space (dataset and model encoders, weighted loss "
+                                              "terms) on the zoo; reports rank correlations")

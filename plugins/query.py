@@ -1,0 +1,263 @@
+"""Built-in stages ``query`` and ``finetune`` and the commands ``mednns query`` and ``mednns finetune``.
+
+``query``: for each target dataset, rank every zoo model with the run's trained meta-space, filter
+by hardware limits, save ``stages/query/<dataset>.json`` and export the top model with its
+inherited weights and a new head (``stages/query/<dataset>/``; :func:`mednns.load_model` reads it).
+``finetune``: train each exported model on its dataset for K epochs (``stages/finetune/<dataset>/``:
+``metrics.csv``, ``best/``, ``final.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import mednns
+from mednns.errors import UsageError
+from mednns.stages import Stage
+
+META_STAGE, QUERY_STAGE, FINETUNE_STAGE = "fit_meta_space", "query", "finetune"
+
+
+def results_table(result: dict[str, Any]) -> Table:
+    measured = any("latency_ms" in r for r in result["results"])
+    table = Table(title=f"best zoo models for {escape(result['dataset'])} (by {result['by']}; "
+                        f"{result['candidates']:,} of {result['zoo_models']:,} models within the limits)")
+    columns = ["rank", "source dataset", "space", "params", "MACs", "predicted", "score"] + (["latency ms"] if measured else [])
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("source dataset", "space") else "right")
+    for r in result["results"]:
+        row = [str(r["rank"]), escape(r["dataset"]), escape(r["space"]), f"{r['params']:,}", f"{r['macs']:,}",
+               f"{r['predicted']:.4f}", f"{r['score']:.4f}"]
+        table.add_row(*row, *([f"{r['latency_ms']:.2f}"] if measured else []))
+    return table
+
+
+def export_top(result: dict[str, Any], dataset: Any, directory: Path, *, rank: int = 1, manager: Any = None,
+               seed: int = 0) -> Path:
+    """Export the ``rank``-th model of a query result for ``dataset`` into ``directory``."""
+    from mednns.export import export_subnet
+    from mednns.files import read_json
+    from mednns.training import load_supernet
+
+    if len(result["results"]) < rank:
+        raise UsageError(f"the query returned {len(result['results'])} model(s); nothing to export at rank {rank}",
+                         hint="relax the limits (--max-params, --max-macs, --max-latency-ms)")
+    row = result["results"][rank - 1]
+    space, metadata = load_supernet(row["supernet"], manager=manager)
+    info = dataset.info
+    return export_subnet(space, read_json(Path(row["supernet"]) / "supernet.json")["space"],
+                         space.arch_from_json(row["arch"]), directory, num_classes=info.n_classes,
+                         in_channels=info.n_channels, seed=seed,
+                         metadata={"source": {"dataset": metadata["dataset"]["name"], "supernet": row["supernet"],
+                                              "zoo_id": row["zoo_id"]},
+                                   "target": {"dataset": info.name, "task": str(info.task),
+                                              "image_size": list(info.image_size)},
+                                   "query": {k: row[k] for k in ("rank", "predicted", "score")}})
+
+
+class Query(Stage):
+    """Rank the zoo for target datasets and export the best model of each.
+
+    :param datasets: target datasets (names of run datasets; default: the meta-space's held-out ones).
+    :param meta_space: a ``fit_meta_space`` folder (default: this run's).
+    :param top_k: models listed. :param by: ranking: ``predicted`` metric, retrieval ``score`` or ``combined``.
+    :param max_params: :param max_macs: :param max_latency_ms: hardware limits (latency measured
+        on this run's device for the finalists).
+    :param export: export the top model of each dataset.
+    """
+
+    name = QUERY_STAGE
+
+    def __init__(self, datasets: list[str] | None = None, meta_space: str | None = None, top_k: int = 10,
+                 by: Literal["predicted", "score", "combined"] = "predicted", max_params: int | None = None,
+                 max_macs: int | None = None, max_latency_ms: float | None = None, export: bool = True):
+        if top_k < 1:
+            raise UsageError("top_k must be >= 1")
+        self.datasets, self.meta_space, self.top_k, self.by = datasets, meta_space, top_k, by
+        self.limits = {"max_params": max_params, "max_macs": max_macs, "max_latency_ms": max_latency_ms}
+        self.export = export
+
+    def meta_dir(self, run) -> Path:
+        return Path(self.meta_space) if self.meta_space else run.directory / "stages" / META_STAGE
+
+    def targets(self, run) -> list[str]:
+        if self.datasets is not None:
+            return list(self.datasets)
+        meta = self.meta_dir(run) / "metaspace.json"
+        held = json.loads(meta.read_text()).get("held_out", []) if meta.is_file() else []
+        if not held:
+            raise UsageError("query: no 'datasets' given and the meta-space holds none out",
+                             hint="list the target datasets under the query stage's 'datasets'")
+        return held
+
+    def outputs(self, run) -> list[Path]:
+        directory = run.stage_dir(self.name)
+        names = self.datasets or []
+        return [directory / f"{n}.json" for n in names] + [directory / n / "model.json" for n in names if self.export]
+
+    def run(self, run) -> dict[str, Any]:
+        from mednns.files import write_json
+        from mednns.metaspace.query import Constraints, query
+
+        summary = {}
+        for name in self.targets(run):
+            dataset = run.dataset(name)
+            result = query(self.meta_dir(run), dataset, top_k=self.top_k, by=self.by,
+                           constraints=Constraints(**self.limits), manager=run.manager, device=run.device)
+            run.console.print(results_table(result))
+            directory = run.stage_dir(self.name)
+            write_json(directory / f"{name}.json", result)
+            if self.export:
+                export_top(result, dataset, directory / name, manager=run.manager, seed=run.seed)
+            top = result["results"][0] if result["results"] else None
+            summary[name] = {"top": top and {k: top[k] for k in ("dataset", "space", "params", "macs", "predicted")},
+                             "seconds": result["seconds"]}
+        return summary
+
+
+class Finetune(Stage):
+    """Fine-tune each model the ``query`` stage exported, on its dataset.
+
+    :param datasets: which (default: every dataset with an export under ``stages/query``).
+    :param epochs: :param lr: :param batch_size: :param weight_decay: :param warmup_epochs:
+    :param label_smoothing: :param crop_padding: :param hflip: :param max_train_images: see
+        :class:`mednns.finetune.FinetuneConfig`.
+    :param progress: show a progress bar.
+    """
+
+    name = FINETUNE_STAGE
+
+    def __init__(self, datasets: list[str] | None = None, epochs: int = 10, lr: float = 0.05, batch_size: int = 128,
+                 weight_decay: float = 5e-4, warmup_epochs: float = 1.0, label_smoothing: float = 0.0,
+                 crop_padding: int = 2, hflip: bool = False, max_train_images: int | None = None,
+                 progress: bool = True):
+        from mednns.finetune import FinetuneConfig
+
+        self.datasets = datasets
+        self.config_args = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                                warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
+                                crop_padding=crop_padding, hflip=hflip, max_train_images=max_train_images)
+        FinetuneConfig(**self.config_args)
+        self.progress = progress
+
+    def exports(self, run) -> dict[str, Path]:
+        root = run.directory / "stages" / QUERY_STAGE
+        names = self.datasets if self.datasets is not None else sorted(
+            p.parent.name for p in root.glob("*/model.json"))
+        if not names:
+            raise UsageError("finetune: no exported model under stages/query", hint="run a query stage first")
+        missing = [n for n in names if not (root / n / "model.json").is_file()]
+        if missing:
+            raise UsageError(f"finetune: no exported model for {', '.join(missing)} under {root}")
+        return {n: root / n for n in names}
+
+    def outputs(self, run) -> list[Path]:
+        return [run.stage_dir(self.name) / n / "final.json" for n in (self.datasets or [])]
+
+    def run(self, run) -> dict[str, Any]:
+        from mednns.finetune import FinetuneConfig, finetune
+        from mednns.seeding import derive_seed
+
+        results = {}
+        for name, folder in self.exports(run).items():
+            config = FinetuneConfig(**self.config_args, seed=derive_seed(run.seed, self.name, name))
+            final = finetune(folder, run.dataset(name), run.stage_dir(self.name) / name, config, device=run.device,
+                             manager=run.manager, console=run.console, progress=self.progress)
+            results[name] = {"best_epoch": final["best_epoch"], "best": final["best"], "last": final["last"]}
+        return results
+
+
+@mednns.hookimpl
+def register_stages(register):
+    register(QUERY_STAGE, Query, description="Rank the zoo for target datasets with the meta-space (hardware limits) "
+                                             "and export the best model with its inherited weights")
+    register(FINETUNE_STAGE, Finetune, description="Fine-tune the exported models on their datasets (metrics.csv, "
+                                                   "best checkpoint)")
+
+
+@mednns.hookimpl
+def register_commands(cli):
+    @cli.command("query")
+    @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+    @click.option("--dataset", "dataset_spec", required=True, metavar="NAME|PATH",
+                  help="A run dataset, a registered dataset (NAME:key=value,...), an .npz file or an image folder.")
+    @click.option("--top-k", type=int, default=10, show_default=True)
+    @click.option("--by", type=click.Choice(["predicted", "score", "combined"]), default="predicted", show_default=True)
+    @click.option("--max-params", type=int, help="Largest parameter count allowed.")
+    @click.option("--max-macs", type=int, help="Largest MAC count allowed (per image).")
+    @click.option("--max-latency-ms", type=float, help="Largest batch-1 latency on --device, measured for finalists.")
+    @click.option("--export", "export_dir", type=click.Path(file_okay=False), help="Export the top model here.")
+    @click.option("--output", type=click.Path(dir_okay=False), help="Save the result as JSON here.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    @click.option("--device", default="cpu", show_default=True)
+    def query_command(run_dir: str, dataset_spec: str, top_k: int, by: str, max_params: int | None,
+                      max_macs: int | None, max_latency_ms: float | None, export_dir: str | None, output: str | None,
+                      as_json: bool, device: str) -> None:
+        """Rank every zoo model of a run's trained meta-space for a dataset; optionally export the best."""
+        from mednns.config import load_config
+        from mednns.data.resolve import resolve_dataset
+        from mednns.files import write_json
+        from mednns.manager import get_plugin_manager
+        from mednns.metaspace.query import Constraints, query
+
+        manager = get_plugin_manager()
+        run_path = Path(run_dir)
+        known = {}
+        if (run_path / "config.yaml").is_file():
+            config = load_config(manager, run_path / "config.yaml")
+            known = {spec["args"].get("name") or spec["name"]: spec for spec in config.datasets}
+        spec = known.get(dataset_spec)
+        dataset = (manager.create("datasets", spec["name"], **spec["args"]) if spec
+                   else resolve_dataset(manager, dataset_spec))
+        result = query(run_path / "stages" / META_STAGE, dataset, top_k=top_k, by=by,  # type: ignore[arg-type]
+                       constraints=Constraints(max_params, max_macs, max_latency_ms), manager=manager, device=device)
+        if output:
+            write_json(output, result)
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+        else:
+            console = Console(soft_wrap=False)
+            console.print(results_table(result))
+            console.print(f"scored {result['zoo_models']:,} models in {result['seconds'] * 1000:.1f} ms")
+        if export_dir:
+            folder = export_top(result, dataset, Path(export_dir), manager=manager)
+            click.echo(f"exported the top model to {folder} (mednns.load_model('{folder}'))", err=True)
+
+    @cli.command("finetune")
+    @click.argument("export_dir", type=click.Path(file_okay=False, exists=True))
+    @click.option("--dataset", "dataset_spec", required=True, metavar="NAME|PATH",
+                  help="A registered dataset (NAME:key=value,...), an .npz file or an image folder.")
+    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder [default: EXPORT_DIR/finetune].")
+    @click.option("--epochs", type=int, default=10, show_default=True)
+    @click.option("--lr", type=float, default=0.05, show_default=True)
+    @click.option("--batch-size", type=int, default=128, show_default=True)
+    @click.option("--max-train-images", type=int)
+    @click.option("--seed", type=int, default=0, show_default=True)
+    @click.option("--device", default="cpu", show_default=True)
+    @click.option("--no-progress", is_flag=True)
+    def finetune_command(export_dir: str, dataset_spec: str, out_dir: str | None, epochs: int, lr: float,
+                         batch_size: int, max_train_images: int | None, seed: int, device: str,
+                         no_progress: bool) -> None:
+        """Fine-tune an exported model: per-epoch val/test metrics in metrics.csv, the best epoch in best/."""
+        from mednns.data.resolve import resolve_dataset
+        from mednns.finetune import FinetuneConfig, finetune
+        from mednns.manager import get_plugin_manager
+
+        manager = get_plugin_manager()
+        dataset = resolve_dataset(manager, dataset_spec)
+        out = Path(out_dir) if out_dir else Path(export_dir) / "finetune"
+        config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_train_images=max_train_images,
+                                seed=seed)
+        console = Console(soft_wrap=False)
+        final = finetune(export_dir, dataset, out, config, device=device, manager=manager, console=console,
+                         progress=not no_progress)
+        best = final["best"]
+        console.print(f"best epoch {final['best_epoch']}: val acc {best['val_acc']:.4f}, test acc {best['test_acc']:.4f}"
+                      f" (auc {best['test_auc']:.4f}); files in {escape(str(out))}")

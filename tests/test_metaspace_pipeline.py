@@ -1,0 +1,138 @@
+"""The whole method on tiny data: supernets → zoo → meta-space (one dataset held out) → query →
+export → load_model → fine-tune, through ``mednns run`` and the ``query`` / ``finetune`` commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+import mednns
+from mednns.cli import cli
+from mednns.metaspace.train import load_meta_space
+from supernet_helpers import TINY_RESNET, write_tiny_npz
+
+TINY_STAGE = {"full_epochs": 1, "shrink_epochs": 1, "batch_size": 16, "num_random": 1, "calibration_images": 32,
+              "calibration_batch_size": 16, "final_samples": 3, "progress": False}
+ZOO = {"samples": 12, "anchors": 2, "calibration_images": 32, "calibration_batch_size": 16, "progress": False}
+META = {"held_out": ["c"], "images": 64, "steps": 40, "eval_every": 20, "images_per_set": 32,
+        "models_per_dataset": 8, "embed_dim": 16, "hidden": 32, "progress": False,
+        "model_encoder": {"name": "arch", "args": {"embed_dim": 16, "hidden": 32}}}
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
+
+
+def invoke(*args: Any):
+    return CliRunner().invoke(cli, [str(a) for a in args], env={"COLUMNS": "300"})
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("pipeline")
+    datasets = []
+    for seed, name in enumerate("abc"):
+        npz = write_tiny_npz(root / f"{name}.npz", seed=seed, n_classes=2 + seed % 2)
+        datasets.append({"name": "npz", "args": {"path": str(npz), "name": name}})
+    config = {"name": "run", "seed": 0, "device": "cpu", "output_dir": str(root), "datasets": datasets,
+              "stages": [{"name": "train_supernet", "args": {"space": {"name": "ofa_resnet", "args": TINY_RESNET},
+                                                             **TINY_STAGE}},
+                         {"name": "build_zoo", "args": ZOO},
+                         {"name": "fit_meta_space", "args": META},
+                         {"name": "query", "args": {"top_k": 5}},
+                         {"name": "finetune", "args": {"epochs": 2, "batch_size": 16, "progress": False}}]}
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = invoke("run", path)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.exit_code == 0, result.output
+    return {"root": root, "run": root / "run", "output": result.output}
+
+
+def test_meta_space_trains_without_the_held_out_dataset_and_reports_correlations(pipeline):
+    stage = pipeline["run"] / "stages" / "fit_meta_space"
+    report = json.loads((stage / "report.json").read_text())
+    assert set(report["datasets"]) == {"a", "b", "c"}
+    assert report["datasets"]["c"]["kind"] == "held_out"
+    assert {report["datasets"][n]["kind"] for n in "ab"} == {"val_models"}
+    for entry in report["datasets"].values():
+        assert set(entry["predicted"]) == {"spearman", "kendall", "top1_regret"}
+        assert -1 <= entry["predicted"]["spearman"] <= 1 or np.isnan(entry["predicted"]["spearman"])
+        assert entry["predicted"]["top1_regret"] >= 0
+    meta = json.loads((stage / "metaspace.json").read_text())
+    assert meta["train_datasets"] == ["a", "b"] and meta["held_out"] == ["c"]
+    assert set(report["fid"]["datasets"]) == {"a", "b"}  # the held-out dataset is not a FID target
+    trained = load_meta_space(stage, with_model_encoder=True)
+    assert trained.embeddings.shape == (len(trained.table), 16)
+    with torch.no_grad():  # the saved embeddings are the network's
+        again = trained.model.embed_models(torch.arange(len(trained.table))).numpy()
+    np.testing.assert_allclose(again, trained.embeddings, atol=1e-5)
+
+
+def test_query_ranks_by_prediction_and_exports_a_loadable_model_with_a_new_head(pipeline):
+    stage = pipeline["run"] / "stages" / "query"
+    result = json.loads((stage / "c.json").read_text())
+    rows = result["results"]
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
+    assert [r["predicted"] for r in rows] == sorted((r["predicted"] for r in rows), reverse=True)
+    model = mednns.load_model(stage / "c")
+    assert isinstance(model, torch.nn.Module) and not model.training
+    exported = json.loads((stage / "c" / "model.json").read_text())
+    assert exported["num_classes"] == 2 and exported["target"]["dataset"] == "c"
+    assert exported["source"]["dataset"] == rows[0]["dataset"] and exported["arch"] == rows[0]["arch"]
+    with torch.no_grad():
+        assert model(torch.randn(4, 1, 12, 12)).shape == (4, 2)
+
+
+def test_finetune_writes_metrics_per_epoch_and_a_best_checkpoint(pipeline):
+    folder = pipeline["run"] / "stages" / "finetune" / "c"
+    with open(folder / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"val_acc", "test_acc", "val_auc", "test_auc", "train_loss"} <= set(rows[0])
+    final = json.loads((folder / "final.json").read_text())
+    assert final["best"]["val_acc"] == max(float(r["val_acc"]) for r in rows)
+    model = mednns.load_model(folder / "best")
+    assert json.loads((folder / "best" / "model.json").read_text())["finetuned"]["epoch"] == final["best_epoch"]
+    with torch.no_grad():
+        assert model(torch.randn(2, 1, 12, 12)).shape == (2, 2)
+
+
+def test_query_command_filters_by_hardware_limits(pipeline, tmp_path):
+    run = pipeline["run"]
+    everything = json.loads(invoke("query", run, "--dataset", "c", "--top-k", 100, "--json").output)
+    params = sorted(r["params"] for r in everything["results"])
+    limit = params[len(params) // 2]
+    limited = json.loads(invoke("query", run, "--dataset", "c", "--top-k", 100, "--max-params", limit,
+                                "--json").output)
+    assert limited["results"] and all(r["params"] <= limit for r in limited["results"])
+    assert limited["candidates"] < everything["candidates"]
+    slow = invoke("query", run, "--dataset", "c", "--top-k", 2, "--max-latency-ms", 1e6, "--json",
+                  "--export", tmp_path / "export")
+    assert slow.exit_code == 0, slow.output
+    data = json.loads(slow.output[slow.output.index("{"): slow.output.rindex("}") + 1])
+    assert all("latency_ms" in r and r["latency_ms"] > 0 for r in data["results"])
+    assert (tmp_path / "export" / "model.safetensors").is_file()
+    none = invoke("query", run, "--dataset", "c", "--max-latency-ms", 1e-9, "--export", tmp_path / "none")
+    assert none.exit_code == 2 and "relax the limits" in none.output
+
+
+def test_finetune_command_on_an_export(pipeline, tmp_path):
+    export = pipeline["run"] / "stages" / "query" / "c"
+    npz = pipeline["root"] / "c.npz"
+    result = invoke("finetune", export, "--dataset", npz, "--epochs", 1, "--batch-size", 16, "--out", tmp_path / "ft",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ft" / "best" / "model.safetensors").is_file()
+    wrong = invoke("finetune", export, "--dataset", pipeline["root"] / "b.npz", "--epochs", 1, "--out", tmp_path / "x")
+    assert wrong.exit_code == 2 and "exported for 2 classes" in wrong.output
