@@ -31,6 +31,11 @@ DEFAULT_LOSSES: list[dict[str, Any]] = [{"name": "performance", "args": {}}, {"n
                                         {"name": "fid", "args": {}}]
 
 
+def _spec(value: dict[str, Any]) -> dict[str, Any]:
+    """A component spec with its ``args`` always a dict (a config may leave them out)."""
+    return {"name": value["name"], "args": copy.deepcopy(value.get("args") or {})}
+
+
 class FitMetaSpace(Stage):
     """Train the meta-space on the zoo (held-out datasets are validated on, never trained on).
 
@@ -64,9 +69,9 @@ class FitMetaSpace(Stage):
         self.zoo = zoo
         self.held_out = list(held_out or [])
         self.target = target
-        self.dataset_encoder = copy.deepcopy(dataset_encoder or DEFAULT_DATASET_ENCODER)
-        self.model_encoder = copy.deepcopy(model_encoder or DEFAULT_MODEL_ENCODER)
-        self.losses = copy.deepcopy(losses if losses is not None else DEFAULT_LOSSES)
+        self.dataset_encoder = _spec(dataset_encoder or DEFAULT_DATASET_ENCODER)
+        self.model_encoder = _spec(model_encoder or DEFAULT_MODEL_ENCODER)
+        self.losses = [_spec(s) for s in (losses if losses is not None else DEFAULT_LOSSES)]
         names = [spec["name"] for spec in self.losses]
         self.loss_weights = dict(loss_weights or {})
         unknown = sorted(set(self.loss_weights) - set(names))

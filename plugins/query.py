@@ -196,10 +196,13 @@ def register_commands(cli):
     @click.option("--export", "export_dir", type=click.Path(file_okay=False), help="Export the top model here.")
     @click.option("--output", type=click.Path(dir_okay=False), help="Save the result as JSON here.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    @click.option("--exclude-source", "exclude", multiple=True, metavar="DATASET",
+                  help="Leave out models from this source dataset; repeatable [default: the meta-space's held-out "
+                       "datasets].")
     @click.option("--device", default="cpu", show_default=True)
     def query_command(run_dir: str, dataset_spec: str, top_k: int, by: str, max_params: int | None,
                       max_macs: int | None, max_latency_ms: float | None, export_dir: str | None, output: str | None,
-                      as_json: bool, device: str) -> None:
+                      exclude: tuple[str, ...], as_json: bool, device: str) -> None:
         """Rank every zoo model of a run's trained meta-space for a dataset; optionally export the best."""
         from mednns.config import load_config
         from mednns.data.resolve import resolve_dataset
@@ -217,7 +220,8 @@ def register_commands(cli):
         dataset = (manager.create("datasets", spec["name"], **spec["args"]) if spec
                    else resolve_dataset(manager, dataset_spec))
         result = query(run_path / "stages" / META_STAGE, dataset, top_k=top_k, by=by,  # type: ignore[arg-type]
-                       constraints=Constraints(max_params, max_macs, max_latency_ms), manager=manager, device=device)
+                       constraints=Constraints(max_params, max_macs, max_latency_ms),
+                       exclude_sources=list(exclude) if exclude else None, manager=manager, device=device)
         if output:
             write_json(output, result)
         if as_json:

@@ -85,6 +85,7 @@ def test_query_ranks_by_prediction_and_exports_a_loadable_model_with_a_new_head(
     rows = result["results"]
     assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5]
     assert [r["predicted"] for r in rows] == sorted((r["predicted"] for r in rows), reverse=True)
+    assert result["excluded_sources"] == ["c"] and {r["dataset"] for r in rows} <= {"a", "b"}  # held out of everything
     model = mednns.load_model(stage / "c")
     assert isinstance(model, torch.nn.Module) and not model.training
     exported = json.loads((stage / "c" / "model.json").read_text())

@@ -15,7 +15,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +29,8 @@ from mednns.metaspace.train import load_meta_space
 from mednns.paths import cache_dir
 
 RankBy = Literal["predicted", "score", "combined"]
+#: Latency is measured for at most this many candidates per requested result (in rank order).
+MAX_LATENCY_MEASUREMENTS_PER_RESULT = 10
 
 
 @dataclass(frozen=True)
@@ -90,11 +92,14 @@ class LatencyMeter:
 
 
 def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by: RankBy = "predicted",
-          constraints: Constraints = Constraints(), manager: Any = None, device: str = "cpu",
-          latency: LatencyMeter | None = None, progress: bool = False) -> dict[str, Any]:
+          constraints: Constraints = Constraints(), exclude_sources: Sequence[str] | None = None,
+          manager: Any = None, device: str = "cpu", latency: LatencyMeter | None = None,
+          progress: bool = False) -> dict[str, Any]:
     """Rank every zoo model of a trained meta-space for ``dataset``.
 
     :param meta_dir: a ``fit_meta_space`` folder.
+    :param exclude_sources: source datasets whose models are not candidates (default: the
+        meta-space's held-out datasets: held out of everything, they are no source either).
     :returns: ``{"dataset", "by", "constraints", "candidates", "results": [row, ...], "seconds"}``;
         a row has rank, zoo id, source dataset, space, architecture JSON, params, MACs, predicted,
         score (and latency_ms when measured) and the supernet folder.
@@ -115,7 +120,8 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
         m = torch.as_tensor(embeddings, device=device).unsqueeze(0)
         predicted_t, score_t = model.pair(d, m)
     predicted, score = predicted_t[0].cpu().numpy(), score_t[0].cpu().numpy()
-    keep = np.ones(len(table), dtype=bool)
+    excluded = set(metadata.get("held_out", []) if exclude_sources is None else exclude_sources)
+    keep = np.array([d not in excluded for d in table.dataset], dtype=bool)
     if constraints.max_params is not None:
         keep &= table.params <= constraints.max_params
     if constraints.max_macs is not None:
@@ -135,6 +141,8 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
                "arch": table.arch[i], "params": int(table.params[i]), "macs": int(table.macs[i]),
                "predicted": float(predicted[i]), "score": float(score[i]), "supernet": table.supernet[i]}
         if latency is not None and constraints.max_latency_ms is not None:
+            if measured >= MAX_LATENCY_MEASUREMENTS_PER_RESULT * top_k:
+                break  # the finalists are measured, not the whole zoo: stop with fewer results
             shape = (_supernet_channels(table.supernet[i]), *info.image_size)
             row["latency_ms"] = latency(table.supernet[i], table.arch[i], shape)
             measured += 1
@@ -144,7 +152,8 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
         if len(results) == top_k:
             break
     return {"dataset": info.name, "input_shape": list(input_shape), "by": by,
-            "constraints": constraints.__dict__, "candidates": int(keep.sum()), "zoo_models": len(table),
+            "constraints": constraints.__dict__, "excluded_sources": sorted(excluded),
+            "candidates": int(keep.sum()), "zoo_models": len(table),
             "latency_measured": measured, "results": results, "seconds": round(seconds, 4)}
 
 
