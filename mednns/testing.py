@@ -1,0 +1,227 @@
+"""Helpers for testing mednns plugins (opt-in: import ``mednns.testing`` in your tests).
+
+* :func:`plugin_manager` / :func:`using_plugins`: a fresh plugin manager with your plugin object
+  registered (and, inside ``using_plugins``, installed as the process-wide one that
+  :func:`mednns.create` and the CLI use), without installing anything;
+* :func:`tiny_dataset` / :func:`write_tiny_npz`: small seeded datasets of any task;
+* :func:`tiny_space`: a small OFA supernet;
+* :func:`check_search_space`, :func:`check_dataset`, :func:`check_loss_term`: the contract checks the
+  built-ins pass; call them on your component and they raise ``AssertionError`` naming what breaks.
+
+Example::
+
+    from mednns.testing import check_search_space, using_plugins
+    import my_plugin
+
+    def test_my_space():
+        with using_plugins(my_plugin):
+            space = mednns.create("search-spaces", "my_space", in_channels=1, num_classes=3)
+        check_search_space(space, input_size=28)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from mednns.data import ArrayDataset, DatasetInfo, MedicalDataset, SplitArrays
+from mednns.manager import PluginManager, set_plugin_manager
+
+#: Overrides of the ``cpu`` preset that make the built-in spaces tiny.
+TINY_SPACES: dict[str, dict[str, Any]] = {
+    "ofa_resnet": {"stage_widths": [16, 32], "base_depths": [1, 1], "depth_choices": [0, 1],
+                   "expand_choices": [0.5, 1.0], "width_mults": [0.5, 1.0], "stem_width": 8},
+    "ofa_mobilenetv3": {"width_mult": 0.25, "stage_widths": [24, 40], "stage_acts": ["relu", "hard_swish"],
+                        "stage_se": [False, True], "stage_strides": [2, 2], "depth_choices": [1, 2],
+                        "expand_choices": [3, 4], "final_expand_width": 64, "last_channel": 64},
+}
+
+
+# -- plugins ---------------------------------------------------------------------------------
+def plugin_manager(*plugins: object, installed: bool = False) -> PluginManager:
+    """A fresh manager: mednns's built-in plugins plus ``plugins`` (modules or objects with hook
+    implementations), registered as if installed.
+
+    :param installed: also load every installed third-party plugin (``mednns`` entry points).
+    """
+    environ = {} if installed else {"MEDNNS_LOAD_PLUGINS": ""}
+    manager = PluginManager(environ=environ)
+    for plugin in plugins:
+        manager.register(plugin, getattr(plugin, "__name__", type(plugin).__name__))
+    return manager
+
+
+@contextlib.contextmanager
+def using_plugins(*plugins: object, installed: bool = False) -> Iterator[PluginManager]:
+    """Within the block, :func:`mednns.create`, ``mednns.list_components`` and the CLI use a manager
+    with ``plugins`` registered; the previous process-wide manager is restored afterwards."""
+    from mednns import manager as manager_module
+
+    previous = manager_module._default
+    manager = plugin_manager(*plugins, installed=installed)
+    set_plugin_manager(manager)
+    try:
+        yield manager
+    finally:
+        set_plugin_manager(previous)
+
+
+# -- data --------------------------------------------------------------------------------------
+def _split(rng: np.random.Generator, n: int, size: int, channels: int, n_classes: int, multilabel: bool,
+           depth: int | None) -> SplitArrays:
+    labels = (rng.random((n, n_classes)) < 0.4).astype(np.int64) if multilabel else rng.integers(0, n_classes, (n, 1))
+    shape = (n, size, size, channels) if depth is None else (n, depth, size, size, channels)
+    images = rng.integers(0, 256, shape, dtype=np.uint8)
+    # a class-dependent bright square, so that models can learn something
+    first = labels.argmax(1) if multilabel else labels[:, 0]
+    for i, label in enumerate(first):
+        offset = int(label) * size // (2 * n_classes)
+        images[i, ..., offset:offset + size // 3, offset:offset + size // 3, :] = 255
+    return SplitArrays(images, labels)
+
+
+def tiny_arrays(seed: int = 0, size: int = 12, channels: int = 1, n_classes: int = 3, multilabel: bool = False,
+                sizes: tuple[int, int, int] = (96, 32, 32), depth: int | None = None) -> dict[str, SplitArrays]:
+    """Seeded train/val/test arrays (uint8 channels-last images; ``depth`` makes 3D volumes)."""
+    rng = np.random.default_rng(seed)
+    return {split: _split(rng, n, size, channels, n_classes, multilabel, depth)
+            for split, n in zip(("train", "val", "test"), sizes)}
+
+
+def tiny_dataset(name: str = "tiny", **kwargs: Any) -> ArrayDataset:
+    """A small in-memory dataset (arguments of :func:`tiny_arrays`); binary when ``n_classes=2``."""
+    multilabel, n_classes = kwargs.get("multilabel", False), kwargs.get("n_classes", 3)
+    arrays = tiny_arrays(**kwargs)
+    task = "multi-label" if multilabel else ("binary" if n_classes == 2 else "multi-class")
+    images = arrays["train"].images
+    info = DatasetInfo(name, task, images.shape[-1], n_classes, tuple(str(i) for i in range(n_classes)),
+                       images.shape[1:-1], split_sizes={k: len(v) for k, v in arrays.items()})
+    return ArrayDataset(info, arrays)
+
+
+def write_tiny_npz(path: str | Path, **kwargs: Any) -> Path:
+    """:func:`tiny_arrays` saved in the MedMNIST ``.npz`` layout (read by the ``npz`` dataset)."""
+    arrays = tiny_arrays(**kwargs)
+    path = Path(path)
+    np.savez_compressed(path, **{f"{split}_{part}": getattr(a, part) for split, a in arrays.items()
+                                 for part in ("images", "labels")})
+    return path
+
+
+# -- components --------------------------------------------------------------------------------
+def tiny_space(name: str = "ofa_resnet", in_channels: int = 1, num_classes: int = 3, **overrides: Any) -> Any:
+    """A small built-in supernet (``ofa_resnet`` or ``ofa_mobilenetv3``)."""
+    args = {"in_channels": in_channels, "num_classes": num_classes, "preset": "cpu", **TINY_SPACES[name], **overrides}
+    return plugin_manager().create("search-spaces", name, **args)
+
+
+def check_search_space(space: Any, *, input_size: int = 28, samples: int = 8, seed: int = 0,
+                       atol: float = 1e-5) -> dict[str, Any]:
+    """Check the search-space contract on ``space`` (see ``docs/writing-plugins.md``).
+
+    For the largest, the smallest and ``samples`` random architectures: valid and canonical,
+    JSON round trip and stable hash, ``encode`` of length ``encoding_dim``, ``cost`` params equal
+    to the extracted network's, ``set_active`` then ``active`` round trip, and the extracted
+    network in eval mode computes what the supernet computes with that architecture active
+    (max abs difference <= ``atol``), without changing the supernet's weights.
+
+    :returns: ``{"count", "checked", "max_abs_diff"}``.
+    """
+    import torch
+
+    assert isinstance(space, torch.nn.Module), "a search space is an nn.Module"
+    for attribute in ("encoding_dim", "dimensions"):
+        assert hasattr(space, attribute), f"a search space has .{attribute}"
+    config = space.config()
+    assert {"in_channels", "num_classes"} <= set(config), "config() must include in_channels and num_classes"
+    in_channels, num_classes = config["in_channels"], config["num_classes"]
+    count = space.count()
+    assert isinstance(count, int) and count >= 1, f"count() must be a positive int, got {count!r}"
+    rng = random.Random(seed)
+    archs = [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(samples))]
+    before = {k: v.detach().clone() for k, v in space.state_dict().items()}
+    space.eval()
+    worst = 0.0
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, in_channels, input_size, input_size, generator=generator)
+    for arch in archs:
+        canonical = space.canonical(arch)
+        text = space.arch_to_json(arch)
+        assert space.arch_to_json(space.arch_from_json(text)) == text, f"JSON round trip changes {text}"
+        assert space.arch_hash(arch) == space.arch_hash(space.arch_from_json(text)), f"hash not stable for {text}"
+        assert space.arch_to_json(canonical) == text, "arch_to_json must write the canonical form"
+        code = space.encode(arch)
+        assert tuple(code.shape) == (space.encoding_dim,), f"encode() gave shape {tuple(code.shape)}"
+        assert code.dtype.is_floating_point, "encode() must return floats"
+        space.set_active(arch)
+        assert space.arch_to_json(space.active()) == text, "active() must return the architecture set_active got"
+        with torch.no_grad():
+            supernet_out = space(x)
+            model = space.extract(arch).eval()
+            extracted_out = model(x)
+        assert not any(type(m).__module__.startswith("mednns.search_spaces") and hasattr(m, "set_active")
+                       for m in model.modules()), "extract() must return a network without dynamic layers"
+        params = sum(p.numel() for p in model.parameters())
+        cost = space.cost(arch, input_size)
+        assert cost["params"] == params, f"cost() says {cost['params']} params, the extracted network has {params}"
+        assert cost["macs"] > 0, "cost() must report MACs"
+        assert supernet_out.shape == (2, num_classes), f"output shape {tuple(supernet_out.shape)}"
+        diff = float((supernet_out - extracted_out).abs().max())
+        assert diff <= atol, f"extracted network differs from the supernet by {diff} for {text}"
+        worst = max(worst, diff)
+    after = space.state_dict()
+    changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
+    assert not changed, f"checking changed the supernet's tensors: {changed[:3]}"
+    return {"count": count, "checked": len(archs), "max_abs_diff": worst}
+
+
+def check_dataset(dataset: MedicalDataset) -> dict[str, int]:
+    """Check the dataset contract: every split loads and agrees with ``info``; returns split sizes."""
+    info = dataset.info
+    sizes = {}
+    for split in ("train", "val", "test"):
+        arrays = dataset.split(split)  # validates shapes, dtypes and labels against info
+        sizes[split] = len(arrays)
+        assert len(arrays) > 0, f"{info.name}: the {split} split is empty"
+        assert arrays.images.shape[-1] == info.n_channels, f"{info.name}: {split} channels differ from info"
+    return sizes
+
+
+def check_loss_term(term: Any, *, seed: int = 0) -> float:
+    """Check the loss-term contract on a random masked batch: a finite 0-dim differentiable value that
+    padded entries do not change; returns the value."""
+    import torch
+
+    from mednns.metaspace.contracts import MetaBatch
+
+    g = torch.Generator().manual_seed(seed)
+
+    def batch(pad_value: float) -> tuple[MetaBatch, list[torch.Tensor]]:
+        d, m, e = 3, 5, 8
+        leaves = [torch.randn(d, e, generator=g), torch.randn(d, m, e, generator=g), torch.rand(d, m, generator=g)]
+        for leaf in leaves:
+            leaf.requires_grad_(True)
+        mask = torch.ones(d, m, dtype=torch.bool)
+        mask[:, -1] = False
+        target = torch.rand(d, m, generator=torch.Generator().manual_seed(seed + 1))
+        target = torch.where(mask, target, torch.full_like(target, pad_value))
+        de, me, pred = leaves
+        score = torch.nn.functional.cosine_similarity(de.unsqueeze(1), me, dim=-1)
+        fid = torch.tensor([[0.0, 0.5, 1.0], [0.5, 0.0, 0.7], [1.0, 0.7, 0.0]])
+        return MetaBatch(de, me, pred, score, target, mask, fid), leaves
+
+    g.manual_seed(seed)
+    first, leaves = batch(0.0)
+    value = term(first)
+    assert isinstance(value, torch.Tensor) and value.ndim == 0, "a loss term returns a 0-dim tensor"
+    assert torch.isfinite(value), f"the loss is not finite: {value}"
+    value.backward()
+    assert any(leaf.grad is not None and leaf.grad.abs().sum() > 0 for leaf in leaves), "the loss has no gradient"
+    g.manual_seed(seed)
+    second, _ = batch(123.0)
+    assert torch.allclose(term(second), value.detach(), atol=1e-6), "padded (masked-out) entries change the loss"
+    return float(value.detach())
