@@ -167,6 +167,11 @@ def expand_env(data: Any, environ: dict[str, str] | os._Environ = os.environ, pa
     return result
 
 
+#: Required factory arguments that whoever builds the component supplies, per kind: a search space
+#: gets ``in_channels`` and ``num_classes`` from the dataset it is trained on.
+SUPPLIED_ARGS: dict[str, frozenset[str]] = {"search-spaces": frozenset({"in_channels", "num_classes"})}
+
+
 def check_component(manager: "PluginManager", value: Any, kind: str, path: str) -> list[ConfigIssue]:
     """Problems of one ``{name, args}`` component of ``kind`` (recursing into nested components)."""
     registry = manager.registry(kind)
@@ -195,7 +200,8 @@ def check_component(manager: "PluginManager", value: Any, kind: str, path: str) 
     if not isinstance(args, dict):
         return issues + [ConfigIssue(f"{path}.args", f"expected a mapping of arguments, got {args!r}")]
     on_component = lambda v, k, p: check_component(manager, v, k, p)  # noqa: E731
-    return issues + check_args(component.factory, args, f"{path}.args", on_component)
+    return issues + check_args(component.factory, args, f"{path}.args", on_component,
+                               supplied=SUPPLIED_ARGS.get(kind, frozenset()))
 
 
 def resolve_component(manager: "PluginManager", value: dict[str, Any], kind: str) -> dict[str, Any]:

@@ -165,14 +165,18 @@ def factory_parameters(factory: Callable[..., Any]) -> tuple[dict[str, inspect.P
 
 
 def check_args(
-    factory: Callable[..., Any], args: dict[str, Any], path: str, on_component: ComponentChecker | None = None
+    factory: Callable[..., Any], args: dict[str, Any], path: str, on_component: ComponentChecker | None = None,
+    supplied: frozenset[str] = frozenset(),
 ) -> list[ConfigIssue]:
-    """Missing, unexpected and mistyped ``args`` for ``factory``, each located under ``path``."""
+    """Missing, unexpected and mistyped ``args`` for ``factory``, each located under ``path``.
+
+    :param supplied: required arguments the caller fills in later (not missing when absent).
+    """
     params, hints, var_kw = factory_parameters(factory)
     accepted = ", ".join(params) or "none"
     issues: list[ConfigIssue] = []
     for name, param in params.items():
-        if param.default is inspect.Parameter.empty and name not in args:
+        if param.default is inspect.Parameter.empty and name not in args and name not in supplied:
             issues.append(ConfigIssue(f"{path}.{name}", "missing required argument",
                                       f"add '{name}' ({describe(hints.get(name, Any))}) under {path}"))
     for name, value in args.items():

@@ -54,6 +54,8 @@ class Supernet(nn.Module, abc.ABC):
 
     #: Elastic dimensions in progressive-shrinking order.
     dimensions: tuple[str, ...] = ()
+    #: Dimensions that slice channels: training calls :meth:`sort_channels` before releasing each.
+    channel_dimensions: tuple[str, ...] = ("expand", "width")
 
     # -- the space -------------------------------------------------------------
     @abc.abstractmethod

@@ -23,13 +23,17 @@ def batch_norms(model: nn.Module) -> list[_BatchNorm]:
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
-    """Re-estimate every BN layer's running statistics from ``batches``; returns the number of images used.
+    """Re-estimate every BN layer's running statistics from ``batches``; returns the number of images used
+    (0, without a forward pass, for a model without BN layers).
 
     The model is left in eval mode; momenta are restored afterwards. Use
     batches of equal size: the result is then the mean of the per-batch
     statistics, which for the running mean equals the mean over all images.
     """
     layers = batch_norms(model)
+    if not layers:  # nothing to estimate (e.g. a transformer with layer norms only)
+        model.eval()
+        return 0
     momenta = [bn.momentum for bn in layers]
     for bn in layers:
         bn.reset_running_stats()

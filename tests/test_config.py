@@ -192,3 +192,26 @@ def test_environment_expansion():
     with pytest.raises(ConfigError) as info:
         expand_env({"x": {"y": "${NOT_SET}"}}, {})
     assert info.value.issues[0].path == "x.y" and "NOT_SET" in info.value.issues[0].message
+
+
+def test_search_space_inputs_from_the_dataset_are_not_missing_arguments():
+    from mednns.testing import plugin_manager
+
+    class Space:
+        def __init__(self, in_channels: int, num_classes: int, depth: int):
+            pass
+
+    class Plugin:
+        @mednns.hookimpl
+        def register_search_spaces(self, register):
+            register("required_inputs", Space, description="in_channels and num_classes without defaults")
+
+    manager = plugin_manager(Plugin())
+    data = {"stages": [{"name": "train_supernet", "args": {"space": {"name": "required_inputs", "args": {}}}}]}
+    with pytest.raises(ConfigError) as error:
+        validate_config(manager, data)
+    messages = str(error.value)
+    assert "space.args.depth: missing required argument" in messages  # a real missing argument is reported
+    assert "in_channels" not in messages and "num_classes" not in messages  # the stage supplies these
+    data["stages"][0]["args"]["space"]["args"]["depth"] = 2
+    validate_config(manager, data)

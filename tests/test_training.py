@@ -375,3 +375,13 @@ def test_two_processes_share_gradients_and_only_rank_0_writes(tmp_path):
         assert torch.equal(value, ranks[1]["params"][name]), name  # averaged gradients, same updates
     assert json.dumps(ranks[0]["history"]) == json.dumps(ranks[1]["history"])
     assert (tmp_path / "out0" / "metrics.csv").exists() and not (tmp_path / "out1").exists()
+
+
+def test_a_space_names_the_dimensions_whose_release_sorts_channels_first():
+    from mednns.training.config import plan_phases
+
+    phases = plan_phases(("depth", "heads", "expand"), TrainConfig(), channel_dimensions=("heads",))
+    assert [(p.name, p.sort_channels) for p in phases] == [("full", False), ("depth", False), ("heads", True),
+                                                            ("expand", False)]
+    default = plan_phases(("depth", "expand", "width"), TrainConfig())
+    assert [p.sort_channels for p in default] == [False, False, True, True]

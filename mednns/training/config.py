@@ -22,7 +22,8 @@ FINAL = "final.json"
 #: Name of the first phase: the largest network alone, trained on the labels.
 FULL_PHASE = "full"
 
-#: Dimensions whose release reorders channels first (OFA's ``re_organize_middle_weights``).
+#: Default dimensions whose release reorders channels first (OFA's ``re_organize_middle_weights``);
+#: a space overrides them with its ``channel_dimensions``.
 CHANNEL_DIMENSIONS = ("expand", "width")
 
 #: Keys of :class:`TrainConfig` that do not change what is computed (ignored when resuming).
@@ -147,7 +148,8 @@ class Phase:
         return bool(self.released)
 
 
-def plan_phases(dimensions: Sequence[str], config: TrainConfig) -> list[Phase]:
+def plan_phases(dimensions: Sequence[str], config: TrainConfig,
+                channel_dimensions: Sequence[str] = CHANNEL_DIMENSIONS) -> list[Phase]:
     """The phases, in order: ``full`` then one per dimension of ``dimensions``, releasing them cumulatively.
 
     Skipped phases (0 epochs) are included with ``epochs == 0``. A phase releasing
@@ -168,7 +170,7 @@ def plan_phases(dimensions: Sequence[str], config: TrainConfig) -> list[Phase]:
                     float(setting(FULL_PHASE, "lr", config.full_lr)), False)]
     for i, dim in enumerate(dimensions):
         phases.append(Phase(dim, dimensions[: i + 1], int(setting(dim, "epochs", config.shrink_epochs)),
-                            float(setting(dim, "lr", config.shrink_lr)), dim in CHANNEL_DIMENSIONS))
+                            float(setting(dim, "lr", config.shrink_lr)), dim in channel_dimensions))
     return phases
 
 

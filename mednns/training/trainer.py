@@ -63,7 +63,7 @@ from mednns.training.checkpoint import (
     save_checkpoint,
     save_supernet,
 )
-from mednns.training.config import Phase, TrainConfig, plan_phases, warmup_steps
+from mednns.training.config import CHANNEL_DIMENSIONS, Phase, TrainConfig, plan_phases, warmup_steps
 from mednns.training.data import TrainingData
 from mednns.training.evaluation import evaluate, median_arch
 from mednns.training.losses import DistillationLoss, supervised_loss
@@ -142,7 +142,8 @@ class SupernetTrainer:
         self.rank, self.world_size = rank, world_size
         self.console = console
         self.on_checkpoint = on_checkpoint
-        self.phases: list[Phase] = plan_phases(space.dimensions, self.config)
+        self.phases: list[Phase] = plan_phases(space.dimensions, self.config,
+                                               getattr(space, "channel_dimensions", CHANNEL_DIMENSIONS))
         self._data: TrainingData | None = None
         self.memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
         self.space.to(self.device)
