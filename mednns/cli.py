@@ -16,7 +16,7 @@ from rich.table import Table
 
 import mednns
 from mednns.errors import MednnsError
-from mednns.manager import get_plugin_manager, set_plugin_manager
+from mednns.manager import get_plugin_manager, plugin_manager_pinned, set_plugin_manager
 from mednns.registry import KIND_HOOKS
 
 DEBUG_KEY = "mednns.debug"
@@ -56,7 +56,8 @@ class MednnsCLI(click.Group):
     builtin_commands: set[str] = set()
 
     def main(self, args: Any = None, *rest: Any, **kwargs: Any) -> Any:
-        set_plugin_manager(None)  # a fresh manager reads the environment of this invocation
+        if not plugin_manager_pinned():
+            set_plugin_manager(None)  # a fresh manager reads the environment of this invocation
         self._plugin_commands_for: object | None = None
         argv = list(sys.argv[1:] if args is None else args)
         try:

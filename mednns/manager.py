@@ -12,16 +12,18 @@ Environment:
 - ``MEDNNS_DISABLE_PLUGINS``: comma-separated deny-list (built-ins included).
 - ``MEDNNS_STRICT_PLUGINS=1``: any plugin problem is an error (also the config
   key ``strict_plugins``).
-- ``MEDNNS_TRACE_PLUGINS=1``: print every hook call to stderr.
+- ``MEDNNS_TRACE_PLUGINS=1``: print the calls of the command and lifecycle hooks to stderr
+  (the ``register_*`` hooks run once, at load; ``mednns plugins`` shows what they registered).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pluggy
 
@@ -285,3 +287,26 @@ def set_plugin_manager(manager: PluginManager | None) -> None:
     """Replace (or with ``None`` drop) the process-wide manager; the CLI and tests use this."""
     global _default
     _default = manager
+
+
+_pinned = False
+
+
+def plugin_manager_pinned() -> bool:
+    """Whether :func:`pinned_plugin_manager` holds the process-wide manager (the CLI then keeps it)."""
+    return _pinned
+
+
+@contextlib.contextmanager
+def pinned_plugin_manager(manager: PluginManager) -> Iterator[PluginManager]:
+    """Use ``manager`` process-wide within the block, CLI invocations included (which otherwise
+    start with a fresh manager); the previous one is restored afterwards."""
+    global _pinned
+    previous, was_pinned = _default, _pinned
+    set_plugin_manager(manager)
+    _pinned = True
+    try:
+        yield manager
+    finally:
+        _pinned = was_pinned
+        set_plugin_manager(previous)

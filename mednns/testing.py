@@ -29,7 +29,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from mednns.data import ArrayDataset, DatasetInfo, MedicalDataset, SplitArrays
-from mednns.manager import PluginManager, set_plugin_manager
+from mednns.errors import PluginLoadError
+from mednns.manager import PluginManager, pinned_plugin_manager
 
 #: Overrides of the ``cpu`` preset that make the built-in spaces tiny.
 TINY_SPACES: dict[str, dict[str, Any]] = {
@@ -47,27 +48,32 @@ def plugin_manager(*plugins: object, installed: bool = False) -> PluginManager:
     implementations), registered as if installed.
 
     :param installed: also load every installed third-party plugin (``mednns`` entry points).
+    :raises PluginLoadError: when one of ``plugins`` does not load or its ``register_*`` hooks fail
+        (an unknown hook name, a taken component name, an exception), with the recorded errors.
     """
     environ = {} if installed else {"MEDNNS_LOAD_PLUGINS": ""}
     manager = PluginManager(environ=environ)
     for plugin in plugins:
-        manager.register(plugin, getattr(plugin, "__name__", type(plugin).__name__))
+        record = manager.register(plugin, getattr(plugin, "__name__", type(plugin).__name__))
+        if record.errors:  # a test must not go on without the plugin it is about
+            raise PluginLoadError(f"plugin {record.label} did not load: {'; '.join(record.errors)}",
+                                  hint="fix the hook implementation (names and arguments must match mednns.hookspecs)")
     return manager
 
 
 @contextlib.contextmanager
 def using_plugins(*plugins: object, installed: bool = False) -> Iterator[PluginManager]:
     """Within the block, :func:`mednns.create`, ``mednns.list_components`` and the CLI use a manager
-    with ``plugins`` registered; the previous process-wide manager is restored afterwards."""
-    from mednns import manager as manager_module
+    with ``plugins`` registered; the previous process-wide manager is restored afterwards.
 
-    previous = manager_module._default
-    manager = plugin_manager(*plugins, installed=installed)
-    set_plugin_manager(manager)
-    try:
+    The CLI (``mednns.cli.cli``, e.g. through ``click.testing.CliRunner``) normally starts every
+    invocation with a fresh manager read from the installed entry points; inside the block it keeps
+    this one, so plugin commands, stages and lifecycle hooks are seen without installing anything.
+
+    :param installed: also load every installed third-party plugin (``mednns`` entry points).
+    """
+    with pinned_plugin_manager(plugin_manager(*plugins, installed=installed)) as manager:
         yield manager
-    finally:
-        set_plugin_manager(previous)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -144,6 +150,7 @@ def check_search_space(space: Any, *, input_size: int = 28, samples: int = 8, se
     rng = random.Random(seed)
     archs = [space.largest(), space.smallest(), *(space.sample(rng) for _ in range(samples))]
     before = {k: v.detach().clone() for k, v in space.state_dict().items()}
+    was_training, was_active = space.training, space.active()
     space.eval()
     worst = 0.0
     generator = torch.Generator().manual_seed(seed)
@@ -176,6 +183,8 @@ def check_search_space(space: Any, *, input_size: int = 28, samples: int = 8, se
     after = space.state_dict()
     changed = [k for k, v in before.items() if not torch.equal(v, after[k])]
     assert not changed, f"checking changed the supernet's tensors: {changed[:3]}"
+    space.set_active(was_active)
+    space.train(was_training)
     return {"count": count, "checked": len(archs), "max_abs_diff": worst}
 
 
@@ -188,40 +197,56 @@ def check_dataset(dataset: MedicalDataset) -> dict[str, int]:
         sizes[split] = len(arrays)
         assert len(arrays) > 0, f"{info.name}: the {split} split is empty"
         assert arrays.images.shape[-1] == info.n_channels, f"{info.name}: {split} channels differ from info"
+        if split in info.split_sizes:
+            assert info.split_sizes[split] == len(arrays), (
+                f"{info.name}: info.split_sizes says {info.split_sizes[split]} {split} images, the split holds "
+                f"{len(arrays)}")
     return sizes
 
 
 def check_loss_term(term: Any, *, seed: int = 0) -> float:
     """Check the loss-term contract on a random masked batch: a finite 0-dim differentiable value that
-    padded entries do not change; returns the value."""
+    padded entries do not change; returns the value.
+
+    Two batches are built that agree on every present (dataset, model) pair and differ at every padded
+    one (``model_embedding``, ``predicted``, ``score`` and ``target`` hold 0 there in the first, and
+    other values, different per field, in the second); the term must give the same value on both.
+    """
     import torch
 
     from mednns.metaspace.contracts import MetaBatch
 
-    g = torch.Generator().manual_seed(seed)
+    d, m, e = 3, 5, 8
+    mask = torch.ones(d, m, dtype=torch.bool)
+    mask[:, -1] = False  # every dataset has a padded slot
+    mask[1, -2] = False  # and one has fewer models than the others
 
-    def batch(pad_value: float) -> tuple[MetaBatch, list[torch.Tensor]]:
-        d, m, e = 3, 5, 8
+    def batch(pads: tuple[float, float, float, float]) -> tuple[MetaBatch, list[torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed)
         leaves = [torch.randn(d, e, generator=g), torch.randn(d, m, e, generator=g), torch.rand(d, m, generator=g)]
         for leaf in leaves:
             leaf.requires_grad_(True)
-        mask = torch.ones(d, m, dtype=torch.bool)
-        mask[:, -1] = False
-        target = torch.rand(d, m, generator=torch.Generator().manual_seed(seed + 1))
-        target = torch.where(mask, target, torch.full_like(target, pad_value))
+        target = torch.rand(d, m, generator=g)
         de, me, pred = leaves
-        score = torch.nn.functional.cosine_similarity(de.unsqueeze(1), me, dim=-1)
+        pad_embedding, pad_predicted, pad_score, pad_target = (torch.tensor(p) for p in pads)
+        me = torch.where(mask.unsqueeze(-1), me, pad_embedding)
+        pred = torch.where(mask, pred, pad_predicted)
+        target = torch.where(mask, target, pad_target)
+        score = torch.where(mask, torch.nn.functional.cosine_similarity(de.unsqueeze(1), me, dim=-1), pad_score)
         fid = torch.tensor([[0.0, 0.5, 1.0], [0.5, 0.0, 0.7], [1.0, 0.7, 0.0]])
-        return MetaBatch(de, me, pred, score, target, mask, fid), leaves
+        return MetaBatch(de, me, pred, score, target, mask.clone(), fid), leaves
 
-    g.manual_seed(seed)
-    first, leaves = batch(0.0)
+    first, leaves = batch((0.0, 0.0, 0.0, 0.0))
     value = term(first)
     assert isinstance(value, torch.Tensor) and value.ndim == 0, "a loss term returns a 0-dim tensor"
     assert torch.isfinite(value), f"the loss is not finite: {value}"
+    assert value.requires_grad, "the loss has no gradient (it does not require grad: compute it from the batch's tensors)"
     value.backward()
     assert any(leaf.grad is not None and leaf.grad.abs().sum() > 0 for leaf in leaves), "the loss has no gradient"
-    g.manual_seed(seed)
-    second, _ = batch(123.0)
-    assert torch.allclose(term(second), value.detach(), atol=1e-6), "padded (masked-out) entries change the loss"
+    second, _ = batch((123.0, 45.0, -6.0, -78.0))
+    other = term(second)
+    assert torch.allclose(other.detach(), value.detach(), atol=1e-6), (
+        f"padded (masked-out) entries change the loss: {float(value.detach()):.6g} with 0 in every padded slot, "
+        f"{float(other.detach()):.6g} with other values (replace padded entries, e.g. torch.where(batch.mask, x, 0), "
+        "before any arithmetic)")
     return float(value.detach())
