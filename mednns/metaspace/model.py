@@ -7,7 +7,8 @@ set's size or order) and maps the pool to the meta-space. Models are embedded by
 :class:`~mednns.metaspace.contracts.ModelEncoder` plugin and projected to the same size.
 :class:`MetaSpace` returns, for D datasets and up to M models each, the fields of a
 :class:`~mednns.metaspace.contracts.MetaBatch`: embeddings, the predicted metric of every pair
-(an MLP on the two embeddings and their product, sigmoid) and the retrieval score (cosine similarity).
+(an MLP on the two unit-length embeddings and their product, sigmoid) and the retrieval score
+(cosine similarity).
 """
 
 from __future__ import annotations
@@ -87,9 +88,12 @@ class MetaSpace(nn.Module):
         :param dataset_embedding: ``(D, E)``. :param model_embedding: ``(D, M, E)``.
         :returns: two ``(D, M)`` tensors.
         """
-        d = dataset_embedding.unsqueeze(1).expand_as(model_embedding)
-        predicted = torch.sigmoid(self.predictor(torch.cat([d, model_embedding, d * model_embedding], -1)).squeeze(-1))
-        score = F.cosine_similarity(d, model_embedding, dim=-1)
+        d = F.normalize(dataset_embedding, dim=-1).unsqueeze(1).expand_as(model_embedding)
+        m = F.normalize(model_embedding, dim=-1)
+        # unit-length inputs bound the predictor's logits: an unseen dataset whose features lie far
+        # from the training datasets' cannot push every prediction to 0 or 1
+        predicted = torch.sigmoid(self.predictor(torch.cat([d, m, d * m], -1)).squeeze(-1))
+        score = (d * m).sum(-1)
         return predicted, score
 
     def forward(self, feature_sets: Sequence[torch.Tensor], model_index: torch.Tensor
