@@ -43,7 +43,6 @@ def export_top(result: dict[str, Any], dataset: Any, directory: Path, *, rank: i
                seed: int = 0) -> Path:
     """Export the ``rank``-th model of a query result for ``dataset`` into ``directory``."""
     from mednns.export import export_subnet
-    from mednns.files import read_json
     from mednns.training import load_supernet
 
     if len(result["results"]) < rank:
@@ -52,7 +51,7 @@ def export_top(result: dict[str, Any], dataset: Any, directory: Path, *, rank: i
     row = result["results"][rank - 1]
     space, metadata = load_supernet(row["supernet"], manager=manager)
     info = dataset.info
-    return export_subnet(space, read_json(Path(row["supernet"]) / "supernet.json")["space"],
+    return export_subnet(space, metadata["space"],
                          space.arch_from_json(row["arch"]), directory, num_classes=info.n_classes,
                          in_channels=info.n_channels, seed=seed,
                          metadata={"source": {"dataset": metadata["dataset"]["name"], "supernet": row["supernet"],

@@ -10,7 +10,6 @@ target's image size; cached per architecture, device and input size).
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -60,18 +59,22 @@ class LatencyMeter:
         self.device, self.repeats = device, repeats
         self.cache_path = cache or cache_dir() / "latency.json"
         self.cache: dict[str, float] = read_json(self.cache_path) if self.cache_path.is_file() else {}
-        self._spaces: dict[str, Any] = {}
+        self._spaces: dict[str, tuple[Any, int]] = {}
 
-    def _space(self, supernet: str):
+    def _space(self, supernet: str) -> tuple[Any, int]:
+        """The supernet of a folder (loaded once) and its input channel count."""
         if supernet not in self._spaces:
             from mednns.training import load_supernet
 
-            self._spaces[supernet] = load_supernet(supernet)[0]
+            space, metadata = load_supernet(supernet)
+            self._spaces[supernet] = (space, int(metadata["normalization"]["channels"]))
         return self._spaces[supernet]
 
     @torch.inference_mode()
-    def __call__(self, supernet: str, arch_json: str, input_shape: tuple[int, ...]) -> float:
-        space = self._space(supernet)
+    def __call__(self, supernet: str, arch_json: str, image_size: Sequence[int]) -> float:
+        """Median batch-1 latency of ``arch_json`` of ``supernet`` on images of ``image_size`` (H, W)."""
+        space, channels = self._space(supernet)
+        input_shape = (channels, *image_size)
         arch = space.arch_from_json(arch_json)
         key = f"{type(space).__name__}:{space.arch_hash(arch)}:{self.device}:{'x'.join(map(str, input_shape))}"
         if key not in self.cache:
@@ -143,8 +146,7 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
         if latency is not None and constraints.max_latency_ms is not None:
             if measured >= MAX_LATENCY_MEASUREMENTS_PER_RESULT * top_k:
                 break  # the finalists are measured, not the whole zoo: stop with fewer results
-            shape = (_supernet_channels(table.supernet[i]), *info.image_size)
-            row["latency_ms"] = latency(table.supernet[i], table.arch[i], shape)
+            row["latency_ms"] = latency(table.supernet[i], table.arch[i], info.image_size)
             measured += 1
             if row["latency_ms"] > constraints.max_latency_ms:
                 continue
@@ -155,8 +157,3 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
             "constraints": constraints.__dict__, "excluded_sources": sorted(excluded),
             "candidates": int(keep.sum()), "zoo_models": len(table),
             "latency_measured": measured, "results": results, "seconds": round(seconds, 4)}
-
-
-def _supernet_channels(folder: str) -> int:
-    meta = json.loads((Path(folder) / "supernet.json").read_text())
-    return int(meta["normalization"]["channels"])
