@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
@@ -52,6 +52,7 @@ class FinetuneConfig:
     hflip: bool = False
     max_train_images: int | None = None
     eval_batch_size: int = 256
+    channels_last: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,6 +63,37 @@ class FinetuneConfig:
         return asdict(self)
 
 
+@dataclass
+class FinetuneData:
+    """The three splits of a target as tensors, normalized with its training statistics.
+
+    :param train_x: :param train_y: training images (capped by ``max_train_images``) and labels.
+    """
+
+    task: Any
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @classmethod
+    def from_dataset(cls, dataset: MedicalDataset, config: FinetuneConfig) -> "FinetuneData":
+        """Read ``dataset`` once; a ``max_train_images`` subset is drawn from ``config.seed``."""
+        channels = dataset.info.n_channels
+        train_x, train_y = dataset_tensors(dataset, "train", channels=channels)
+        if config.max_train_images is not None and config.max_train_images < len(train_x):
+            keep = torch.randperm(len(train_x), generator=torch_generator(derive_seed(config.seed, "subset")))
+            keep = keep[: config.max_train_images].sort().values
+            train_x, train_y = train_x[keep], train_y[keep]
+        val_x, val_y = dataset_tensors(dataset, "val", channels=channels)
+        test_x, test_y = dataset_tensors(dataset, "test", channels=channels)
+        if len(train_x) < 2:
+            raise UsageError(f"{dataset.info.name}: {len(train_x)} training image(s) is too few to fine-tune")
+        return cls(dataset.info.task, train_x, train_y, val_x, val_y, test_x, test_y)
+
+
 def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path, config: FinetuneConfig = FinetuneConfig(),
              *, device: str = "cpu", manager: Any = None, console: Console | None = None,
              progress: bool = True) -> dict[str, Any]:
@@ -69,8 +101,6 @@ def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path
 
     :returns: ``final.json``'s content: best epoch, its val and test metrics, per-epoch history.
     """
-    from timm.scheduler import CosineLRScheduler
-
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model = load_model(model_dir, manager=manager, device=device)  # checks the folder
     export = read_json(model_dir / METADATA)
@@ -79,21 +109,40 @@ def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path
         raise UsageError(f"{model_dir} was exported for {export['num_classes']} classes and {export['in_channels']} "
                          f"channel(s); {info.name} has {info.n_classes} and {info.n_channels}",
                          hint="export it for this dataset: mednns query RUN_DIR --dataset ... --export DIR")
-    channels = info.n_channels
-    train_x, train_y = dataset_tensors(dataset, "train", channels=channels)
-    if config.max_train_images is not None and config.max_train_images < len(train_x):
-        keep = torch.randperm(len(train_x), generator=torch_generator(derive_seed(config.seed, "subset")))
-        keep = keep[: config.max_train_images].sort().values
-        train_x, train_y = train_x[keep], train_y[keep]
-    val_x, val_y = dataset_tensors(dataset, "val", channels=channels)
-    test_x, test_y = dataset_tensors(dataset, "test", channels=channels)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = train_model(model, FinetuneData.from_dataset(dataset, config), config, device=device, console=console,
+                         progress=progress, metrics_csv=out_dir / METRICS,
+                         on_best=lambda m, row: _save_best(m, model_dir, out_dir / BEST, export, row))
+    final = {"dataset": info.name, "model": str(model_dir), **result}
+    write_json(out_dir / FINAL, final)
+    return final
+
+
+def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConfig, *, device: str = "cpu",
+                console: Console | None = None, progress: bool = True, metrics_csv: Path | None = None,
+                on_best: Callable[[torch.nn.Module, dict[str, Any]], None] | None = None,
+                label: str = "fine-tune") -> dict[str, Any]:
+    """Train ``model`` (any classifier of the target's classes) on ``data`` for ``config.epochs``.
+
+    The same loop serves a retrieved model and every baseline, so they differ only in their
+    starting point: SGD (Nesterov) with weight decay on weights only, cosine schedule with warm-up
+    per step, random crops (and flips), one seeded data order per epoch.
+
+    :param metrics_csv: write the per-epoch history here after every epoch.
+    :param on_best: called with the model and the epoch's row whenever the validation ACC improves.
+    :param label: progress-bar label.
+    :returns: ``{"config", "best_epoch", "best", "last", "history", "seconds"}``.
+    """
+    from timm.scheduler import CosineLRScheduler
+
+    model = model.to(device)
+    train_x, train_y = data.train_x, data.train_y
+    layout = torch.channels_last if config.channels_last and train_x.ndim == 4 else torch.contiguous_format
+    model = model.to(memory_format=layout)  # channels-last: 1.5x faster convolutions on the CPU
     batch = min(config.batch_size, len(train_x))
     steps = len(train_x) // batch
-    if steps < 1:
-        raise UsageError(f"{info.name}: {len(train_x)} training image(s) is too few to fine-tune")
-
     torch.manual_seed(config.seed)
-    loss_fn = supervised_loss(info.task, config.label_smoothing)
+    loss_fn = supervised_loss(data.task, config.label_smoothing)
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -103,11 +152,10 @@ def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path
     total = config.epochs * steps
     scheduler = CosineLRScheduler(optimizer, t_initial=total, warmup_t=int(config.warmup_epochs * steps),
                                   warmup_lr_init=config.lr * 0.01, lr_min=0.0, t_in_epochs=False)
-    out_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     start = time.perf_counter()
-    columns = (TextColumn("[bold]fine-tune"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not progress) as bar:
         task = bar.add_task("finetune", total=total, status="")
@@ -122,7 +170,7 @@ def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path
                     x = random_crop(x, config.crop_padding, generator)
                 if config.hflip:
                     x = random_hflip(x, generator)
-                x, y = x.to(device), y.to(device)
+                x, y = x.to(device).contiguous(memory_format=layout), y.to(device)
                 loss = loss_fn(model(x), y)
                 value = float(loss.detach())
                 if not math.isfinite(value):
@@ -133,21 +181,25 @@ def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path
                 scheduler.step_update((epoch - 1) * steps + step + 1)
                 running += value
                 bar.update(task, advance=1)
-            val = metrics_from_logits(info.task, predict(model, val_x, config.eval_batch_size, device=device), val_y)
-            test = metrics_from_logits(info.task, predict(model, test_x, config.eval_batch_size, device=device), test_y)
+            val = metrics_from_logits(data.task, predict(model, data.val_x, config.eval_batch_size, device=device,
+                                                              memory_format=layout),
+                                      data.val_y)
+            test = metrics_from_logits(data.task, predict(model, data.test_x, config.eval_batch_size, device=device,
+                                                               memory_format=layout),
+                                       data.test_y)
             row = {"epoch": epoch, "train_loss": running / steps, "val_acc": val["acc"], "val_auc": val["auc"],
                    "val_loss": val["loss"], "test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"],
                    "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}
             history.append(row)
-            write_metrics_csv(out_dir / METRICS, history, COLUMNS)
+            if metrics_csv is not None:
+                write_metrics_csv(metrics_csv, history, COLUMNS)
             bar.update(task, status=f"val acc {val['acc']:.4f} | test acc {test['acc']:.4f}")
             if best is None or val["acc"] > best["val_acc"]:
                 best = row
-                _save_best(model, model_dir, out_dir / BEST, export, row)
-    final = {"dataset": info.name, "model": str(model_dir), "config": config.to_dict(), "best_epoch": best["epoch"],
-             "best": best, "last": history[-1], "history": history, "seconds": round(time.perf_counter() - start, 2)}
-    write_json(out_dir / FINAL, final)
-    return final
+                if on_best is not None:
+                    on_best(model, row)
+    return {"config": config.to_dict(), "best_epoch": best["epoch"], "best": best, "last": history[-1],
+            "history": history, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def _save_best(model: torch.nn.Module, source: Path, target: Path, export: dict[str, Any], row: dict[str, Any]) -> None:

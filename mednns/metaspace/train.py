@@ -70,8 +70,11 @@ def correlation_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def train_meta_space(run, stage) -> dict[str, Any]:
-    """Train and save the meta-space of ``run`` as configured by the ``fit_meta_space`` ``stage``."""
+def train_meta_space(run, stage, directory: Path | None = None) -> dict[str, Any]:
+    """Train and save the meta-space of ``run`` as configured by the ``fit_meta_space`` ``stage``.
+
+    :param directory: where its files go (default: the stage's directory).
+    """
     zoo_path = stage.zoo_path(run)
     if not zoo_path.is_file():
         raise UsageError(f"fit_meta_space: no zoo at {zoo_path}", hint="run a build_zoo stage first, or set 'zoo'")
@@ -113,7 +116,8 @@ def train_meta_space(run, stage) -> dict[str, Any]:
     result = fitter.fit()
     run.console.print(correlation_table(result["datasets"]))
 
-    directory = run.stage_dir(stage.name)
+    directory = Path(directory) if directory is not None else run.stage_dir(stage.name)
+    directory.mkdir(parents=True, exist_ok=True)
     embeddings = all_model_embeddings(model, len(table))
     buffer = io.BytesIO()
     np.save(buffer, embeddings)

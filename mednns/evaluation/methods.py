@@ -1,0 +1,42 @@
+"""The methods an evaluation compares: mednns and the baselines, by name (no torch here).
+
+Every method ends in the same fine-tuning loop (:func:`mednns.finetune.train_model`) with the same
+epochs, data, augmentation, optimizer and seeds; they differ only in the network they start from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    """:param label: short name in tables and legends. :param kind: ``ours`` or ``baseline``."""
+
+    label: str
+    kind: str
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    "mednns": Method("mednns (top-1)", "ours",
+                     "the query's top-ranked zoo model, extracted with its inherited supernet weights"),
+    "mednns_topk": Method("mednns (best of top-k)", "ours",
+                          "the query's top-k models, each fine-tuned; the one with the best validation ACC"),
+    "random_init": Method("same arch, random init", "baseline",
+                          "(a) mednns's top-1 architecture from a random initialization"),
+    "timm_scratch": Method("timm scratch", "baseline", "(b) a timm network (MedMNIST v2's ResNet-18) from scratch"),
+    "imagenet": Method("timm ImageNet", "baseline", "(c) the timm network with ImageNet weights, when they load"),
+    "nearest_fid": Method("nearest-FID largest", "baseline",
+                          "(d) the largest subnet of the source supernet with the smallest FID to the target"),
+    "tans": Method("TANS-style", "baseline",
+                   "(e) retrieval by a meta-space trained with contrastive + performance losses only"),
+    "random_pick": Method("random zoo pick", "baseline",
+                          "(f) a zoo model drawn at random (per seed) with its inherited weights"),
+    "own_supernet_search": Method("own-supernet search", "baseline",
+                                  "(g) random search over the target's own supernet (weight-shared, BN-recalibrated "
+                                  "validation ACC), the winner fine-tuned with its weights"),
+}
+
+#: Methods in the order tables list them.
+METHOD_NAMES = tuple(METHODS)

@@ -1,0 +1,952 @@
+"""The evaluation report: figures, markdown and one self-contained HTML page from ``results.json``.
+
+The ``evaluate`` stage writes ``<run>/stages/evaluate/results.json`` (format ``mednns-evaluation/1``:
+leave-one-dataset-out fine-tuning of mednns's pick against baselines) and, per held-out dataset,
+``embeddings/<dataset>.npz`` (the fold's meta-space). This module turns them into:
+
+* :func:`markdown_report`: the protocol, an overall table and one table per dataset (``report.md``);
+* :func:`plot_overview`, :func:`plot_convergence`, :func:`plot_fid_heatmap`,
+  :func:`plot_embeddings`: PNG figures (matplotlib on an Agg canvas, no pyplot state);
+* :func:`render_report`: all of them plus ``report.html``, a single page with the figures inlined.
+
+Numbers come from each method's ``summary`` when it has them and are otherwise computed from the
+per-seed ``history`` rows (mean and sample standard deviation over seeds, as the evaluate stage does).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import math
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mednns.errors import UsageError
+from mednns.files import atomic_write_bytes, atomic_write_text, read_json
+
+log = logging.getLogger(__name__)
+
+#: The ``format`` value of the results this module reads.
+FORMAT = "mednns-evaluation/1"
+#: The method every other one is compared with (gains, wins, epochs to match).
+REFERENCE = "mednns"
+#: The stage folder of a run that holds ``results.json``.
+STAGE = "evaluate"
+RESULTS_NAME = "results.json"
+DPI = 150
+MISSING = "—"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PRODUCE_HINT = ("`mednns evaluate CONFIG` (or `mednns run CONFIG` with the `evaluate` stage) writes "
+                 "it to RUN_DIR/stages/evaluate/results.json")
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def results_path(path: str | Path) -> Path:
+    """Locate ``results.json`` from a run directory, the evaluate stage's folder or the file itself.
+
+    :param path: ``RUN_DIR``, ``RUN_DIR/stages/evaluate`` or a ``results.json`` file.
+    :returns: the path of the results file.
+    :raises UsageError: when no evaluation results file is found there (naming where it looked).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        candidates = [path / "stages" / STAGE / RESULTS_NAME, path / RESULTS_NAME]
+        if (path / "stages").is_dir():  # a run directory: its own results.json is the run's, not ours
+            candidates = candidates[:1]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        looked = " or ".join(str(c) for c in candidates)
+        raise UsageError(f"no evaluation results found: looked for {looked}", hint=_PRODUCE_HINT)
+    raise UsageError(f"no evaluation results found: {path} does not exist", hint=_PRODUCE_HINT)
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    """Read evaluation results and check their format.
+
+    :param path: a run directory (reads ``RUN/stages/evaluate/results.json``), a folder holding
+        ``results.json``, or the ``results.json`` file itself.
+    :returns: the results as a dict (format ``mednns-evaluation/1``).
+    :raises UsageError: when the file is missing, is not JSON or has another format.
+    """
+    file = results_path(path)
+    try:
+        results = read_json(file)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UsageError(f"cannot read evaluation results {file}: {exc}", hint=_PRODUCE_HINT) from exc
+    found = results.get("format") if isinstance(results, dict) else None
+    if found != FORMAT:
+        raise UsageError(f"{file} is not a mednns evaluation results file (format {found!r}, expected {FORMAT!r})",
+                         hint=_PRODUCE_HINT)
+    for key in ("protocol", "methods", "datasets"):
+        if not isinstance(results.get(key), dict):
+            raise UsageError(f"{file}: the {key!r} section is missing or not an object",
+                             hint="the file is incomplete; run the evaluate stage again")
+    return results
+
+
+# -- reading the results -----------------------------------------------------------------------------
+def method_order(results: dict[str, Any]) -> list[str]:
+    """Methods in ``protocol.methods`` order, then any others the results describe.
+
+    :param results: evaluation results.
+    :returns: method names.
+    """
+    order = list(results["protocol"].get("methods") or [])
+    return order + [m for m in results.get("methods", {}) if m not in order]
+
+
+def dataset_order(results: dict[str, Any]) -> list[str]:
+    """Datasets in ``protocol.datasets`` order (those with results), then any others.
+
+    :param results: evaluation results.
+    :returns: dataset names.
+    """
+    order = [d for d in results["protocol"].get("datasets") or [] if d in results["datasets"]]
+    return order + [d for d in results["datasets"] if d not in order]
+
+
+def label(results: dict[str, Any], method: str) -> str:
+    """A method's display label (its name when the results give none).
+
+    :param results: evaluation results.
+    :param method: the method name.
+    """
+    return str(results.get("methods", {}).get(method, {}).get("label") or method)
+
+
+def is_ours(results: dict[str, Any], method: str) -> bool:
+    """Whether ``method`` is one of mednns's own (``kind: ours``).
+
+    :param results: evaluation results.
+    :param method: the method name.
+    """
+    kind = results.get("methods", {}).get(method, {}).get("kind")
+    return kind == "ours" if kind else method.startswith(REFERENCE)
+
+
+def epochs(results: dict[str, Any]) -> int:
+    """The fine-tuning epochs K of the protocol (the longest history when the protocol omits it).
+
+    :param results: evaluation results.
+    """
+    k = results["protocol"].get("epochs")
+    if k:
+        return int(k)
+    longest = [len(run.get("history", [])) for d in results["datasets"].values()
+               for m in d.get("methods", {}).values() for run in m.get("runs", [])]
+    return max(longest, default=1)
+
+
+def report_epochs(results: dict[str, Any]) -> list[int]:
+    """The epochs the tables report: ``protocol.report_epochs`` within ``1..K``, deduplicated, sorted, ending at K.
+
+    :param results: evaluation results.
+    """
+    k = epochs(results)
+    chosen = {int(e) for e in results["protocol"].get("report_epochs") or [] if 1 <= int(e) <= k}
+    return sorted(chosen | {k})
+
+
+def _ran(entry: dict[str, Any] | None) -> bool:
+    return bool(entry) and entry.get("status") == "ok" and bool(entry.get("runs") or entry.get("summary"))
+
+
+def _finite(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _from_histories(entry: dict[str, Any], metric: str, epoch: int) -> tuple[float | None, float | None]:
+    values = [_finite(row.get(metric)) for run in entry.get("runs", []) for row in run.get("history", [])
+              if int(row.get("epoch", -1)) == epoch]
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def metric_at(entry: dict[str, Any], metric: str, epoch: int) -> tuple[float | None, float | None]:
+    """Mean and std over seeds of a test metric at an epoch for one method on one dataset.
+
+    :param entry: ``results["datasets"][d]["methods"][m]``.
+    :param metric: ``test_acc`` or ``test_auc``.
+    :param epoch: the epoch (1-based).
+    :returns: ``(mean, std)``; ``(None, None)`` when unknown.
+    """
+    cell = (entry.get("summary") or {}).get(metric, {}).get(str(epoch))
+    if isinstance(cell, dict) and _finite(cell.get("mean")) is not None:
+        return _finite(cell["mean"]), _finite(cell.get("std"))
+    return _from_histories(entry, metric, epoch)
+
+
+def curve(entry: dict[str, Any], metric: str) -> tuple[list[int], list[float], list[float]]:
+    """A method's test metric over epochs: ``(epochs, mean over seeds, std over seeds)``.
+
+    :param entry: ``results["datasets"][d]["methods"][m]``.
+    :param metric: ``test_acc`` or ``test_auc``.
+    :returns: three equally long lists (epochs with no finite value are left out).
+    """
+    summary = (entry.get("summary") or {}).get("curve") or {}
+    if summary.get("epochs") and summary.get(f"{metric}_mean"):
+        stds = summary.get(f"{metric}_std") or [None] * len(summary["epochs"])
+        rows = zip(summary["epochs"], summary[f"{metric}_mean"], stds)
+        points = [(int(e), _finite(m), _finite(s) or 0.0) for e, m, s in rows]
+    else:
+        seen = sorted({int(row["epoch"]) for run in entry.get("runs", []) for row in run.get("history", [])})
+        points = [(e, *_from_histories(entry, metric, e)) for e in seen]
+        points = [(e, m, s or 0.0) for e, m, s in points]
+    points = [p for p in points if p[1] is not None]
+    return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+
+
+def seeds_run(entry: dict[str, Any]) -> int:
+    """How many seeds a method ran with on a dataset (1 when only a summary is given).
+
+    :param entry: ``results["datasets"][d]["methods"][m]``.
+    """
+    return len(entry.get("runs") or []) or 1
+
+
+def params_of(entry: dict[str, Any]) -> int | None:
+    """A method's parameter count on a dataset (summary first, then the first run's model).
+
+    :param entry: ``results["datasets"][d]["methods"][m]``.
+    """
+    value = (entry.get("summary") or {}).get("params")
+    if value is None:
+        models = [run.get("model", {}).get("params") for run in entry.get("runs", [])]
+        value = next((p for p in models if p is not None), None)
+    return None if value is None else int(value)
+
+
+def comparison(results: dict[str, Any], dataset: str, method: str) -> tuple[float | None, int | None, bool]:
+    """mednns against ``method`` on one dataset: the gain in mean ACC@K and the epochs mednns needs to match.
+
+    Taken from the dataset's ``comparison`` when it has the method; otherwise computed from the two
+    methods' numbers (the first epoch at which mednns's mean test ACC reaches ``method``'s mean ACC@K).
+
+    :param results: evaluation results.
+    :param dataset: the dataset.
+    :param method: the compared method (not mednns itself).
+    :returns: ``(gain, epochs_to_match, known)``; ``known`` is false when either method did not run.
+    """
+    data = results["datasets"][dataset]
+    entries = data.get("methods", {})
+    given = (data.get("comparison") or {}).get(method)
+    if isinstance(given, dict) and "gain_acc" in given:
+        match = given.get("epochs_to_match")
+        return _finite(given.get("gain_acc")), None if match is None else int(match), True
+    if not (_ran(entries.get(REFERENCE)) and _ran(entries.get(method))):
+        return None, None, False
+    k = epochs(results)
+    ours, _ = metric_at(entries[REFERENCE], "test_acc", k)
+    theirs, _ = metric_at(entries[method], "test_acc", k)
+    if ours is None or theirs is None:
+        return None, None, False
+    reached = [e for e, m, _ in zip(*curve(entries[REFERENCE], "test_acc")) if m >= theirs - 1e-9]
+    return ours - theirs, (reached[0] if reached else None), True
+
+
+# -- formatting ----------------------------------------------------------------------------------------
+def fmt(value: float | None) -> str:
+    """A metric with 3 decimals (``—`` when unknown).
+
+    :param value: the number or None.
+    """
+    return MISSING if value is None else f"{value:.3f}"
+
+
+def fmt_mean_std(mean: float | None, std: float | None, seeds: int) -> str:
+    """``0.812 ± 0.013`` (std over seeds); just the mean for a single seed.
+
+    :param mean: the mean over seeds. :param std: the standard deviation over seeds.
+    :param seeds: how many seeds the numbers come from.
+    """
+    if mean is None:
+        return MISSING
+    return f"{mean:.3f} ± {std:.3f}" if seeds > 1 and std is not None else f"{mean:.3f}"
+
+
+def fmt_gain(value: float | None) -> str:
+    """A signed difference with 3 decimals (``+0.021``, ``-0.004``; ``—`` when unknown).
+
+    :param value: the difference or None.
+    """
+    return MISSING if value is None else f"{value:+.3f}"
+
+
+def fmt_params(value: int | None) -> str:
+    """A parameter count in short form (``11.18M``, ``456.8k``).
+
+    :param value: the count or None.
+    """
+    if value is None:
+        return MISSING
+    if value >= 1_000_000:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1_000:
+        return f"{value / 1e3:.1f}k"
+    return str(value)
+
+
+def slug(name: str) -> str:
+    """A file-name-safe form of a dataset name (``[A-Za-z0-9._-]`` kept, anything else ``_``).
+
+    :param name: the dataset name.
+    """
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "_"
+
+
+# -- tables: one model, rendered as markdown or HTML -----------------------------------------------------
+@dataclass
+class Row:
+    """One table row: its cells, or a label and a note spanning the other columns.
+
+    :param cells: the cell texts (plain text, not escaped).
+    :param note: when set, the row is ``cells[0]`` followed by this text across the remaining columns.
+    :param ours: the row of one of mednns's own methods (shown bold).
+    """
+
+    cells: list[str]
+    note: str | None = None
+    ours: bool = False
+
+
+@dataclass
+class Table:
+    """A table of plain-text cells with an optional footnote.
+
+    :param headers: column headers. :param rows: the rows. :param footnote: text shown below it.
+    :param align: per column ``"l"`` or ``"r"``.
+    """
+
+    headers: list[str]
+    rows: list[Row] = field(default_factory=list)
+    footnote: str | None = None
+    align: list[str] = field(default_factory=list)
+
+    def to_markdown(self) -> str:
+        """The table as GitHub-flavoured markdown (cells with ``|`` escaped)."""
+        def cell(text: str) -> str:
+            return text.replace("|", "\\|").replace("\n", " ")
+
+        align = self.align or ["l"] * len(self.headers)
+        lines = ["| " + " | ".join(cell(h) for h in self.headers) + " |",
+                 "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
+        for row in self.rows:
+            cells = list(row.cells)
+            if row.ours and cells and cells[0]:
+                cells[0] = f"**{cells[0]}**"
+            if row.note is not None:
+                cells = cells[:1] + [row.note] + [""] * (len(self.headers) - 2)
+            lines.append("| " + " | ".join(cell(c) for c in cells) + " |")
+        if self.footnote:
+            lines += ["", f"*{self.footnote}*"]
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        """The table as an HTML ``<table>`` (every text escaped)."""
+        align = self.align or ["l"] * len(self.headers)
+        out = ["<table>", "<thead><tr>" + "".join(
+            f'<th class="{a}">{html.escape(h)}</th>' for h, a in zip(self.headers, align)) + "</tr></thead>", "<tbody>"]
+        for row in self.rows:
+            css = ' class="ours"' if row.ours else ""
+            if row.note is not None:
+                cells = (f'<td class="l">{html.escape(row.cells[0])}</td>'
+                         f'<td class="note" colspan="{len(self.headers) - 1}">{html.escape(row.note)}</td>')
+            else:
+                cells = "".join(f'<td class="{a}">{html.escape(c)}</td>' for c, a in zip(row.cells, align))
+            out.append(f"<tr{css}>{cells}</tr>")
+        out.append("</tbody></table>")
+        if self.footnote:
+            out.append(f'<p class="footnote">{html.escape(self.footnote)}</p>')
+        return "\n".join(out)
+
+
+def protocol_items(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The protocol as ``(name, value)`` pairs for the report's bullet list.
+
+    :param results: evaluation results.
+    :returns: fine-tuning epochs, seeds, report epochs, retrieval settings, fine-tuning settings, caps.
+    """
+    protocol = results["protocol"]
+    finetune = dict(protocol.get("finetune") or {})
+    items = [("fine-tuning epochs (K)", str(epochs(results))),
+             ("seeds", ", ".join(str(s) for s in protocol.get("seeds") or []) or MISSING),
+             ("report epochs", ", ".join(str(e) for e in report_epochs(results)))]
+    retrieval = [f"{key} {protocol[key]}" for key in ("top_k", "by", "search_budget") if protocol.get(key) is not None]
+    if retrieval:
+        items.append(("retrieval", ", ".join(retrieval)))
+    caps = {k: v for k, v in {**protocol, **finetune}.items() if k.startswith("max_") and v is not None}
+    settings = [f"{k} {v}" for k, v in finetune.items() if not k.startswith("max_")]
+    if settings:
+        items.append(("fine-tuning", ", ".join(settings)))
+    if caps:
+        items.append(("caps", ", ".join(f"{k} {v}" for k, v in caps.items())))
+    items.append(("datasets (each held out in turn)", ", ".join(dataset_order(results))))
+    return items
+
+
+def method_items(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The methods as ``(label, "name, kind: description")`` pairs, in report order.
+
+    :param results: evaluation results.
+    """
+    items = []
+    for method in method_order(results):
+        meta = results.get("methods", {}).get(method, {})
+        head = ", ".join(str(x) for x in (method, meta.get("kind")) if x)
+        items.append((label(results, method), f"{head}: {meta['description']}" if meta.get("description") else head))
+    return items
+
+
+def overall_table(results: dict[str, Any]) -> Table:
+    """The overall table: per method its mean test ACC@K and AUC@K over the datasets where it ran,
+    and for the others mednns's mean gain in ACC@K and its wins.
+
+    :param results: evaluation results (reads ``overall``).
+    """
+    k = epochs(results)
+    overall = results.get("overall") or {}
+    names = dataset_order(results)
+    table = Table(["method", "datasets", f"ACC@{k}", f"AUC@{k}", f"gain (ACC@{k})", "wins"],
+                  align=["l", "r", "r", "r", "r", "r"])
+    for method in method_order(results):
+        ran = sum(_ran(results["datasets"][d].get("methods", {}).get(method)) for d in names)
+        wins = (overall.get("wins") or {}).get(method)
+        reference = method == REFERENCE
+        table.rows.append(Row([label(results, method), f"{ran}/{len(names)}",
+                               fmt(_finite((overall.get("mean_test_acc") or {}).get(method))),
+                               fmt(_finite((overall.get("mean_test_auc") or {}).get(method))),
+                               _overall_gain(results, method),
+                               "" if reference or not wins else f"{wins[0]}/{wins[1]}"],
+                              ours=is_ours(results, method)))
+    table.footnote = (f"Means over the datasets where each method ran (column 'datasets') of the mean test metrics "
+                      f"over seeds at epoch {k}. Gain: {REFERENCE}'s mean ACC@{k} minus the method's, averaged over "
+                      f"the datasets where both ran; wins: datasets where {REFERENCE}'s mean ACC@{k} is higher.")
+    return table
+
+
+def _overall_gain(results: dict[str, Any], method: str) -> str:
+    gains = (results.get("overall") or {}).get("mean_gain_acc") or {}
+    if method == REFERENCE or (method not in gains and is_ours(results, method)):
+        return ""
+    return fmt_gain(_finite(gains.get(method)))
+
+
+def dataset_heading(results: dict[str, Any], dataset: str) -> str:
+    """``<dataset> (<modality>, <task>, <n> classes, <train> train images)``, leaving out what is unknown.
+
+    :param results: evaluation results. :param dataset: the dataset.
+    """
+    info = results["datasets"][dataset].get("info") or {}
+    parts = [str(info[k]) for k in ("modality", "task") if info.get(k)]
+    if info.get("n_classes") is not None:
+        parts.append(f"{info['n_classes']} classes")
+    if info.get("train") is not None:
+        parts.append(f"{info['train']:,} train images")
+    return f"{dataset} ({', '.join(parts)})" if parts else dataset
+
+
+def dataset_table(results: dict[str, Any], dataset: str) -> Table:
+    """One dataset's table: per method params, mean ± std test ACC and AUC at the report epochs, mednns's gain
+    in ACC@K and the epochs mednns needs to match the method; a skipped method gets its reason.
+
+    :param results: evaluation results. :param dataset: the dataset.
+    """
+    shown = report_epochs(results)
+    k = shown[-1]
+    table = Table(["method", "params", *(f"ACC@{e}" for e in shown), *(f"AUC@{e}" for e in shown),
+                   f"gain (ACC@{k})", "epochs to match"], align=["l"] + ["r"] * (2 * len(shown) + 3))
+    entries = results["datasets"][dataset].get("methods", {})
+    for method in method_order(results):
+        entry = entries.get(method)
+        if entry is None:
+            continue
+        name, ours = label(results, method), is_ours(results, method)
+        if not _ran(entry):
+            reason = entry.get("reason") or ("no runs" if entry.get("status") == "ok" else entry.get("status", ""))
+            table.rows.append(Row([name], note=f"skipped: {reason}", ours=ours))
+            continue
+        seeds = seeds_run(entry)
+        cells = [name, fmt_params(params_of(entry))]
+        for metric in ("test_acc", "test_auc"):
+            cells += [fmt_mean_std(*metric_at(entry, metric, e), seeds) for e in shown]
+        if method == REFERENCE:
+            cells += ["", ""]
+        else:
+            gain, match, known = comparison(results, dataset, method)
+            cells += [fmt_gain(gain), (MISSING if match is None else str(match)) if known else ""]
+        table.rows.append(Row(cells, ours=ours))
+    several = any(_ran(e) and seeds_run(e) > 1 for e in entries.values())
+    table.footnote = (("Test metrics, mean ± std over seeds. " if several else "Test metrics (one seed). ")
+                      + f"Gain: {REFERENCE}'s mean ACC@{k} minus the method's. Epochs to match: the first epoch at "
+                      f"which {REFERENCE}'s mean test ACC reaches the method's mean ACC@{k} ({MISSING}: never).")
+    return table
+
+
+def fid_line(results: dict[str, Any], dataset: str) -> str | None:
+    """``FID to the source datasets: a 12.3, b 15.0`` (nearest first), or None when the results give none.
+
+    :param results: evaluation results. :param dataset: the dataset.
+    """
+    fid = {k: _finite(v) for k, v in (results["datasets"][dataset].get("fid") or {}).items()}
+    fid = {k: v for k, v in fid.items() if v is not None}
+    if not fid:
+        return None
+    return "FID to the source datasets (nearest first): " + ", ".join(
+        f"{k} {v:.3g}" for k, v in sorted(fid.items(), key=lambda kv: kv[1]))
+
+
+# -- figures: names and plan ----------------------------------------------------------------------------
+def convergence_name(dataset: str) -> str:
+    """File name of a dataset's convergence figure. :param dataset: the dataset."""
+    return f"convergence_{slug(dataset)}.png"
+
+
+def embeddings_name(dataset: str) -> str:
+    """File name of a dataset's meta-space figure. :param dataset: the dataset."""
+    return f"embeddings_{slug(dataset)}.png"
+
+
+def has_fid_matrix(results: dict[str, Any]) -> bool:
+    """Whether the results hold an FID matrix of at least two datasets. :param results: evaluation results."""
+    matrix = results.get("fid_matrix") or {}
+    return len(matrix.get("datasets") or []) >= 2 and bool(matrix.get("matrix"))
+
+
+def _any_ran(results: dict[str, Any], dataset: str) -> bool:
+    return any(_ran(e) for e in results["datasets"][dataset].get("methods", {}).values())
+
+
+def planned_figures(results: dict[str, Any], base: Path | None = None) -> list[str]:
+    """The figure files a report of these results holds.
+
+    :param results: evaluation results.
+    :param base: the folder holding ``results.json``: embeddings figures only for npz files that exist
+        there (without it, for every dataset that names one).
+    :returns: file names (``overview.png``, ``fid_heatmap.png``, ``convergence_<d>.png``, ``embeddings_<d>.png``).
+    """
+    names = []
+    if any(_any_ran(results, d) for d in results["datasets"]):
+        names.append("overview.png")
+    if has_fid_matrix(results):
+        names.append("fid_heatmap.png")
+    for dataset in dataset_order(results):
+        if _any_ran(results, dataset):
+            names.append(convergence_name(dataset))
+        npz = results["datasets"][dataset].get("embeddings")
+        if npz and (base is None or (base / npz).is_file()):
+            names.append(embeddings_name(dataset))
+    return names
+
+
+def title(results: dict[str, Any]) -> str:
+    """The report's title: ``mednns evaluation: <run>``. :param results: evaluation results."""
+    run = str(results.get("run") or "")
+    return f"mednns evaluation: {run}" if run else "mednns evaluation"
+
+
+INTRO = ("Leave-one-dataset-out: each dataset is held out in turn, mednns picks a model for it from the zoo of the "
+         "other datasets' supernets, and every method fine-tunes its model on it.")
+
+
+# -- markdown ---------------------------------------------------------------------------------------------
+def markdown_report(results: dict[str, Any], *, figures: Collection[str] | None = None) -> str:
+    """The report as markdown: title, protocol, overall table, figures, one section per dataset.
+
+    :param results: evaluation results (format ``mednns-evaluation/1``).
+    :param figures: file names of the figures next to the markdown file, referenced by relative
+        paths (default: :func:`planned_figures`).
+    :returns: the markdown text.
+    """
+    figures = set(planned_figures(results) if figures is None else figures)
+    lines = [f"# {title(results)}", "", INTRO, "", "## Protocol", ""]
+    lines += [f"- **{name}**: {value}" for name, value in protocol_items(results)]
+    lines += ["", "## Methods", ""]
+    lines += [f"- **{name}**: {value}" for name, value in method_items(results)]
+    lines += ["", "## Overall", "", overall_table(results).to_markdown(), ""]
+    if "overview.png" in figures:
+        lines += ["![overview](overview.png)", ""]
+    if "fid_heatmap.png" in figures:
+        lines += ["![FID between datasets](fid_heatmap.png)", ""]
+    lines += ["## Per dataset", ""]
+    for dataset in dataset_order(results):
+        lines += [f"### {dataset_heading(results, dataset)}", ""]
+        fid = fid_line(results, dataset)
+        if fid:
+            lines += [fid, ""]
+        lines += [dataset_table(results, dataset).to_markdown(), ""]
+        if convergence_name(dataset) in figures:
+            lines += [f"![convergence]({convergence_name(dataset)})", ""]
+        if embeddings_name(dataset) in figures:
+            lines += [f"![embeddings]({embeddings_name(dataset)})", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# -- figures ------------------------------------------------------------------------------------------------
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Any, path: str | Path) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _colors(results: dict[str, Any]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"].colors
+    others = [m for m in method_order(results) if m != REFERENCE]
+    colors = {REFERENCE: "#d62728"}
+    free = [c for i, c in enumerate(palette) if i != 3]  # tab10's red is mednns's
+    colors.update({m: free[i % len(free)] for i, m in enumerate(others)})
+    return colors
+
+
+def _dataset(results: dict[str, Any], dataset: str) -> dict[str, Any]:
+    if dataset not in results["datasets"]:
+        raise UsageError(f"no results for dataset {dataset!r}",
+                         hint=f"datasets in these results: {', '.join(dataset_order(results)) or 'none'}")
+    return results["datasets"][dataset]
+
+
+def plot_convergence(results: dict[str, Any], dataset: str, path: str | Path) -> Path:
+    """Test ACC and test AUC against the fine-tuning epoch for every method that ran on ``dataset``.
+
+    Mean over seeds, with a ±std band when there are several seeds; mednns's own methods drawn bold and on top.
+
+    :param results: evaluation results. :param dataset: the dataset.
+    :param path: the PNG file to write.
+    :returns: ``path``.
+    :raises UsageError: for an unknown dataset or one on which no method ran.
+    """
+    entries = _dataset(results, dataset).get("methods", {})
+    methods = [m for m in method_order(results) if _ran(entries.get(m))]
+    if not methods:
+        raise UsageError(f"no method ran on {dataset!r}: nothing to plot")
+    colors = _colors(results)
+    figure = _figure(11.0, 4.4)
+    panels = figure.subplots(1, 2)
+    for axes, metric, name in zip(panels, ("test_acc", "test_auc"), ("test ACC", "test AUC")):
+        for method in methods:
+            xs, mean, std = curve(entries[method], metric)
+            if not xs:
+                continue
+            ours = is_ours(results, method)
+            width, order = (2.6, 10) if ours else (1.3, 3)
+            axes.plot(xs, mean, "-", color=colors.get(method), linewidth=width, zorder=order,
+                      marker="o" if len(xs) <= 12 else None, markersize=3.5 if ours else 2.5,
+                      label=label(results, method))
+            if seeds_run(entries[method]) > 1:
+                low, high = np.asarray(mean) - np.asarray(std), np.asarray(mean) + np.asarray(std)
+                axes.fill_between(xs, low, high, color=colors.get(method), alpha=0.15, linewidth=0, zorder=order - 1)
+        axes.set_xlabel("fine-tuning epoch")
+        axes.set_ylabel(name)
+        axes.set_title(name)
+        axes.grid(alpha=0.3)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    handles, labels = panels[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    figure.suptitle(f"{dataset}: fine-tuning convergence (mean over seeds)")
+    rows = math.ceil(len(labels) / 4)
+    figure.tight_layout(rect=(0, 0.06 * rows + 0.02, 1, 1))
+    return _save(figure, path)
+
+
+def plot_fid_heatmap(results: dict[str, Any], path: str | Path) -> Path:
+    """The FID matrix between the datasets as an annotated heatmap.
+
+    :param results: evaluation results (reads ``fid_matrix``).
+    :param path: the PNG file to write.
+    :returns: ``path``.
+    :raises UsageError: when the results hold no FID matrix.
+    """
+    from mednns.metaspace.fid import save_heatmap
+
+    matrix = results.get("fid_matrix") or {}
+    names = [str(n) for n in matrix.get("datasets") or []]
+    values = np.asarray(matrix.get("matrix") or [], dtype=np.float64)
+    if not names or values.shape != (len(names), len(names)):
+        raise UsageError(f"the results hold no usable FID matrix ({len(names)} names, values of shape {values.shape})")
+    return save_heatmap(names, values, Path(path), title="FID between datasets")
+
+
+EMBEDDING_KEYS = ("model_embeddings", "model_acc", "model_dataset", "dataset_embeddings", "dataset_names", "held_out")
+
+
+def tsne(points: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE of ``points`` (perplexity clamped below the number of points).
+
+    :param points: ``(n, e)`` array, ``n >= 3``.
+    :param seed: the random state.
+    :returns: ``(n, 2)`` coordinates.
+    """
+    from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
+
+    n = len(points)
+    if n < 3:
+        raise UsageError(f"t-SNE needs at least 3 points, got {n}")
+    perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
+    # one thread: OpenMP workers spinning on busy cores make this small problem take minutes instead of 0.3 s
+    with threadpool_limits(1):
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", learning_rate="auto", random_state=seed,
+                    n_jobs=1).fit_transform(np.asarray(points, dtype=np.float64))
+
+
+def plot_embeddings(npz_path: str | Path, path: str | Path, *, seed: int = 0) -> Path:
+    """t-SNE of one fold's meta-space: zoo models as dots coloured by their accuracy, datasets as labelled
+    stars, the held-out dataset in red.
+
+    :param npz_path: the fold's ``embeddings/<dataset>.npz`` (keys ``model_embeddings``, ``model_acc``,
+        ``model_dataset``, ``dataset_embeddings``, ``dataset_names``, ``held_out``).
+    :param path: the PNG file to write.
+    :param seed: t-SNE's random state.
+    :returns: ``path``.
+    :raises UsageError: when the file is missing or lacks a key, or shapes disagree.
+    """
+    npz_path = Path(npz_path)
+    if not npz_path.is_file():
+        raise UsageError(f"no embeddings file at {npz_path}")
+    with np.load(npz_path, allow_pickle=False) as data:
+        missing = [k for k in EMBEDDING_KEYS if k not in data.files]
+        if missing:
+            raise UsageError(f"{npz_path} lacks {', '.join(missing)}", hint=f"expected keys: {', '.join(EMBEDDING_KEYS)}")
+        models = np.asarray(data["model_embeddings"], dtype=np.float64)
+        accuracy = np.asarray(data["model_acc"], dtype=np.float64)
+        datasets = np.asarray(data["dataset_embeddings"], dtype=np.float64)
+        names = [str(n) for n in data["dataset_names"]]
+        held_out = str(data["held_out"])
+    models = models.reshape(len(models), -1) if models.size else models.reshape(0, datasets.shape[-1])
+    if len(accuracy) != len(models) or len(names) != len(datasets) or models.shape[1:] != datasets.shape[1:]:
+        raise UsageError(f"{npz_path}: inconsistent shapes (models {models.shape}, accuracies {accuracy.shape}, "
+                         f"datasets {datasets.shape}, names {len(names)})")
+    coords = tsne(np.concatenate([datasets, models]), seed=seed)
+    at_datasets, at_models = coords[:len(datasets)], coords[len(datasets):]
+
+    figure = _figure(7.5, 6.0)
+    axes = figure.add_subplot()
+    if len(models):
+        dots = axes.scatter(at_models[:, 0], at_models[:, 1], c=accuracy, cmap="viridis", s=9, alpha=0.85,
+                            linewidths=0, label=f"zoo models ({len(models)})", zorder=2)
+        figure.colorbar(dots, ax=axes, fraction=0.046, pad=0.04, label="zoo val ACC")
+    for (x, y), name in zip(at_datasets, names):
+        target = name == held_out
+        axes.scatter([x], [y], marker="*", s=420 if target else 260, color="#d62728" if target else "#f2f2f2",
+                     edgecolors="black", linewidths=0.9, zorder=5,
+                     label="held-out dataset" if target else "source datasets")
+        axes.annotate(f"{name} (held out)" if target else name, (x, y), xytext=(7, 7), textcoords="offset points",
+                      fontsize=9, fontweight="bold" if target else "normal",
+                      color="#b01010" if target else "black", zorder=6)
+    handles, labels = axes.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    axes.legend(unique.values(), unique.keys(), loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=3, fontsize=8,
+                markerscale=0.6, frameon=False)
+    axes.margins(0.08)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.set_title(f"meta-space (t-SNE): {held_out} held out")
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_overview(results: dict[str, Any], path: str | Path) -> Path:
+    """Grouped bars: per dataset, every method's mean test ACC@K (error bars: std over seeds).
+
+    :param results: evaluation results.
+    :param path: the PNG file to write.
+    :returns: ``path``.
+    :raises UsageError: when no method ran anywhere.
+    """
+    k = epochs(results)
+    names = dataset_order(results)
+    methods = [m for m in method_order(results)
+               if any(_ran(results["datasets"][d].get("methods", {}).get(m)) for d in names)]
+    if not methods:
+        raise UsageError("no method ran on any dataset: nothing to plot")
+    colors = _colors(results)
+    figure = _figure(max(6.5, 1.0 + len(names) * (0.35 + 0.18 * len(methods))), 4.8)
+    axes = figure.add_subplot()
+    width = 0.8 / len(methods)
+    lows, highs = [], []
+    for i, method in enumerate(methods):
+        xs, ys, errs = [], [], []
+        for j, dataset in enumerate(names):
+            entry = results["datasets"][dataset].get("methods", {}).get(method)
+            if not _ran(entry):
+                continue
+            mean, std = metric_at(entry, "test_acc", k)
+            if mean is None:
+                continue
+            std = std if seeds_run(entry) > 1 and std is not None else 0.0
+            xs.append(j - 0.4 + width * (i + 0.5))
+            ys.append(mean)
+            errs.append(std)
+            lows.append(mean - std)
+            highs.append(mean + std)
+        ours = is_ours(results, method)
+        axes.bar(xs, ys, width=width, yerr=errs, color=colors.get(method), capsize=2,
+                 edgecolor="black" if ours else "none", linewidth=1.2 if ours else 0,
+                 hatch="//" if ours and method != REFERENCE else None, label=label(results, method),
+                 error_kw={"elinewidth": 0.8, "alpha": 0.8}, zorder=3)
+    bottom = max(0.0, math.floor((min(lows) - 0.05) * 20) / 20)
+    top = min(1.0, max(highs) + 0.03) if max(highs) <= 1.0 else max(highs) * 1.03
+    axes.set_ylim(bottom, max(top, bottom + 0.05))
+    axes.set_xticks(range(len(names)), labels=names, rotation=20 if len(names) > 4 else 0,
+                    ha="right" if len(names) > 4 else "center")
+    axes.set_ylabel(f"test ACC after {k} epochs" + (f" (axis from {bottom:.2f})" if bottom > 0 else ""))
+    axes.set_title(f"Leave-one-dataset-out: test ACC@{k} per held-out dataset\n(mean ± std over seeds)", fontsize=10)
+    axes.grid(axis="y", alpha=0.3, zorder=0)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14 if len(names) <= 4 else -0.24),
+                ncol=min(len(methods), 4), fontsize=8, frameon=False)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+# -- the whole report -------------------------------------------------------------------------------------------
+_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #ddd; padding-bottom: .3em; }
+h2 { border-bottom: 1px solid #eee; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; white-space: nowrap; }
+th { background: #f4f4f4; }
+td.r, th.r { text-align: right; font-variant-numeric: tabular-nums; }
+td.l, th.l { text-align: left; }
+tr.ours td { font-weight: bold; background: #fff6f6; }
+td.note { color: #777; font-style: italic; }
+p.footnote { font-size: 0.85em; color: #555; max-width: 60em; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.85em; color: #555; }
+"""
+
+
+def _img(folder: Path, name: str, caption: str) -> str:
+    data = base64.b64encode((folder / name).read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def html_report(results: dict[str, Any], folder: Path, figures: Collection[str]) -> str:
+    """The report as one self-contained HTML page (figures inlined as base64 data URIs, inline style).
+
+    :param results: evaluation results.
+    :param folder: the folder holding the figure files.
+    :param figures: file names of the figures to include (those in :func:`planned_figures` order).
+    :returns: the HTML text.
+    """
+    figures = set(figures)
+    heading = html.escape(title(results))
+    parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{heading}</title>",
+             f"<style>{_STYLE}</style>", "</head>", "<body>", f"<h1>{heading}</h1>", f"<p>{html.escape(INTRO)}</p>",
+             "<h2>Protocol</h2>", "<ul>"]
+    parts += [f"<li><b>{html.escape(name)}</b>: {html.escape(value)}</li>" for name, value in protocol_items(results)]
+    parts += ["</ul>", "<h2>Methods</h2>", "<ul>"]
+    parts += [f"<li><b>{html.escape(name)}</b>: {html.escape(value)}</li>" for name, value in method_items(results)]
+    parts += ["</ul>", "<h2>Overall</h2>", overall_table(results).to_html()]
+    k = epochs(results)
+    if "overview.png" in figures:
+        parts.append(_img(folder, "overview.png", f"test ACC@{k} per held-out dataset and method"))
+    if "fid_heatmap.png" in figures:
+        parts.append(_img(folder, "fid_heatmap.png", "FID between datasets"))
+    parts.append("<h2>Per dataset</h2>")
+    for dataset in dataset_order(results):
+        parts.append(f'<h3 id="{html.escape(slug(dataset))}">{html.escape(dataset_heading(results, dataset))}</h3>')
+        fid = fid_line(results, dataset)
+        if fid:
+            parts.append(f"<p>{html.escape(fid)}</p>")
+        parts.append(dataset_table(results, dataset).to_html())
+        if convergence_name(dataset) in figures:
+            parts.append(_img(folder, convergence_name(dataset), f"{dataset}: test ACC and AUC while fine-tuning"))
+        if embeddings_name(dataset) in figures:
+            parts.append(_img(folder, embeddings_name(dataset), f"{dataset}: the fold's meta-space (t-SNE)"))
+    parts += ["</body>", "</html>"]
+    return "\n".join(parts) + "\n"
+
+
+def render_report(results_path_or_dir: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Write the whole report: every figure, ``report.md`` and the self-contained ``report.html``.
+
+    Figures: ``overview.png``, ``fid_heatmap.png`` (when the results hold an FID matrix of >= 2
+    datasets), ``convergence_<dataset>.png`` per dataset, ``embeddings_<dataset>.png`` per dataset
+    whose embeddings file (relative to the folder holding ``results.json``) exists. Rerunning overwrites.
+
+    :param results_path_or_dir: a run directory, the evaluate stage's folder or ``results.json``.
+    :param out_dir: the output folder (default: ``report/`` beside ``results.json``).
+    :returns: the path of ``report.html``.
+    :raises UsageError: when the results are missing or malformed.
+    """
+    source = results_path(results_path_or_dir)
+    results = load_results(source)
+    base = source.parent
+    out = Path(out_dir) if out_dir is not None else base / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in planned_figures(results, base):
+        if name == "overview.png":
+            plot_overview(results, out / name)
+        elif name == "fid_heatmap.png":
+            plot_fid_heatmap(results, out / name)
+        else:
+            for dataset in dataset_order(results):
+                if name == convergence_name(dataset):
+                    plot_convergence(results, dataset, out / name)
+                elif name == embeddings_name(dataset):
+                    plot_embeddings(base / results["datasets"][dataset]["embeddings"], out / name)
+        written.append(name)
+    for dataset in dataset_order(results):
+        npz = results["datasets"][dataset].get("embeddings")
+        if npz and embeddings_name(dataset) not in written:
+            log.warning("embeddings of %s not found at %s; the report leaves that figure out", dataset, base / npz)
+    atomic_write_text(out / "report.md", markdown_report(results, figures=written))
+    return atomic_write_text(out / "report.html", html_report(results, out, written))
+
+
+def overall_rich_table(results: dict[str, Any]) -> Any:
+    """The report's overall table (one row per method, from ``results["overall"]``) as a rich Table.
+
+    :param results: evaluation results (format ``mednns-evaluation/1``).
+    :returns: the table, mednns's own methods in bold.
+    """
+    from rich.markup import escape
+    from rich.table import Table as RichTable
+
+    model = overall_table(results)
+    table = RichTable(title=f"mednns evaluation: {escape(str(results.get('run', '')))}", caption=escape(model.footnote or ""),
+                  caption_justify="left")
+    for header, align in zip(model.headers, model.align):
+        table.add_column(escape(header), justify="right" if align == "r" else "left", no_wrap=True)
+    for row in model.rows:
+        table.add_row(*(escape(c) for c in row.cells), style="bold" if row.ours else None)
+    return table
+
+
+__all__ = ["FORMAT", "INTRO", "REFERENCE", "Row", "Table", "comparison", "curve", "dataset_table", "html_report",
+           "load_results", "markdown_report", "method_items", "overall_rich_table", "metric_at", "overall_table", "planned_figures",
+           "plot_convergence", "plot_embeddings", "plot_fid_heatmap", "plot_overview", "protocol_items", "render_report",
+           "results_path", "title", "tsne"]

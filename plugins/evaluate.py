@@ -1,0 +1,134 @@
+"""Built-in stage ``evaluate`` and the command ``mednns evaluate CONFIG``.
+
+Leave-one-dataset-out: every target dataset is held out of the meta-space (rows, FID targets,
+normalization) and of the candidates, the query's choice is fine-tuned next to the baselines with
+the same epochs, data, augmentation, optimizer and seeds (:mod:`mednns.evaluation`). Files under
+``stages/evaluate/``: ``results.json``, ``<dataset>/`` (meta-spaces, queries, one JSON per run),
+``embeddings/``, ``report/`` (``mednns report RUN_DIR`` renders it again).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+
+import mednns
+from mednns.errors import UsageError
+from mednns.stages import Stage
+
+STAGE = "evaluate"
+MethodName = Literal["mednns", "mednns_topk", "random_init", "timm_scratch", "imagenet", "nearest_fid", "tans",
+                     "random_pick", "own_supernet_search"]
+DEFAULT_METHODS: list[str] = list(MethodName.__args__)  # type: ignore[attr-defined]
+
+
+class Evaluate(Stage):
+    """Leave-one-dataset-out evaluation of mednns against baselines.
+
+    :param datasets: targets (run dataset names; default: every zoo dataset in turn).
+    :param methods: what to compare (default: all; ``mednns`` is always run, as every gain is
+        measured against it).
+    :param seeds: fine-tuning seeds per method (data order, crops, new heads, random inits).
+    :param epochs: :param lr: :param batch_size: :param weight_decay: :param warmup_epochs:
+    :param label_smoothing: :param crop_padding: :param hflip: :param max_train_images: the one
+        fine-tuning configuration of every method (:class:`mednns.finetune.FinetuneConfig`).
+    :param top_k: models of the query fine-tuned by ``mednns_topk`` (the best validation ACC wins).
+    :param by: how the query ranks: ``predicted`` metric, retrieval ``score`` or ``combined``.
+    :param meta_space: ``fit_meta_space`` arguments of every fold's meta-space (``held_out`` and
+        ``zoo`` are set per fold).
+    :param tans_losses: losses of the TANS-style meta-space.
+    :param timm_model: the timm network of the scratch and ImageNet baselines.
+    :param search_budget: subnets of the target's own supernet the search baseline compares.
+    :param zoo: the zoo store (default: this run's ``build_zoo`` store).
+    :param report: render the report (PNG, markdown, HTML) at the end.
+    :param progress: show progress bars.
+    """
+
+    name = STAGE
+
+    def __init__(self, datasets: list[str] | None = None, methods: list[MethodName] | None = None,
+                 seeds: list[int] | None = None, epochs: int = 10, lr: float = 0.05, batch_size: int = 128,
+                 weight_decay: float = 5e-4, warmup_epochs: float = 1.0, label_smoothing: float = 0.0,
+                 crop_padding: int = 2, hflip: bool = False, max_train_images: int | None = None, top_k: int = 3,
+                 by: Literal["predicted", "score", "combined"] = "predicted",
+                 meta_space: dict[str, Any] | None = None,
+                 tans_losses: list[mednns.ComponentSpec["losses"]] | None = None, timm_model: str = "resnet18",
+                 search_budget: int = 100, zoo: str | None = None, report: bool = True, progress: bool = True):
+        from mednns.evaluation.leave_one_out import DEFAULT_TANS_LOSSES, EvaluationSettings
+        from mednns.finetune import FinetuneConfig
+
+        chosen = list(dict.fromkeys(["mednns", *(methods or DEFAULT_METHODS)]))
+        seeds = list(seeds if seeds is not None else [0, 1, 2])
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise UsageError("seeds must be a non-empty list of distinct integers")
+        if top_k < 1 or search_budget < 1:
+            raise UsageError("top_k and search_budget must be >= 1")
+        meta_space = dict(meta_space or {})
+        fixed = sorted({"held_out", "zoo"} & set(meta_space))
+        if fixed:
+            raise UsageError(f"meta_space must not set {', '.join(fixed)}: each fold holds its target out of the "
+                             f"evaluation's zoo")
+        finetune = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, crop_padding=crop_padding,
+                        hflip=hflip, max_train_images=max_train_images)
+        FinetuneConfig(**finetune)  # validate before any work
+        self.meta_space_args = meta_space
+        self.settings = EvaluationSettings(
+            datasets=datasets, methods=chosen, seeds=seeds, finetune=finetune, top_k=top_k, by=by,
+            meta_space=meta_space, tans_losses=[{"name": s["name"], "args": dict(s.get("args") or {})}
+                                                for s in (tans_losses or DEFAULT_TANS_LOSSES)],
+            timm_model=timm_model, search_budget=search_budget, zoo=zoo, progress=progress, report=report)
+
+    def outputs(self, run) -> list[Path]:
+        return [run.stage_dir(self.name) / "results.json"]
+
+    def run(self, run) -> dict[str, Any]:
+        from mednns.evaluation.leave_one_out import evaluate
+
+        # the fold meta-spaces are built through the registry: check their arguments now, not after an hour
+        run.manager.create("stages", "fit_meta_space", **self.meta_space_args)
+        results = evaluate(run, self.settings, run.stage_dir(self.name))
+        return {"datasets": list(results["datasets"]), **results["overall"]}
+
+
+@mednns.hookimpl
+def register_stages(register):
+    register(STAGE, Evaluate, description="Leave-one-dataset-out evaluation: mednns's retrieved model vs baselines at "
+                                          "the same fine-tuning budget (results.json, report)")
+
+
+@mednns.hookimpl
+def register_commands(cli):
+    @cli.command("evaluate")
+    @click.argument("config", type=click.Path(dir_okay=False, exists=True))
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+    @click.option("--output-dir", type=click.Path(file_okay=False), help="Parent of the run directory.")
+    @click.option("--device", help="auto, cpu, cuda or cuda:N.")
+    @click.option("--restart", is_flag=True, help="Discard partial state of stages interrupted under another config.")
+    def evaluate_command(config: str, overrides: tuple[str, ...], output_dir: str | None, device: str | None,
+                         restart: bool) -> None:
+        """Run CONFIG's stages and its leave-one-dataset-out evaluation (an `evaluate` stage with default
+        arguments is added when CONFIG has none), then print the overall table and the report's path."""
+        from rich.console import Console
+
+        from mednns.config import load_config
+        from mednns.evaluation.report import overall_rich_table
+        from mednns.files import read_json
+        from mednns.manager import get_plugin_manager
+        from mednns.runner import execute
+        from mednns.runs import prepare_run
+
+        extra = [f"{key}={value}" for key, value in (("output_dir", output_dir), ("device", device)) if value]
+        manager = get_plugin_manager()
+        run_config = load_config(manager, config, [*overrides, *extra])
+        if not any(spec["name"] == STAGE for spec in run_config.stages):
+            run_config.stages.append({"name": STAGE, "args": {}})
+        console = Console(soft_wrap=False)
+        prepared = prepare_run(manager, run_config, console=console)
+        execute(prepared, restart=restart)
+        stage_dir = prepared.directory / "stages" / STAGE
+        console.print(overall_rich_table(read_json(stage_dir / "results.json")))
+        report = stage_dir / "report" / "report.html"
+        console.print(f"report: {report if report.is_file() else 'not rendered (report: false)'}")
