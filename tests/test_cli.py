@@ -234,7 +234,8 @@ stages: [{{name: dataset_summary}}]
 
 
 @pytest.mark.data
-@pytest.mark.parametrize("config_file", sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml")),
+@pytest.mark.parametrize("config_file", sorted([*(Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"),
+                                                 *(Path(__file__).resolve().parents[1] / "benchmarks").glob("*.yaml")]),
                          ids=lambda p: p.name)
 def test_every_example_config_validates(config_file, shared_data, tmp_path):
     env = {"MEDMNIST_ROOT": str(shared_data / "medmnist"), "MEDNNS_DATA": str(shared_data),

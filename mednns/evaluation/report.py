@@ -611,7 +611,7 @@ def _figure(width: float, height: float) -> Any:
 
 def _save(figure: Any, path: str | Path) -> Path:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)  # legends below axes
     return atomic_write_bytes(path, buffer.getvalue())
 
 
