@@ -9,8 +9,8 @@ leave-one-dataset-out fine-tuning of mednns's pick against baselines) and, per h
   :func:`plot_embeddings`: PNG figures (matplotlib on an Agg canvas, no pyplot state);
 * :func:`render_report`: all of them plus ``report.html``, a single page with the figures inlined.
 
-Numbers come from each method's ``summary`` when it has them and are otherwise computed from the
-per-seed ``history`` rows (mean and sample standard deviation over seeds, as the evaluate stage does).
+Every number comes from what the stage computed (:mod:`mednns.evaluation.results`): each method's
+``summary`` and each dataset's ``comparison``; this module only formats and draws.
 """
 
 from __future__ import annotations
@@ -171,15 +171,6 @@ def _finite(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _from_histories(entry: dict[str, Any], metric: str, epoch: int) -> tuple[float | None, float | None]:
-    values = [_finite(row.get(metric)) for run in entry.get("runs", []) for row in run.get("history", [])
-              if int(row.get("epoch", -1)) == epoch]
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
 def metric_at(entry: dict[str, Any], metric: str, epoch: int) -> tuple[float | None, float | None]:
     """Mean and std over seeds of a test metric at an epoch for one method on one dataset.
 
@@ -191,7 +182,7 @@ def metric_at(entry: dict[str, Any], metric: str, epoch: int) -> tuple[float | N
     cell = (entry.get("summary") or {}).get(metric, {}).get(str(epoch))
     if isinstance(cell, dict) and _finite(cell.get("mean")) is not None:
         return _finite(cell["mean"]), _finite(cell.get("std"))
-    return _from_histories(entry, metric, epoch)
+    return None, None
 
 
 def curve(entry: dict[str, Any], metric: str) -> tuple[list[int], list[float], list[float]]:
@@ -202,14 +193,9 @@ def curve(entry: dict[str, Any], metric: str) -> tuple[list[int], list[float], l
     :returns: three equally long lists (epochs with no finite value are left out).
     """
     summary = (entry.get("summary") or {}).get("curve") or {}
-    if summary.get("epochs") and summary.get(f"{metric}_mean"):
-        stds = summary.get(f"{metric}_std") or [None] * len(summary["epochs"])
-        rows = zip(summary["epochs"], summary[f"{metric}_mean"], stds)
-        points = [(int(e), _finite(m), _finite(s) or 0.0) for e, m, s in rows]
-    else:
-        seen = sorted({int(row["epoch"]) for run in entry.get("runs", []) for row in run.get("history", [])})
-        points = [(e, *_from_histories(entry, metric, e)) for e in seen]
-        points = [(e, m, s or 0.0) for e, m, s in points]
+    stds = summary.get(f"{metric}_std") or [0.0] * len(summary.get("epochs", []))
+    points = [(int(e), _finite(m), _finite(sd) or 0.0)
+              for e, m, sd in zip(summary.get("epochs", []), summary.get(f"{metric}_mean", []), stds)]
     points = [p for p in points if p[1] is not None]
     return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
 
@@ -223,43 +209,28 @@ def seeds_run(entry: dict[str, Any]) -> int:
 
 
 def params_of(entry: dict[str, Any]) -> int | None:
-    """A method's parameter count on a dataset (summary first, then the first run's model).
+    """A method's parameter count on a dataset (the median over seeds, from its summary).
 
     :param entry: ``results["datasets"][d]["methods"][m]``.
     """
     value = (entry.get("summary") or {}).get("params")
-    if value is None:
-        models = [run.get("model", {}).get("params") for run in entry.get("runs", [])]
-        value = next((p for p in models if p is not None), None)
     return None if value is None else int(value)
 
 
 def comparison(results: dict[str, Any], dataset: str, method: str) -> tuple[float | None, int | None, bool]:
-    """mednns against ``method`` on one dataset: the gain in mean ACC@K and the epochs mednns needs to match.
-
-    Taken from the dataset's ``comparison`` when it has the method; otherwise computed from the two
-    methods' numbers (the first epoch at which mednns's mean test ACC reaches ``method``'s mean ACC@K).
+    """mednns against ``method`` on one dataset, from the dataset's ``comparison``: the gain in mean
+    ACC@K and the epochs mednns needs to reach ``method``'s mean ACC@K.
 
     :param results: evaluation results.
     :param dataset: the dataset.
     :param method: the compared method (not mednns itself).
     :returns: ``(gain, epochs_to_match, known)``; ``known`` is false when either method did not run.
     """
-    data = results["datasets"][dataset]
-    entries = data.get("methods", {})
-    given = (data.get("comparison") or {}).get(method)
-    if isinstance(given, dict) and "gain_acc" in given:
-        match = given.get("epochs_to_match")
-        return _finite(given.get("gain_acc")), None if match is None else int(match), True
-    if not (_ran(entries.get(REFERENCE)) and _ran(entries.get(method))):
+    given = (results["datasets"][dataset].get("comparison") or {}).get(method)
+    if not isinstance(given, dict) or "gain_acc" not in given:
         return None, None, False
-    k = epochs(results)
-    ours, _ = metric_at(entries[REFERENCE], "test_acc", k)
-    theirs, _ = metric_at(entries[method], "test_acc", k)
-    if ours is None or theirs is None:
-        return None, None, False
-    reached = [e for e, m, _ in zip(*curve(entries[REFERENCE], "test_acc")) if m >= theirs - 1e-9]
-    return ours - theirs, (reached[0] if reached else None), True
+    match = given.get("epochs_to_match")
+    return _finite(given.get("gain_acc")), None if match is None else int(match), True
 
 
 # -- formatting ----------------------------------------------------------------------------------------
