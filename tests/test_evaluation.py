@@ -258,3 +258,16 @@ def test_the_stage_refuses_bad_arguments_before_any_work():
         manager.create("stages", "evaluate", methods=["magic"])
     stage = manager.create("stages", "evaluate", methods=["random_pick"])
     assert stage.settings.methods == ["mednns", "random_pick"]
+
+
+def test_evaluate_adds_the_stage_when_the_config_has_none_and_says_what_is_missing(tmp_path):
+    npz = write_tiny_npz(tmp_path / "a.npz")
+    config = {"name": "bare", "device": "cpu", "output_dir": str(tmp_path),
+              "datasets": [{"name": "npz", "args": {"path": str(npz), "name": "a"}}],
+              "stages": [{"name": "dataset_summary", "args": {}}]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = invoke("evaluate", path)
+    assert result.exit_code == 2, result.output
+    assert "evaluate: no zoo at" in result.output and "build_zoo" in result.output
+    assert (tmp_path / "bare" / "stages" / "dataset_summary").is_dir()  # the config's own stages ran first

@@ -39,7 +39,7 @@ from mednns.errors import UsageError
 from mednns.files import atomic_write_bytes, read_json
 from mednns.metaspace.contracts import ModelTable
 from mednns.search_spaces.calibration import recalibrate_bn
-from mednns.training.checkpoint import _resolve, load_supernet
+from mednns.training.checkpoint import load_supernet, supernet_files
 from mednns.zoo.store import sha256_file
 
 #: Version of the signature computation; part of every cache key (bump it when the maths changes).
@@ -331,7 +331,7 @@ def table_signatures(table: ModelTable, probe: torch.Tensor, *, cache_dir: str |
 
     plans: list[tuple[str, dict[str, Any], SignatureFile, dict[str, list[int]]]] = []
     for folder, rows in groups.items():
-        meta_path, weights_path = _resolve(Path(folder))
+        meta_path, weights_path = supernet_files(folder)
         for path in (meta_path, weights_path):
             if not path.exists():
                 raise UsageError(f"supernet file not found: {path}",

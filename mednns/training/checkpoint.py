@@ -136,7 +136,9 @@ def save_supernet(directory: str | os.PathLike, module: nn.Module, metadata: dic
     return weights, meta
 
 
-def _resolve(path: Path) -> tuple[Path, Path]:
+def supernet_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(metadata, weights)`` paths of a trained supernet given by its folder or either file."""
+    path = Path(path)
     if path.is_dir():
         return path / SUPERNET_METADATA, path / SUPERNET_WEIGHTS
     if path.suffix == ".safetensors":
@@ -160,7 +162,7 @@ def load_supernet(path: str | os.PathLike, *, device: str | torch.device = "cpu"
     """
     from mednns.manager import get_plugin_manager
 
-    meta_path, weights_path = _resolve(Path(path))
+    meta_path, weights_path = supernet_files(path)
     for p in (meta_path, weights_path):
         if not p.exists():
             raise UsageError(f"supernet file not found: {p}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -19,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mednns.data import MedicalDataset
 from mednns.errors import UsageError
-from mednns.training.checkpoint import _resolve, load_supernet
+from mednns.training.checkpoint import load_supernet, supernet_files
 from mednns.zoo.evaluator import EvaluationData, SubnetEvaluator
 from mednns.zoo.plan import plan_architectures, shard_plan
 from mednns.zoo.settings import BuildSettings, ZooProtocol
@@ -41,7 +40,7 @@ def build_zoo(store: ZooStore, supernet: str | os.PathLike, dataset: MedicalData
     name, space_name = metadata["dataset"]["name"], metadata["space"]["name"]
     if dataset.info.name != name:
         raise UsageError(f"supernet {supernet} was trained on {name}, not {dataset.info.name}")
-    _, weights_path = _resolve(Path(supernet))
+    _, weights_path = supernet_files(supernet)
     supernet_id = store.add_supernet(weights_sha256=sha256_file(weights_path), space=space_name, dataset=name,
                                      path=weights_path.resolve(), metadata=metadata)
     protocol_id = store.add_protocol(protocol.to_dict())
