@@ -24,6 +24,33 @@ from mednns.runner import execute
 from mednns.runs import environment_facts, prepare_run
 
 
+def compact_table(results: dict) -> str:
+    """Datasets x methods: mean ± std test ACC at the last epoch, the method's mean over datasets and
+    mednns's wins against it (the README's table)."""
+    methods = [m for m in results["protocol"]["methods"]
+               if any(d["methods"][m]["status"] == "ok" for d in results["datasets"].values())]
+    k = results["protocol"]["epochs"]
+    labels = [results["methods"][m]["label"] for m in methods]
+    lines = [f"| dataset (test ACC@{k}) | " + " | ".join(labels) + " |", "| --- |" + " ---: |" * len(methods)]
+    for name, entry in results["datasets"].items():
+        cells = []
+        finals = {m: entry["methods"][m]["summary"]["test_acc"][str(k)] for m in methods
+                  if entry["methods"][m]["status"] == "ok"}
+        best = max(v["mean"] for v in finals.values())
+        for m in methods:
+            if m not in finals:
+                cells.append("—")
+                continue
+            text = f"{finals[m]['mean']:.3f} ± {finals[m]['std']:.3f}"
+            cells.append(f"**{text}**" if finals[m]["mean"] == best else text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    overall = results["overall"]
+    lines.append("| **mean** | " + " | ".join(f"{overall['mean_test_acc'][m]:.3f}" for m in methods) + " |")
+    lines.append("| mednns (top-1) wins | " + " | ".join(
+        "" if m == "mednns" else "{}/{}".format(*overall["wins"][m]) for m in methods) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="a config whose last stage is evaluate")
@@ -46,6 +73,7 @@ def main() -> None:
     out.mkdir(parents=True)
     shutil.copyfile(stage / "results.json", out / "results.json")
     render_report(stage / "results.json", out)  # from the stage: the embedding figures need its npz files
+    (out / "table.md").write_text(compact_table(read_json(out / "results.json")))
     command = " ".join(["python", *sys.argv])
     write_json(out / "run.json", {
         "command": command, "config": config.to_dict(), "wall_seconds_this_invocation": round(wall, 1),
