@@ -80,8 +80,10 @@ def inherited(supernets: SupernetCache, folder: str, arch_json: str, info: Datas
                       "arch_hash": arch_hash, "arch": arch_json}, build)
 
 
-def random_init(manager: Any, space_spec: dict[str, Any], arch_json: str, info: DatasetInfo, *, label: str) -> Candidate:
-    """``arch_json`` of the space ``space_spec`` from a seeded random initialization."""
+def random_init(manager: Any, space_spec: dict[str, Any], arch_json: str, arch_hash: str, info: DatasetInfo, *,
+                label: str) -> Candidate:
+    """``arch_json`` (canonical hash ``arch_hash``) of the space ``space_spec`` from a seeded random
+    initialization."""
     def build(seed: int) -> nn.Module:
         torch.manual_seed(seed)
         space = manager.create("search-spaces", space_spec["name"], **space_spec.get("args", {}))
@@ -89,8 +91,6 @@ def random_init(manager: Any, space_spec: dict[str, Any], arch_json: str, info: 
         adapt_network(model, num_classes=info.n_classes, in_channels=info.n_channels, seed=seed)
         return model
 
-    probe = manager.create("search-spaces", space_spec["name"], **space_spec.get("args", {}))
-    arch_hash = probe.arch_hash(probe.arch_from_json(arch_json))
     return Candidate(f"random:{space_spec['name']}:{arch_hash}",
                      {"name": label, "source": None, "space": space_spec["name"], "weights": "random",
                       "arch_hash": arch_hash, "arch": arch_json}, build)

@@ -141,7 +141,7 @@ class Fold:
         first = result["results"][0]
         if "random_init" in wanted:
             space_spec = self.supernets(first["supernet"])[1]["space"]
-            candidate = random_init(self.run.manager, space_spec, first["arch"], info,
+            candidate = random_init(self.run.manager, space_spec, first["arch"], top[0].model["arch_hash"], info,
                                     label=f"{first['space']} subnet (mednns's top-1), random init")
             plans["random_init"] = lambda seed, c=candidate: [c]
         if "timm_scratch" in wanted:
