@@ -114,7 +114,8 @@ def timm_network(name: str, info: DatasetInfo, *, pretrained: bool) -> Candidate
         except Exception as exc:  # network, hub, cache and file errors all mean: no weights here
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise UsageError(f"ImageNet weights of {name} could not be loaded ({type(exc).__name__}: "
-                             f"{first_line[:300]})") from exc
+                             f"{first_line[:300]}); with internet or a filled HF_HOME cache they load, and "
+                             f"HF_HUB_OFFLINE=1 skips the hub's retries when neither is there") from exc
     return Candidate(f"timm:{name}:{'imagenet' if pretrained else 'scratch'}",
                      {"name": f"timm {name}", "source": "ImageNet" if pretrained else None, "space": "timm",
                       "weights": "imagenet" if pretrained else "random", "arch_hash": None, "arch": None}, build)
