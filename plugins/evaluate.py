@@ -74,7 +74,6 @@ class Evaluate(Stage):
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, crop_padding=crop_padding,
                         hflip=hflip, max_train_images=max_train_images)
         FinetuneConfig(**finetune)  # validate before any work
-        self.meta_space_args = meta_space
         self.settings = EvaluationSettings(
             datasets=datasets, methods=chosen, seeds=seeds, finetune=finetune, top_k=top_k, by=by,
             meta_space=meta_space, tans_losses=[{"name": s["name"], "args": dict(s.get("args") or {})}
@@ -88,7 +87,7 @@ class Evaluate(Stage):
         from mednns.evaluation.leave_one_out import evaluate
 
         # the fold meta-spaces are built through the registry: check their arguments now, not after an hour
-        run.manager.create("stages", "fit_meta_space", **self.meta_space_args)
+        run.manager.create("stages", "fit_meta_space", **self.settings.meta_space)
         results = evaluate(run, self.settings, run.stage_dir(self.name))
         return {"datasets": list(results["datasets"]), **results["overall"]}
 
