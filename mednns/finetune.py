@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import torch
 from rich.console import Console
@@ -34,7 +34,8 @@ from mednns.training.metrics_log import write_metrics_csv
 
 BEST, METRICS, FINAL = "best", "metrics.csv", "final.json"
 #: Columns of a fine-tuning ``metrics.csv``.
-COLUMNS = ("epoch", "lr", "train_loss", "val_acc", "val_auc", "val_loss", "test_acc", "test_auc", "test_loss", "seconds")
+COLUMNS = ("epoch", "lr", "train_loss", "val_acc", "val_auc", "val_bal_acc", "val_loss", "test_acc", "test_auc",
+           "test_bal_acc", "test_loss", "seconds", "target_seconds", "image_macs")
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,8 @@ def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path
 def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConfig, *, device: str = "cpu",
                 console: Console | None = None, progress: bool = True, metrics_csv: Path | None = None,
                 on_best: Callable[[torch.nn.Module, dict[str, Any]], None] | None = None,
-                label: str = "fine-tune") -> dict[str, Any]:
+                label: str = "fine-tune", macs: int | None = None,
+                eval_epochs: Collection[int] | None = None) -> dict[str, Any]:
     """Train ``model`` (any classifier of the target's classes) on ``data`` for ``config.epochs``.
 
     The same loop serves a retrieved model and every baseline, so they differ only in their
@@ -131,6 +133,12 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
     :param metrics_csv: write the per-epoch history here after every epoch.
     :param on_best: called with the model and the epoch's row whenever the validation ACC improves.
     :param label: progress-bar label.
+    :param macs: forward MACs of one image through ``model``; when given, every row counts the
+        image-MACs spent on the target so far (``image_macs``: 3x per trained image for forward +
+        backward, 1x per validation image). The test split is a measurement, not a cost: its time
+        and MACs are left out of ``target_seconds`` and ``image_macs``.
+    :param eval_epochs: evaluate (and record a row) only after these epochs (default: every
+        epoch; the last epoch always).
     :returns: ``{"config", "best_epoch", "best", "last", "history", "seconds"}``.
     """
     from timm.scheduler import CosineLRScheduler
@@ -155,12 +163,14 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     start = time.perf_counter()
+    target_seconds, image_macs = 0.0, 0
     columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not progress) as bar:
         task = bar.add_task("finetune", total=total, status="")
         for epoch in range(1, config.epochs + 1):
             model.train()
+            epoch_start = time.perf_counter()
             generator = torch_generator(derive_seed(config.seed, "finetune", epoch))
             order = torch.randperm(len(train_x), generator=generator)[: steps * batch].view(steps, batch)
             running = 0.0
@@ -181,15 +191,23 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
                 scheduler.step_update((epoch - 1) * steps + step + 1)
                 running += value
                 bar.update(task, advance=1)
+            image_macs += 3 * (macs or 0) * steps * batch
+            if eval_epochs is not None and epoch not in eval_epochs and epoch < config.epochs:
+                target_seconds += time.perf_counter() - epoch_start
+                continue
             val = metrics_from_logits(data.task, predict(model, data.val_x, config.eval_batch_size, device=device,
                                                               memory_format=layout),
                                       data.val_y)
+            image_macs += (macs or 0) * len(data.val_x)
+            target_seconds += time.perf_counter() - epoch_start
             test = metrics_from_logits(data.task, predict(model, data.test_x, config.eval_batch_size, device=device,
                                                                memory_format=layout),
                                        data.test_y)
             row = {"epoch": epoch, "train_loss": running / steps, "val_acc": val["acc"], "val_auc": val["auc"],
-                   "val_loss": val["loss"], "test_acc": test["acc"], "test_auc": test["auc"], "test_loss": test["loss"],
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2)}
+                   "val_bal_acc": val["bal_acc"], "val_loss": val["loss"], "test_acc": test["acc"],
+                   "test_auc": test["auc"], "test_bal_acc": test["bal_acc"], "test_loss": test["loss"],
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2),
+                   "target_seconds": round(target_seconds, 3), "image_macs": image_macs if macs else None}
             history.append(row)
             if metrics_csv is not None:
                 write_metrics_csv(metrics_csv, history, COLUMNS)

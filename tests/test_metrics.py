@@ -115,3 +115,36 @@ def test_compute_metrics_accepts_tensors_and_rejects_bad_shapes():
         compute_metrics(Task.MULTI_LABEL, np.zeros((4, 2)), np.zeros((4, 3)))
     with pytest.raises(ValueError):
         compute_metrics(Task.MULTI_CLASS, np.zeros(4), np.zeros(3))
+
+
+def naive_balanced_accuracy(truth: list[int], predicted: list[int]) -> float:
+    recalls = []
+    for c in sorted(set(truth)):
+        hits = [p == c for t, p in zip(truth, predicted) if t == c]
+        recalls.append(sum(hits) / len(hits))
+    return sum(recalls) / len(recalls)
+
+
+def test_balanced_accuracy_is_the_mean_per_class_recall():
+    from mednns.data import balanced_accuracy
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 200)
+    scores = rng.random((200, 4))
+    assert balanced_accuracy("multi-class", truth, scores) == pytest.approx(
+        naive_balanced_accuracy(list(truth), list(scores.argmax(1))))
+    # a majority-class predictor: ACC is the majority rate, balanced accuracy 1/K
+    imbalanced = np.array([0] * 90 + [1] * 10)
+    always_zero = np.tile([0.9, 0.1], (100, 1))
+    assert compute_metrics("binary", imbalanced, always_zero)["acc"] == pytest.approx(0.9)
+    assert balanced_accuracy("binary", imbalanced, always_zero) == pytest.approx(0.5)
+    # binary with a threshold on the positive score; multi-label: the mean over labels
+    positive = rng.random(50)
+    labels = rng.integers(0, 2, 50)
+    assert balanced_accuracy("binary", labels[:, None], positive) == pytest.approx(
+        naive_balanced_accuracy(list(labels), list((positive > 0.5).astype(int))))
+    multi = rng.integers(0, 2, (60, 3))
+    probs = rng.random((60, 3))
+    expected = np.mean([naive_balanced_accuracy(list(multi[:, k]), list((probs[:, k] > 0.5).astype(int)))
+                        for k in range(3)])
+    assert balanced_accuracy("multi-label", multi, probs) == pytest.approx(expected)

@@ -227,6 +227,20 @@ def test_training_phases_release_dimensions_sort_channels_and_use_only_val(tmp_p
     assert json.loads((tmp_path / "final.json").read_text()) == final
 
 
+def test_training_counts_the_image_macs_it_spends(tmp_path):
+    dataset = tiny_dataset()
+    space = new_space(1)
+    trainer = SupernetTrainer(space, dataset, tmp_path, tiny_config(full_epochs=2, shrink_epochs=0),
+                              space_name="ofa_resnet", seed=0)
+    trainer.train()
+    largest = space.cost(space.largest(), dataset.info.image_size)["macs"]
+    data = trainer.data
+    trained = 2 * data.steps_per_epoch * 16  # two epochs of whole batches, largest network only
+    validated = 2 * (sum(len(b) for b in data.calibration) + len(data.val_x))  # once per epoch, after calibration
+    assert trainer.progress.image_macs == 3 * largest * trained + largest * validated
+    assert trainer.finalize()["train_image_macs"] == trainer.progress.image_macs
+
+
 def test_multi_label_training_keeps_targets_multi_hot(tmp_path):
     dataset = tiny_dataset(multilabel=True, n_classes=4)
     trainer = SupernetTrainer(new_space(2, num_classes=4), dataset, tmp_path,

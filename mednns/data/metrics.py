@@ -107,6 +107,36 @@ def compute_metrics(task: Task | str, y_true: Any, y_score: Any, threshold: floa
     return {"acc": acc, "auc": _nanmean(roc_auc(one_hot, y_score))}
 
 
+def balanced_accuracy(task: Task | str, y_true: Any, y_score: Any, threshold: float = 0.5) -> float:
+    """Mean per-class recall of the predictions :func:`compute_metrics` scores (argmax, or
+    ``score > threshold`` for binary), over the classes present in ``y_true``. Unlike ACC it is
+    1/K for a model that always predicts one class, whatever the class balance. Multi-label: the
+    mean over labels of each label's balanced accuracy (recall of positives and of negatives).
+    """
+    task = Task(task)
+    y_true = _as_numpy(y_true)
+    y_score = _as_numpy(y_score).astype(np.float64)
+    if task is Task.MULTI_LABEL:
+        truth, predicted = y_true.astype(bool), y_score > threshold
+        per_label = [_mean_recall(truth[:, k].astype(np.int64), predicted[:, k].astype(np.int64))
+                     for k in range(truth.shape[1])]
+        return _nanmean(np.asarray(per_label))
+    if y_true.ndim == 2 and y_true.shape[1] == 1:
+        y_true = y_true[:, 0]
+    y_true = y_true.astype(np.int64)
+    if task is Task.BINARY:
+        score = y_score[:, -1] if y_score.ndim == 2 else y_score
+        return _mean_recall(y_true, (score > threshold).astype(np.int64))
+    return _mean_recall(y_true, np.argmax(y_score, axis=1))
+
+
+def _mean_recall(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    classes = np.unique(y_true)
+    if not len(classes):
+        return float("nan")
+    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in classes]))
+
+
 def logits_to_scores(task: Task | str, logits: Any) -> np.ndarray:
     """Probabilities from model outputs: sigmoid for multi-label, softmax over the last axis otherwise.
 

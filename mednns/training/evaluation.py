@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mednns.data import Task, compute_metrics, logits_to_scores
+from mednns.data import Task, balanced_accuracy, compute_metrics, logits_to_scores
 from mednns.search_spaces.base import Arch, Supernet
 from mednns.search_spaces.calibration import preserved_bn_statistics, recalibrate_bn
 from mednns.training.losses import evaluation_loss
@@ -44,12 +44,14 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 256, *,
 
 
 def metrics_from_logits(task: Task | str, logits: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-    """``acc``, ``auc`` (MedMNIST definitions) and the unsmoothed ``loss`` of ``logits`` against ``y``."""
+    """``acc``, ``auc`` (MedMNIST definitions), ``bal_acc`` (mean per-class recall) and the unsmoothed
+    ``loss`` of ``logits`` against ``y``."""
     task = Task(task)
     target = y.float() if task is Task.MULTI_LABEL else y.long()
     loss = float(evaluation_loss(task)(logits.float(), target)) if len(y) else float("nan")
-    metrics = compute_metrics(task, y.numpy(), logits_to_scores(task, logits))
-    return {**metrics, "loss": loss}
+    scores = logits_to_scores(task, logits)
+    metrics = compute_metrics(task, y.numpy(), scores)
+    return {**metrics, "bal_acc": balanced_accuracy(task, y.numpy(), scores), "loss": loss}
 
 
 @contextlib.contextmanager

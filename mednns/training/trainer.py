@@ -93,6 +93,9 @@ class TrainProgress:
     loss_sum: float = 0.0
     kd_sum: float = 0.0
     epoch_seconds: float = 0.0
+    #: Image-MACs spent so far (machine-independent compute): forward + backward of every trained
+    #: subnet (3x its forward MACs per image) and the forward passes of validation and calibration.
+    image_macs: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -156,6 +159,7 @@ class SupernetTrainer:
         self._resume_state: dict[str, Any] | None = None
         self._train_x: torch.Tensor | None = None
         self._train_y: torch.Tensor | None = None
+        self._macs: dict[str, int] = {}
 
     @property
     def data(self) -> TrainingData:
@@ -243,6 +247,7 @@ class SupernetTrainer:
             "epochs": {p.name: p.epochs for p in self.phases},
             "steps": self.progress.global_step,
             "train_seconds": round(sum(r.get("seconds", 0.0) for r in self.progress.history), 3),
+            "train_image_macs": self.progress.image_macs,
             "final_seconds": round(time.perf_counter() - start, 3),
         }
         if self.is_main:
@@ -318,6 +323,7 @@ class SupernetTrainer:
             if phase.sandwich:
                 rng = random.Random(derive_seed(self.seed, "arch", phase.name, epoch, step))
                 others = [smallest, *sample_subnets(self.space, rng, phase.released, config.num_random)]
+            progress.image_macs += 3 * len(x) * self.world_size * sum(self.macs(a) for a in [largest, *others])
             optimizer.zero_grad(set_to_none=True)
             losses = sandwich_step(self.space, x, y, largest=largest, others=others, supervised=self.supervised,
                                    distill=self.distill, kd_weight=config.kd_weight, label_weight=config.label_weight,
@@ -369,6 +375,8 @@ class SupernetTrainer:
         In the ``full`` phase only the largest network is trained: its metrics fill both columns.
         """
         def run(arch: dict) -> dict[str, Any]:
+            calibration = sum(len(batch) for batch in self.data.calibration)
+            self.progress.image_macs += (calibration + len(self.data.val_x)) * self.macs(arch)
             return evaluate(self.space, arch, self.data.calibration, self.data.val_x, self.data.val_y, self.info.task,
                             self.config.eval_batch_size, device=self.device, channels_last=self.config.channels_last)
 
@@ -376,6 +384,13 @@ class SupernetTrainer:
         small = run(smallest) if phase.sandwich and smallest is not None else large
         return {f"val_{m}_{label}": float(result[m]) for label, result in (("largest", large), ("smallest", small))
                 for m in ("loss", "acc", "auc")}
+
+    def macs(self, arch: dict) -> int:
+        """Forward MACs of one image through ``arch`` (from the space's cost model; memoized)."""
+        key = self.space.arch_to_json(arch)
+        if key not in self._macs:
+            self._macs[key] = int(self.space.cost(arch, self.info.image_size)["macs"])
+        return self._macs[key]
 
     # -- checkpoints ----------------------------------------------------------------
     def _metadata(self, phase: Phase | None) -> dict[str, Any]:
