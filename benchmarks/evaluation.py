@@ -25,30 +25,50 @@ from mednns.runs import environment_facts, prepare_run
 
 
 def compact_table(results: dict) -> str:
-    """Datasets x methods: mean ± std test ACC at the last epoch, the method's mean over datasets and
-    mednns's wins against it (the README's table)."""
-    methods = [m for m in results["protocol"]["methods"]
-               if any(d["methods"][m]["status"] == "ok" for d in results["datasets"].values())]
+    """The README's tables: (1) datasets x methods, mean ± std final test ACC of the primary condition
+    beside each dataset's majority-class rate; (2) mednns (top-1) against every other method under
+    every condition: mean gain, 95% interval, Wilcoxon p, wins; (3) target-side compute per method."""
+    from mednns.evaluation.report import (as_view, compute_table, condition_label, conditions, fmt_ci, fmt_p,
+                                          label, method_order, metric_at)
+    from mednns.evaluation.results import condition_view, separates
+
+    view = as_view(results)
     k = results["protocol"]["epochs"]
-    labels = [results["methods"][m]["label"] for m in methods]
-    lines = [f"| dataset (test ACC@{k}) | " + " | ".join(labels) + " |", "| --- |" + " ---: |" * len(methods)]
-    for name, entry in results["datasets"].items():
-        cells = []
-        finals = {m: entry["methods"][m]["summary"]["test_acc"][str(k)] for m in methods
-                  if entry["methods"][m]["status"] == "ok"}
+    methods = [m for m in method_order(view)
+               if any(d["methods"].get(m, {}).get("status") == "ok" for d in view["datasets"].values())]
+    labels = [label(view, m) for m in methods]
+    lines = [f"| dataset ({condition_label(view['condition'], k)}: test ACC) | majority | " + " | ".join(labels) + " |",
+             "| --- | ---: |" + " ---: |" * len(methods)]
+    for name, entry in view["datasets"].items():
+        finals = {m: dict(zip(("mean", "std"), metric_at(entry["methods"][m], "test_acc", k))) for m in methods
+                  if entry["methods"].get(m, {}).get("status") == "ok"}
         best = max(v["mean"] for v in finals.values())
-        for m in methods:
-            if m not in finals:
-                cells.append("—")
-                continue
-            text = f"{finals[m]['mean']:.3f} ± {finals[m]['std']:.3f}"
-            cells.append(f"**{text}**" if finals[m]["mean"] == best else text)
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    overall = results["overall"]
-    lines.append("| **mean** | " + " | ".join(f"{overall['mean_test_acc'][m]:.3f}" for m in methods) + " |")
-    lines.append("| mednns (top-1) wins | " + " | ".join(
-        "" if m == "mednns" else "{}/{}".format(*overall["wins"][m]) for m in methods) + " |")
+        cells = [MISSING if m not in finals else
+                 (lambda text: f"**{text}**" if finals[m]["mean"] == best else text)(
+                     f"{finals[m]['mean']:.3f} ± {finals[m]['std']:.3f}") for m in methods]
+        majority = entry["info"].get("majority_rate")
+        flag = "" if separates(entry["methods"], majority) is not False else " (no method above it)"
+        lines.append(f"| {name} | {MISSING if majority is None else f'{majority:.3f}'}{flag} | "
+                     + " | ".join(cells) + " |")
+    lines.append("| **mean** | | " + " | ".join(f"{view['overall']['mean_test_acc'][m]:.3f}" for m in methods) + " |")
+
+    chosen = conditions(results)
+    lines += ["", "| mednns (top-1) vs | " + " | ".join(f"{condition_label(c, k)}: gain [95% CI], p, wins"
+                                                      for c in chosen) + " |",
+              "| --- |" + " --- |" * len(chosen)]
+    for other in [m for m in methods if m != "mednns"]:
+        cells = []
+        for condition in chosen:
+            stats = ((condition_view(results, condition["id"])["statistics"].get("mednns") or {}).get(other)
+                     or {}).get("test_acc")
+            cells.append(MISSING if not stats else
+                         f"{stats['mean']:+.3f} {fmt_ci(stats)}, p {fmt_p(stats)}, {stats['wins'][0]}/{stats['wins'][1]}")
+        lines.append(f"| {label(view, other)} | " + " | ".join(cells) + " |")
+    lines += ["", compute_table(results).to_markdown()]
     return "\n".join(lines) + "\n"
+
+
+MISSING = "—"
 
 
 def main() -> None:
@@ -79,7 +99,9 @@ def main() -> None:
         "command": command, "config": config.to_dict(), "wall_seconds_this_invocation": round(wall, 1),
         "stages": {name: {"status": r["status"], "seconds": r["seconds"]} for name, r in results["stages"].items()},
         "environment": environment_facts(run.device), "run_directory": str(run.directory)})
-    summary = read_json(out / "results.json")["overall"]
+    from mednns.evaluation.results import condition_view
+
+    summary = condition_view(read_json(out / "results.json"))["overall"]
     print(f"published {out} (mednns mean test ACC {summary['mean_test_acc'].get('mednns', float('nan')):.4f})")
 
 

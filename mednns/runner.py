@@ -100,7 +100,8 @@ def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[s
         log.info("stage %s: outputs missing (%s), running again", name, ", ".join(missing))
     elif state is not None and state.get("fingerprint") != fingerprint:
         changed = _changed_keys(state.get("inputs", {}), inputs)
-        keep = getattr(stage, "keeps_state", False) and not restart
+        decide = getattr(stage, "keeps_state_for", None)
+        keep = not restart and (decide(changed) if decide else bool(getattr(stage, "keeps_state", False)))
         if state.get("status") != "complete" and not restart and not keep:
             raise UsageError(
                 f"stage '{name}' in {run.directory} was interrupted under a different config "

@@ -29,6 +29,12 @@ class Stage(abc.ABC):
     #: model zoo keyed by supernet weights and evaluation protocol. ``--restart`` still discards.
     keeps_state: bool = False
 
+    def keeps_state_for(self, changed: list[str]) -> bool:
+        """Whether the stage's files stay valid after these inputs changed (dotted keys of the stage's
+        inputs: ``stage.args.seeds``, ``datasets.0.args.size``, ``seed``, ``previous`` for the stage
+        before it). Default: :attr:`keeps_state`; override to keep files only for some changes."""
+        return self.keeps_state
+
     def outputs(self, run: "Run") -> list[Path]:
         """Files whose existence (with an unchanged config) proves the stage complete."""
         return []

@@ -32,8 +32,20 @@ class Evaluate(Stage):
         measured against it).
     :param seeds: fine-tuning seeds per method (data order, crops, new heads, random inits).
     :param epochs: :param lr: :param batch_size: :param weight_decay: :param warmup_epochs:
-    :param label_smoothing: :param crop_padding: :param hflip: :param max_train_images: the one
-        fine-tuning configuration of every method (:class:`mednns.finetune.FinetuneConfig`).
+    :param label_smoothing: :param crop_padding: :param hflip: the one fine-tuning configuration of
+        every method (:class:`mednns.finetune.FinetuneConfig`).
+    :param train_images: training-set sizes per target (a seeded subset, the same for every method;
+        default: all images). Each size is a condition of the ``equal_epochs`` budget; the first is
+        the primary one (and the size of ``equal_compute``).
+    :param budgets: ``equal_epochs`` (every method ``epochs`` epochs) and/or ``equal_compute``
+        (every method fine-tunes until its target-side image-MACs reach the most expensive
+        method's; :mod:`mednns.evaluation.leave_one_out`).
+    :param equal_compute_seeds: the seeds of the ``equal_compute`` budget (default: ``seeds``).
+    :param max_epochs: the most epochs ``equal_compute`` gives one run.
+    :param variants: named variants of the mednns methods, each run on the same folds, seeds and
+        training subsets and reported as its own row (``mednns:<name>``, ``mednns_topk:<name>``):
+        ``{name: {meta_space: {...}, by: ..., top_k: ...}}`` (``meta_space`` entries override the
+        stage's).
     :param top_k: models of the query fine-tuned by ``mednns_topk`` (the best validation ACC wins).
     :param by: how the query ranks: ``predicted`` metric, retrieval ``score`` or ``combined``.
     :param meta_space: ``fit_meta_space`` arguments of every fold's meta-space (``held_out`` and
@@ -47,11 +59,22 @@ class Evaluate(Stage):
     """
 
     name = STAGE
+    #: Runs and meta-spaces are keyed by their configuration: a change of the stage's own arguments
+    #: (seeds, sizes, variants, methods) reuses what still applies.
+    keeps_state = True
+
+    def keeps_state_for(self, changed: list[str]) -> bool:
+        """Only changes of its own arguments: runs are keyed by the supernet folder and architecture,
+        so a retrained supernet (an upstream change) or another dataset version must start afresh."""
+        return all(key.startswith("stage.") for key in changed)
 
     def __init__(self, datasets: list[str] | None = None, methods: list[MethodName] | None = None,
                  seeds: list[int] | None = None, epochs: int = 10, lr: float = 0.05, batch_size: int = 128,
                  weight_decay: float = 5e-4, warmup_epochs: float = 1.0, label_smoothing: float = 0.0,
-                 crop_padding: int = 2, hflip: bool = False, max_train_images: int | None = None, top_k: int = 3,
+                 crop_padding: int = 2, hflip: bool = False, train_images: list[int] | None = None,
+                 budgets: list[Literal["equal_epochs", "equal_compute"]] | None = None,
+                 equal_compute_seeds: list[int] | None = None, max_epochs: int = 200,
+                 variants: dict[str, dict[str, Any]] | None = None, top_k: int = 3,
                  by: Literal["predicted", "score", "combined"] = "predicted",
                  meta_space: dict[str, Any] | None = None,
                  tans_losses: list[mednns.ComponentSpec["losses"]] | None = None, timm_model: str = "resnet18",
@@ -72,13 +95,16 @@ class Evaluate(Stage):
                              f"evaluation's zoo")
         finetune = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, crop_padding=crop_padding,
-                        hflip=hflip, max_train_images=max_train_images)
+                        hflip=hflip)
         FinetuneConfig(**finetune)  # validate before any work
         self.settings = EvaluationSettings(
             datasets=datasets, methods=chosen, seeds=seeds, finetune=finetune, top_k=top_k, by=by,
             meta_space=meta_space, tans_losses=[{"name": s["name"], "args": dict(s.get("args") or {})}
                                                 for s in (tans_losses or DEFAULT_TANS_LOSSES)],
-            timm_model=timm_model, search_budget=search_budget, zoo=zoo, progress=progress, report=report)
+            timm_model=timm_model, search_budget=search_budget, train_images=list(train_images or [None]),
+            budgets=list(budgets or ["equal_epochs"]), equal_compute_seeds=equal_compute_seeds, max_epochs=max_epochs,
+            variants={name: dict(v or {}) for name, v in (variants or {}).items()}, zoo=zoo, progress=progress,
+            report=report)
 
     def outputs(self, run) -> list[Path]:
         return [run.stage_dir(self.name) / "results.json"]
@@ -87,7 +113,8 @@ class Evaluate(Stage):
         from mednns.evaluation.leave_one_out import evaluate
 
         # the fold meta-spaces are built through the registry: check their arguments now, not after an hour
-        run.manager.create("stages", "fit_meta_space", **self.settings.meta_space)
+        for variant in self.settings.variant_list():
+            run.manager.create("stages", "fit_meta_space", **variant.meta_space)
         results = evaluate(run, self.settings, run.stage_dir(self.name))
         return {"datasets": list(results["datasets"]), **results["overall"]}
 
@@ -128,6 +155,8 @@ def register_commands(cli):
         prepared = prepare_run(manager, run_config, console=console)
         execute(prepared, restart=restart)
         stage_dir = prepared.directory / "stages" / STAGE
-        console.print(overall_rich_table(read_json(stage_dir / "results.json")))
+        results = read_json(stage_dir / "results.json")
+        for condition in results["protocol"]["conditions"]:
+            console.print(overall_rich_table(results, condition["id"]))
         report = stage_dir / "report" / "report.html"
         console.print(f"report: {report if report.is_file() else 'not rendered (report: false)'}")

@@ -69,6 +69,73 @@ def test_overall_means_gains_and_wins_over_the_datasets_each_method_ran_on():
     assert result["datasets"] == {"mednns": 3, "random_pick": 2}
 
 
+def test_sparse_histories_are_summarized_by_their_epochs():
+    sparse = [{"seed": s, "model": {"params": 5}, "history": [
+        {"epoch": 3, "test_acc": 0.5 + s / 10, "test_auc": 0.7, "target_seconds": 1.0 + s},
+        {"epoch": 6, "test_acc": 0.8, "test_auc": 0.9, "target_seconds": 2.0 + s}]} for s in (0, 1)]
+    summary = R.summarize_runs(sparse, [1, 3, 8])
+    assert set(summary["test_acc"]) == {"3"}  # epochs 1 and 8 were never evaluated
+    assert summary["curve"]["epochs"] == [3, 6]
+    assert summary["curve"]["target_seconds_mean"] == pytest.approx([1.5, 2.5])
+    assert summary["final"]["test_acc"]["mean"] == pytest.approx(0.8)
+    assert "test_bal_acc" not in summary  # not recorded by these runs
+    assert R.epochs_to_match([0.55, 0.8], 0.6, epochs=[3, 6]) == 6
+
+
+def test_majority_rate_and_whether_a_dataset_separates_the_methods():
+    assert R.majority_rate("binary", np.array([[0], [0], [0], [1]])) == pytest.approx(0.75)
+    assert R.majority_rate("multi-class", np.array([2, 2, 1, 0, 2])) == pytest.approx(0.6)
+    assert R.majority_rate("multi-label", np.array([[1, 0], [1, 0], [0, 0], [1, 1]])) == pytest.approx(0.75)
+
+    def methods(*finals: float) -> dict[str, Any]:
+        return {f"m{i}": {"status": "ok", "summary": R.summarize_runs([run_record(0, [v])], [1])}
+                for i, v in enumerate(finals)}
+
+    assert R.separates(methods(0.73, 0.74, 0.72), 0.73) is False  # everyone ends at the majority rate
+    assert R.separates(methods(0.73, 0.80), 0.73) is True
+    assert R.separates(methods(0.9), None) is None
+
+
+def test_a_condition_view_is_the_shape_the_report_reads():
+    results = {"protocol": {"conditions": [{"id": "equal_epochs@800"}, {"id": "equal_compute@800"}]},
+               "datasets": {"a": {"info": {"task": "binary"}, "conditions": {
+                   "equal_epochs@800": {"methods": {"mednns": 1}, "comparison": {"x": 1}},
+                   "equal_compute@800": {"methods": {"mednns": 2}, "comparison": {}}}}},
+               "overall": {"equal_epochs@800": {"o": 1}, "equal_compute@800": {"o": 2}},
+               "statistics": {"equal_compute@800": {"s": 2}}}
+    primary = R.condition_view(results)
+    assert primary["datasets"]["a"] == {"info": {"task": "binary"}, "methods": {"mednns": 1}, "comparison": {"x": 1}}
+    assert primary["overall"] == {"o": 1} and primary["statistics"] == {}
+    assert primary["condition"] == {"id": "equal_epochs@800"}
+    other = R.condition_view(results, "equal_compute@800")
+    assert other["datasets"]["a"]["methods"] == {"mednns": 2} and other["statistics"] == {"s": 2}
+
+
+def test_settings_name_conditions_and_variant_methods():
+    from mednns.evaluation.leave_one_out import EvaluationSettings
+
+    def settings(**changes: Any) -> EvaluationSettings:
+        base = dict(datasets=None, methods=["mednns", "mednns_topk", "random_init"], seeds=[0, 1, 2],
+                    finetune={"epochs": 8, "batch_size": 128}, top_k=2, by="predicted", meta_space={"steps": 10}, tans_losses=[],
+                    timm_model="resnet18", search_budget=5)
+        return EvaluationSettings(**{**base, **changes})
+
+    chosen = settings(train_images=[800, 100], budgets=["equal_epochs", "equal_compute"], equal_compute_seeds=[0],
+                      variants={"auc": {"meta_space": {"target": "val_auc"}, "top_k": 3}})
+    assert [(c.id, c.seeds, c.batch_size) for c in chosen.conditions()] == [
+        ("equal_epochs@800", (0, 1, 2), 128), ("equal_epochs@100", (0, 1, 2), 16), ("equal_compute@800", (0,), 128)]
+    # 100 images in batches of 16 make the 6 optimizer steps per epoch that 800 make in batches of 128
+    assert chosen.method_names() == ["mednns", "mednns:auc", "mednns_topk", "mednns_topk:auc", "random_init"]
+    variant = chosen.variant_list()[1]
+    assert variant.meta_space == {"steps": 10, "target": "val_auc"} and variant.top_k == 3
+    assert [c.id for c in settings(budgets=["equal_compute"]).conditions()] == ["equal_compute@all"]
+    for bad in ({"budgets": ["equal_money"]}, {"train_images": [100, 100]}, {"equal_compute_seeds": [7]},
+                {"max_epochs": 4}, {"variants": {"x": {"lr": 1}}}, {"variants": {"x": {"meta_space": {"zoo": "z"}}}},
+                {"variants": {"a b": {}}}):
+        with pytest.raises(UsageError):
+            settings(**bad)
+
+
 def test_macs_are_counted_from_the_network():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1, bias=False), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 8 * 8, 2, bias=False))
@@ -98,7 +165,9 @@ ZOO = {"samples": 10, "anchors": 2, "calibration_images": 32, "calibration_batch
 META = {"images": 64, "steps": 30, "eval_every": 15, "images_per_set": 32, "models_per_dataset": 8, "embed_dim": 16,
         "hidden": 32, "progress": False, "model_encoder": {"name": "arch", "args": {"embed_dim": 16, "hidden": 32}}}
 EVALUATE = {"datasets": ["c", "d"], "seeds": [0, 1], "epochs": 3, "batch_size": 16, "top_k": 2, "search_budget": 5,
-            "meta_space": META, "report": False, "progress": False}
+            "train_images": [64, 32], "budgets": ["equal_epochs", "equal_compute"], "equal_compute_seeds": [0],
+            "max_epochs": 9, "variants": {"auc": {"meta_space": {"target": "val_auc"}}},
+            "meta_space": META, "report": True, "progress": False}
 
 
 def invoke(*args: Any):
@@ -145,51 +214,78 @@ def evaluation(tmp_path_factory) -> dict[str, Any]:
 pipeline = pytest.mark.slow
 
 
+PRIMARY, SMALL, COMPUTE = "equal_epochs@64", "equal_epochs@32", "equal_compute@64"
+
+
+def methods_of(results: dict[str, Any], target: str, condition: str = PRIMARY) -> dict[str, Any]:
+    return results["datasets"][target]["conditions"][condition]["methods"]
+
+
 @pipeline
-def test_every_method_runs_for_every_seed_with_the_same_budget(evaluation):
+def test_every_method_runs_for_every_seed_of_every_condition_on_the_same_subsets(evaluation):
     results = evaluation["results"]
-    assert results["format"] == "mednns-evaluation/1"
+    assert results["format"] == "mednns-evaluation/2"
     assert list(results["datasets"]) == ["c", "d"]
+    assert [(c["id"], c["seeds"]) for c in results["protocol"]["conditions"]] == [
+        (PRIMARY, [0, 1]), (SMALL, [0, 1]), (COMPUTE, [0])]
     for target, entry in results["datasets"].items():
-        for name, method in entry["methods"].items():
-            if name == "imagenet":
-                assert method["status"] == "skipped" and "no internet here" in method["reason"]
-                continue
-            if name == "own_supernet_search" and target == "d":
-                assert method["status"] == "skipped" and "no supernet trained on d" in method["reason"]
-                continue
-            assert method["status"] == "ok", (target, name)
-            assert [r["seed"] for r in method["runs"]] == [0, 1]
-            assert all(len(r["history"]) == 3 for r in method["runs"])
-            assert set(method["summary"]["test_acc"]) == {"1", "3"}
-        assert set(entry["comparison"]) == {m for m, v in entry["methods"].items() if v["status"] == "ok"} - {"mednns"}
+        for condition in results["protocol"]["conditions"]:
+            methods = entry["conditions"][condition["id"]]["methods"]
+            assert set(methods) == set(results["protocol"]["methods"])
+            subsets = {}
+            for name, method in methods.items():
+                if name == "imagenet":
+                    assert method["status"] == "skipped" and "no internet here" in method["reason"]
+                    continue
+                if name == "own_supernet_search" and target == "d":
+                    assert method["status"] == "skipped" and "no supernet trained on d" in method["reason"]
+                    continue
+                assert method["status"] == "ok", (target, name)
+                assert [r["seed"] for r in method["runs"]] == condition["seeds"]
+                for run in method["runs"]:
+                    assert run["train_images"] == condition["train_images"]
+                    subsets.setdefault(run["seed"], set()).add(run["train_subset"])
+                    if condition["budget"] == "equal_epochs":
+                        assert [row["epoch"] for row in run["history"]] == [1, 2, 3]
+                    else:  # as many evaluations as the equal-epochs budget, the last at the last epoch
+                        assert len(run["history"]) == 3 and run["history"][-1]["epoch"] == run["epochs"]
+            assert all(len(digests) == 1 for digests in subsets.values())  # one training subset per seed
+        assert set(entry["conditions"][PRIMARY]["comparison"]) == {
+            m for m, v in methods_of(results, target).items() if v["status"] == "ok"} - {"mednns"}
 
 
 @pipeline
-def test_the_target_is_held_out_of_the_meta_space_and_of_the_candidates(evaluation):
+def test_the_target_is_held_out_of_every_meta_space_and_of_the_candidates(evaluation):
     fold = evaluation["stage"] / "c"
-    meta = json.loads((fold / "meta_space" / "metaspace.json").read_text())
-    assert meta["held_out"] == ["c"] and "c" not in meta["train_datasets"]
-    report = json.loads((fold / "meta_space" / "report.json").read_text())
-    assert "c" not in report["fid"]["datasets"]
-    query = json.loads((fold / "query.json").read_text())
-    assert query["results"] and all(r["dataset"] != "c" for r in query["results"])
-    methods = evaluation["results"]["datasets"]["c"]["methods"]
-    for name in ("mednns", "tans", "nearest_fid", "random_pick"):
+    folders = sorted((fold / "meta_spaces").iterdir())
+    assert len(folders) == 3  # the default, the variant's (AUC target) and the TANS-style one
+    targets, losses = set(), []
+    for folder in folders:
+        meta = json.loads((folder / "metaspace.json").read_text())
+        assert meta["held_out"] == ["c"] and "c" not in meta["train_datasets"]
+        assert "c" not in json.loads((folder / "report.json").read_text())["fid"]["datasets"]
+        targets.add(json.loads((folder / "arguments.json").read_text()).get("target", "val_acc"))
+        losses.append([s["name"] for s in meta["losses"]])
+    assert targets == {"val_acc", "val_auc"} and ["contrastive", "performance"] in losses
+    for name in ("default", "auc", "tans"):
+        query = json.loads((fold / "queries" / f"{name}.json").read_text())
+        assert query["results"] and all(r["dataset"] != "c" for r in query["results"])
+    methods = methods_of(evaluation["results"], "c")
+    for name in ("mednns", "mednns:auc", "tans", "nearest_fid", "random_pick"):
         assert all(r["model"]["source"] != "c" for r in methods[name]["runs"]), name
     assert all(r["model"]["source"] == "c" for r in methods["own_supernet_search"]["runs"])
-    tans = json.loads((fold / "tans" / "metaspace.json").read_text())
-    assert [s["name"] for s in tans["losses"]] == ["contrastive", "performance"]
 
 
 @pipeline
 def test_methods_start_from_the_networks_they_promise(evaluation):
     entry = evaluation["results"]["datasets"]["c"]
-    methods = entry["methods"]
+    methods = entry["conditions"][PRIMARY]["methods"]
     top1 = methods["mednns"]["runs"][0]["model"]
     assert top1["weights"] == "inherited"
-    query = json.loads((evaluation["stage"] / "c" / "query.json").read_text())
+    query = json.loads((evaluation["stage"] / "c" / "queries" / "default.json").read_text())
     assert top1["arch_hash"] and top1["source"] == query["results"][0]["dataset"]
+    variant = json.loads((evaluation["stage"] / "c" / "queries" / "auc.json").read_text())
+    assert methods["mednns:auc"]["runs"][0]["model"]["source"] == variant["results"][0]["dataset"]
     same_arch = methods["random_init"]["runs"][0]["model"]
     assert same_arch["weights"] == "random" and same_arch["arch_hash"] == top1["arch_hash"]
     assert same_arch["params"] == top1["params"]
@@ -207,7 +303,69 @@ def test_methods_start_from_the_networks_they_promise(evaluation):
 
 
 @pipeline
-def test_results_hold_the_fid_matrix_embeddings_and_overall_numbers(evaluation):
+def test_compute_is_counted_per_phase_on_the_target(evaluation):
+    entry = evaluation["results"]["datasets"]["c"]
+    setup = entry["setup_compute"]
+    own = setup["own_supernet_search"]
+    assert own["supernet_training"]["image_macs"] > own["search"]["image_macs"] > 0
+    assert own["supernet_training"]["seconds"] > 0
+    assert setup["mednns"]["query"]["seconds"] > 0 and setup["tans"]["query"]["seconds"] > 0
+    assert setup["random_init"] == {} and setup["timm_scratch"] == {}
+    for name, method in entry["conditions"][PRIMARY]["methods"].items():
+        if method["status"] != "ok":
+            continue
+        for run in method["runs"]:
+            spent = run["compute"]
+            options = len(run.get("chosen_from") or [1])
+            last = run["history"][-1]["image_macs"]
+            assert (spent["finetune"]["image_macs"] == last) if options == 1 else spent["finetune"]["image_macs"] > last
+            setup_macs = sum(p["image_macs"] for p in setup[name].values())
+            assert spent["total_image_macs"] == setup_macs + spent["finetune"]["image_macs"]
+
+
+@pipeline
+def test_equal_compute_brings_every_method_to_the_most_expensive_ones_image_macs(evaluation):
+    for target, entry in evaluation["results"]["datasets"].items():
+        part = entry["conditions"][COMPUTE]
+        budget = part["budget"]["0"]
+        equal = methods_of(evaluation["results"], target)
+        spent = {name: m["runs"][0]["compute"]["total_image_macs"] for name, m in part["methods"].items()
+                 if m["status"] == "ok"}
+        assert budget["image_macs"] == max(m["runs"][0]["compute"]["total_image_macs"]
+                                           for m in equal.values() if m["status"] == "ok")
+        assert part["methods"][budget["method"]]["runs"][0]["epochs"] == 3
+        for name, total in spent.items():
+            run = part["methods"][name]["runs"][0]
+            assert total <= budget["image_macs"] * 1.0001, name
+            assert run["epochs"] >= 3
+            if run["epochs"] < 9:  # not capped: within one more epoch of the budget
+                per_epoch = 3 * run["model"]["macs"] * (run["train_images"] // 16 * 16) * len(run.get("chosen_from")
+                                                                                               or [1])
+                assert budget["image_macs"] - total < per_epoch, name
+
+
+@pipeline
+def test_statistics_pair_runs_by_dataset_and_seed(evaluation):
+    results = evaluation["results"]
+    stats = results["statistics"][PRIMARY]
+    assert {"mednns", "mednns:auc", "mednns_topk", "mednns_topk:auc"} <= set(stats)
+    for other in ("random_init", "mednns:auc"):
+        acc = stats["mednns"][other]["test_acc"]
+        expected = {}
+        for target in ("c", "d"):
+            ours = {r["seed"]: r["history"][-1]["test_acc"] for r in methods_of(results, target)["mednns"]["runs"]}
+            theirs = {r["seed"]: r["history"][-1]["test_acc"] for r in methods_of(results, target)[other]["runs"]}
+            expected[target] = np.mean([ours[s] - theirs[s] for s in (0, 1)])
+        assert acc["datasets"] == pytest.approx(expected)
+        assert acc["mean"] == pytest.approx(np.mean(list(expected.values())))
+        assert acc["pairs"] == 4 and "p_wilcoxon" in acc and set(stats["mednns"][other]) == {
+            "test_acc", "test_auc", "test_bal_acc"}
+    assert stats["mednns"]["random_init"]["test_acc"]["ci"] is not None
+    assert results["statistics"][COMPUTE]["mednns"]["random_init"]["test_acc"]["pairs"] == 2  # seed 0 only
+
+
+@pipeline
+def test_results_hold_the_fid_matrix_embeddings_overall_numbers_and_the_report(evaluation):
     results = evaluation["results"]
     fid = results["fid_matrix"]
     assert set(fid["datasets"]) == {"a", "b", "c", "d"}
@@ -219,10 +377,17 @@ def test_results_hold_the_fid_matrix_embeddings_and_overall_numbers(evaluation):
         assert npz["model_embeddings"].shape[0] == npz["model_acc"].shape[0] == npz["model_dataset"].shape[0]
         np.testing.assert_allclose(np.linalg.norm(npz["dataset_embeddings"], axis=1), 1, atol=1e-4)
         np.testing.assert_allclose(np.linalg.norm(npz["model_embeddings"], axis=1), 1, atol=1e-4)
-    overall = results["overall"]
+    overall = results["overall"][PRIMARY]
     assert overall["datasets"]["mednns"] == 2 and overall["datasets"]["own_supernet_search"] == 1
-    assert "imagenet" not in overall["mean_test_acc"]
-    assert "overall" in evaluation["output"] or "mednns" in evaluation["output"]
+    assert "imagenet" not in overall["mean_test_acc"] and "mednns:auc" in overall["mean_test_bal_acc"]
+    assert 0 < results["datasets"]["c"]["info"]["majority_rate"] <= 1
+    assert "equal compute" in evaluation["output"] and "95% CI" in evaluation["output"]
+    report = evaluation["stage"] / "report"
+    for name in ("overview.png", "sizes.png", "forest_equal_epochs_64.png", "forest_equal_compute_64.png",
+                 "compute_c.png", "report.html"):
+        assert (report / name).is_file(), name
+    text = (report / "report.md").read_text()
+    assert "## Paired statistics" in text and "## Target-side compute" in text and "## Budgets side by side" in text
 
 
 @pipeline
@@ -244,6 +409,32 @@ def test_an_interrupted_evaluation_resumes_from_its_saved_runs(evaluation, monke
     assert {p: p.stat().st_mtime_ns for p in runs} == before  # nothing was trained again
     again = json.loads((stage / "results.json").read_text())
     assert again["overall"] == evaluation["results"]["overall"]
+
+
+@pipeline
+def test_adding_a_seed_trains_only_the_new_seeds_runs(evaluation, monkeypatch):
+    import timm
+
+    original = timm.create_model
+    monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kw: (
+        (_ for _ in ()).throw(OSError("no internet here")) if pretrained else original(name, **kw)))
+    stage = evaluation["stage"]
+    before = {p: p.stat().st_mtime_ns for p in stage.glob("*/runs/*.json")}
+    meta = {p: p.stat().st_mtime_ns for p in stage.glob("*/meta_spaces/*/metaspace.json")}
+    config = yaml.safe_load(evaluation["config"].read_text())
+    config["stages"][-1]["args"] = {**config["stages"][-1]["args"], "seeds": [0, 1, 2], "report": False}
+    path = evaluation["root"] / "three_seeds.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = invoke("evaluate", path)
+    assert result.exit_code == 0, result.output
+    after = {p: p.stat().st_mtime_ns for p in stage.glob("*/runs/*.json")}
+    assert {p: after[p] for p in before} == before  # the stage kept its runs and trained none of them again
+    new = set(after) - set(before)
+    assert new and all(p.name.endswith("-s2.json") for p in new)
+    assert {p: p.stat().st_mtime_ns for p in meta} == meta  # and fitted no meta-space again
+    results = json.loads((stage / "results.json").read_text())
+    assert [r["seed"] for r in methods_of(results, "c")["mednns"]["runs"]] == [0, 1, 2]
+    assert [r["seed"] for r in methods_of(results, "c", COMPUTE)["mednns"]["runs"]] == [0]
 
 
 def test_the_stage_refuses_bad_arguments_before_any_work():

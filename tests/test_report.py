@@ -27,7 +27,7 @@ SKIP_REASON = "needs <timm> & a GPU"
 LEVELS = {"breastmnist": {"mednns": 0.86, "imagenet": 0.80, "random_init": 0.70, "timm_scratch": 0.74},
           "kidney<ct>&mri": {"mednns": 0.78, "imagenet": 0.84, "random_init": 0.66}}
 INFO = {"breastmnist": {"task": "binary-class", "n_classes": 2, "n_channels": 1, "image_size": [28, 28],
-                        "modality": "ultrasound", "train": 546, "val": 78, "test": 156},
+                        "modality": "ultrasound", "train": 546, "val": 78, "test": 156, "majority_rate": 0.731},
         "kidney<ct>&mri": {"task": "multi-class", "n_classes": 4, "n_channels": 1, "image_size": [28, 28],
                            "modality": "CT", "train": 1200, "val": 200, "test": 400}}
 
@@ -38,7 +38,7 @@ def _history(rng: np.random.Generator, level: float) -> list[dict[str, Any]]:
         acc = level - 0.25 / epoch + float(rng.normal(0, 0.01))
         auc = min(0.99, acc + 0.08 + float(rng.normal(0, 0.01)))
         rows.append({"epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": acc + 0.01, "val_auc": auc,
-                     "test_acc": acc, "test_auc": auc, "seconds": 1.5})
+                     "test_acc": acc, "test_auc": auc, "seconds": 1.5 * epoch, "target_seconds": 1.0 * epoch})
     return rows
 
 
@@ -49,7 +49,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     epochs = list(range(1, K + 1))
     curve: dict[str, Any] = {"epochs": epochs}
-    for metric in ("test_acc", "test_auc"):
+    for metric in ("test_acc", "test_auc", "target_seconds"):
         curve[f"{metric}_mean"] = [stat(metric, e)["mean"] for e in epochs]
         curve[f"{metric}_std"] = [stat(metric, e)["std"] for e in epochs]
     return {"test_acc": {str(e): stat("test_acc", e) for e in (1, 3, K)},
@@ -57,15 +57,14 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "curve": curve, "params": runs[0]["model"]["params"]}
 
 
-def make_results(root: Path, seeds: list[int] = SEEDS) -> Path:
-    """Write a run directory with ``stages/evaluate/results.json`` and one embeddings file; returns the run dir.
+CONDITIONS = [{"id": "equal_epochs@all", "budget": "equal_epochs", "train_images": None, "seeds": SEEDS,
+               "batch_size": 128},
+              {"id": "equal_compute@all", "budget": "equal_compute", "train_images": None, "seeds": SEEDS,
+               "batch_size": 128}]
 
-    :param root: where to create ``run/``.
-    :param seeds: the seeds every method ran with.
-    """
-    rng = np.random.default_rng(0)
-    run = root / "run"
-    stage = run / "stages" / "evaluate"
+
+def _condition(rng: np.random.Generator, seeds: list[int], shift: float) -> dict[str, Any]:
+    """Every dataset's methods and comparison under one condition (levels raised by ``shift``)."""
     datasets: dict[str, Any] = {}
     for d_index, dataset in enumerate(DATASETS):
         methods: dict[str, Any] = {}
@@ -77,9 +76,21 @@ def make_results(root: Path, seeds: list[int] = SEEDS) -> Path:
                      "space": "ofa_resnet" if method == "mednns" else "timm",
                      "weights": {"mednns": "inherited", "imagenet": "imagenet"}.get(method, "random"),
                      "params": 100_000 * (m_index + 1) + d_index, "macs": None, "arch_hash": None}
-            runs = [{"seed": s, "model": model, "history": _history(rng, LEVELS[dataset][method]),
-                     "prepare_seconds": 0.5, "finetune_seconds": 6.0} for s in seeds]
-            methods[method] = {"status": "ok", "runs": runs, "summary": _summary(runs)}
+            setup = {"query": {"seconds": 2.0, "image_macs": 1000}} if method == "mednns" else {}
+            runs = []
+            for s in seeds:
+                history = _history(rng, LEVELS[dataset][method] + shift)
+                total = 2.0 * (method == "mednns") + history[-1]["target_seconds"]
+                runs.append({"seed": s, "model": model, "history": history, "prepare_seconds": 0.5,
+                             "finetune_seconds": 6.0,
+                             "compute": {"setup": setup, "finetune": {"seconds": history[-1]["target_seconds"],
+                                                                      "image_macs": 10**9},
+                                         "offset_seconds": 2.0 * (method == "mednns"), "total_seconds": total,
+                                         "total_image_macs": 10**9 + 1000 * (method == "mednns"), "capped": False}})
+            compute = {"setup": setup, "finetune": {"seconds": 4.0, "image_macs": 1e9},
+                       "total_seconds": float(np.mean([r["compute"]["total_seconds"] for r in runs])),
+                       "total_image_macs": 1e9, "epochs": [K], "capped": False}
+            methods[method] = {"status": "ok", "runs": runs, "summary": _summary(runs), "compute": compute}
         comparison = {}
         ours = methods["mednns"]["summary"]
         for method, entry in methods.items():
@@ -90,33 +101,61 @@ def make_results(root: Path, seeds: list[int] = SEEDS) -> Path:
             comparison[method] = {"gain_acc": ours["test_acc"][str(K)]["mean"] - final,
                                   "gain_auc": ours["test_auc"][str(K)]["mean"] - entry["summary"]["test_auc"][str(K)]["mean"],
                                   "epochs_to_match": reached[0] if reached else None}
-        datasets[dataset] = {"info": INFO[dataset], "methods": methods, "comparison": comparison,
-                             "fid": {"pneumoniamnist": 10.0 + d_index, "dermamnist": 20.5},
-                             "embeddings": f"embeddings/{report.slug(dataset)}.npz" if d_index == 0 else None}
-    overall: dict[str, Any] = {"mean_test_acc": {}, "mean_test_auc": {}, "mean_gain_acc": {}, "wins": {}}
+        datasets[dataset] = {"methods": methods, "comparison": comparison}
+    return datasets
+
+
+def _overall(parts: dict[str, Any]) -> dict[str, Any]:
+    overall: dict[str, Any] = {"mean_test_acc": {}, "mean_test_auc": {}, "mean_gain_acc": {}, "wins": {},
+                               "mean_compute": {}}
     for method in METHODS:
-        ran = [d for d in DATASETS if datasets[d]["methods"][method]["status"] == "ok"]
+        ran = [d for d in DATASETS if parts[d]["methods"][method]["status"] == "ok"]
         for metric in ("test_acc", "test_auc"):
             overall[f"mean_{metric}"][method] = float(np.mean(
-                [datasets[d]["methods"][method]["summary"][metric][str(K)]["mean"] for d in ran]))
+                [parts[d]["methods"][method]["summary"][metric][str(K)]["mean"] for d in ran]))
+        overall["mean_compute"][method] = {"seconds": float(np.mean(
+            [parts[d]["methods"][method]["compute"]["total_seconds"] for d in ran]))}
         if method != "mednns":
-            gains = [datasets[d]["comparison"][method]["gain_acc"] for d in ran]
+            gains = [parts[d]["comparison"][method]["gain_acc"] for d in ran]
             overall["mean_gain_acc"][method] = float(np.mean(gains))
             overall["wins"][method] = [sum(g > 0 for g in gains), len(gains)]
+    return overall
+
+
+def make_results(root: Path, seeds: list[int] = SEEDS) -> Path:
+    """Write a run directory with ``stages/evaluate/results.json`` (two conditions) and one embeddings
+    file; returns the run dir.
+
+    :param root: where to create ``run/``.
+    :param seeds: the seeds every method ran with.
+    """
+    from mednns.evaluation.statistics import compare_methods
+
+    rng = np.random.default_rng(0)
+    run = root / "run"
+    stage = run / "stages" / "evaluate"
+    conditions = [{**c, "seeds": seeds} for c in CONDITIONS]
+    parts = {c["id"]: _condition(rng, seeds, shift) for c, shift in zip(conditions, (0.0, 0.01))}
+    datasets = {d: {"info": INFO[d], "setup_compute": {}, "fid": {"pneumoniamnist": 10.0 + i, "dermamnist": 20.5},
+                    "embeddings": f"embeddings/{report.slug(d)}.npz" if i == 0 else None,
+                    "conditions": {cid: part[d] for cid, part in parts.items()}}
+                for i, d in enumerate(DATASETS)}
     results = {
-        "format": "mednns-evaluation/1", "run": "quickstart",
+        "format": "mednns-evaluation/2", "run": "quickstart",
         "protocol": {"epochs": K, "seeds": seeds, "report_epochs": [1, 3, K], "top_k": 3, "by": "predicted",
                      "search_budget": 100,
                      "finetune": {"lr": 0.05, "batch_size": 128, "momentum": 0.9, "weight_decay": 0.0005,
                                   "warmup_epochs": 1.0, "label_smoothing": 0.0, "crop_padding": 2, "hflip": False,
-                                  "max_train_images": 2000, "eval_batch_size": 256},
-                     "methods": list(METHODS), "datasets": DATASETS},
+                                  "eval_batch_size": 256},
+                     "max_epochs": 200, "methods": list(METHODS), "datasets": DATASETS, "conditions": conditions},
         "methods": {m: {"label": lab, "kind": kind, "description": f"{lab} fine-tuned for K epochs."}
                     for m, (lab, kind) in METHODS.items()},
         "datasets": datasets,
         "fid_matrix": {"datasets": ["pneumoniamnist", "dermamnist", *DATASETS],
                        "matrix": [[0, 20, 10, 11], [20, 0, 20.5, 20.5], [10, 20.5, 0, 15], [11, 20.5, 15, 0]]},
-        "overall": overall,
+        "overall": {cid: _overall(part) for cid, part in parts.items()},
+        "statistics": {cid: compare_methods({d: part[d]["methods"] for d in DATASETS}, ["mednns"], list(METHODS))
+                       for cid, part in parts.items()},
     }
     write_json(stage / "results.json", results)
     write_embeddings(stage / datasets[DATASETS[0]]["embeddings"], DATASETS[0])
@@ -145,7 +184,7 @@ def write_embeddings(path: Path, held_out: str, models: int = 60) -> Path:
 
 def history_stats(results: dict[str, Any], dataset: str, method: str, metric: str, epoch: int) -> tuple[float, float]:
     """Mean and sample std over seeds recomputed from the histories (not the summary)."""
-    values = [row[metric] for run in results["datasets"][dataset]["methods"][method]["runs"]
+    values = [row[metric] for run in report.as_view(results)["datasets"][dataset]["methods"][method]["runs"]
               for row in run["history"] if row["epoch"] == epoch]
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
@@ -180,7 +219,8 @@ def rendered(run_dir) -> Path:
 
 def test_markdown_dataset_tables_hold_mean_std_from_the_histories(results):
     markdown = report.markdown_report(results)
-    assert "### breastmnist (ultrasound, binary-class, 2 classes, 546 train images)" in markdown
+    assert "### breastmnist (ultrasound, binary-class, 2 classes, 546 train images, majority-class rate 0.731)" \
+        in markdown
     assert "### kidney<ct>&mri (CT, multi-class, 4 classes, 1,200 train images)" in markdown
     for dataset in DATASETS:
         rows = table_rows(markdown, f"### {dataset} (")
@@ -204,9 +244,9 @@ def test_markdown_dataset_tables_hold_mean_std_from_the_histories(results):
     assert table_rows(markdown, "### kidney<ct>&mri (")["ImageNet ResNet-18"][8].startswith("-")
     skipped = table_rows(markdown, "### kidney<ct>&mri (")["timm from scratch"]
     assert skipped[1] == f"skipped: {SKIP_REASON}" and all(c == "" for c in skipped[2:])
-    assert "![convergence](convergence_breastmnist.png)" in markdown
-    assert "![embeddings](embeddings_breastmnist.png)" in markdown
-    assert f"![convergence](convergence_{report.slug('kidney<ct>&mri')}.png)" in markdown
+    assert "](convergence_breastmnist.png)" in markdown
+    assert "](embeddings_breastmnist.png)" in markdown
+    assert f"](convergence_{report.slug('kidney<ct>&mri')}.png)" in markdown
 
 
 def test_epochs_to_match_is_the_first_epoch_mednns_reaches_the_baseline(results):
@@ -226,26 +266,49 @@ def test_epochs_to_match_is_the_first_epoch_mednns_reaches_the_baseline(results)
 def test_overall_table_and_protocol(results):
     markdown = report.markdown_report(results)
     rows = table_rows(markdown, "## Overall")
-    assert rows["header"] == ["method", "datasets", f"ACC@{K}", f"AUC@{K}", f"gain (ACC@{K})", "wins"]
+    assert rows["header"] == ["method", "datasets", "ACC", "AUC", "bal. ACC", "target-side s", "gain (ACC)", "95% CI",
+                              "p", "wins"]
     assert [r for r in rows if r != "header"] == [label for label, _ in METHODS.values()]
     finals = {m: [history_stats(results, d, m, "test_acc", K)[0] for d in DATASETS if m in LEVELS[d]] for m in METHODS}
     for method, (label, _) in METHODS.items():
         assert rows[label][2] == f"{np.mean(finals[method]):.3f}"
         assert rows[label][1] == f"{len(finals[method])}/{len(DATASETS)}"
-    assert rows["ImageNet ResNet-18"][5] == "1/2" and rows["random init"][5] == "2/2"
-    assert rows["timm from scratch"][5] == "1/1" and rows["mednns (top-1)"][4:] == ["", ""]
+    assert rows["ImageNet ResNet-18"][9] == "1/2" and rows["random init"][9] == "2/2"
+    assert rows["timm from scratch"][9] == "1/1" and rows["mednns (top-1)"][6:] == ["", "", "", ""]
     imagenet_gain = np.mean([f - g for f, g in zip(finals["mednns"], finals["imagenet"])])
-    assert rows["ImageNet ResNet-18"][4] == f"{imagenet_gain:+.3f}"
+    assert rows["ImageNet ResNet-18"][6] == f"{imagenet_gain:+.3f}"
+    interval = results["statistics"]["equal_epochs@all"]["mednns"]["imagenet"]["test_acc"]["ci"]
+    assert rows["ImageNet ResNet-18"][7] == f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
+    assert rows["ImageNet ResNet-18"][8] == "1.000"  # two datasets with opposite signs
     assert "where each method ran" in markdown
     for text in ("**fine-tuning epochs (K)**: 4", "**seeds**: 0, 1", "top_k 3", "by predicted", "search_budget 100",
-                 "lr 0.05", "max_train_images 2000"):
+                 "lr 0.05", "equal epochs (4), all training images (seeds 0, 1); equal compute, all training images"):
         assert text in markdown
+
+
+def test_statistics_budgets_and_compute_tables(results):
+    markdown = report.markdown_report(results)
+    section = markdown.split("### equal compute, all training images", 1)[1].split("\n\n*", 1)[0]
+    lines = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines() if line.startswith("|")]
+    assert lines[0][:7] == ["mednns method", "vs", "datasets", "ACC gain", "95% CI", "p", "wins"]
+    rows = {r[1]: r for r in lines[2:]}
+    assert set(rows) == {"ImageNet ResNet-18", "random init", "timm from scratch"}
+    given = results["statistics"]["equal_compute@all"]["mednns"]["random_init"]["test_acc"]
+    assert rows["random init"][3] == f"{given['mean']:+.3f}" and rows["random init"][6] == "2/2"
+    budgets = table_rows(markdown, "## Budgets side by side")
+    assert budgets["header"] == ["method", "ACC · equal epochs (4), all training images", "s",
+                                 "ACC · equal compute, all training images", "s"]
+    compute_rows = table_rows(markdown, "## Target-side compute")
+    assert compute_rows["header"][:6] == ["method", "supernet training s", "search s", "query s", "fine-tuning s",
+                                          "total s"]
+    assert compute_rows["mednns (top-1)"][3] == "2.0" and compute_rows["random init"][3] == ""
+    assert compute_rows["mednns (top-1)"][-1] == str(K)  # the equal-compute epochs
 
 
 def test_single_seed_has_no_plus_minus_and_report_epochs_are_deduplicated(tmp_path):
     results = report.load_results(make_results(tmp_path, seeds=[0]))
     markdown = report.markdown_report(results)
-    assert "±" not in markdown.split("## Per dataset")[1]
+    assert "±" not in markdown.split("## Per dataset")[1].split("\n", 1)[1]
     row = table_rows(markdown, "### breastmnist (")["mednns (top-1)"]
     assert row[4] == f"{history_stats(results, 'breastmnist', 'mednns', 'test_acc', K)[0]:.3f}"
     results["protocol"].update(epochs=3, report_epochs=[1, 3, 3])
@@ -258,7 +321,8 @@ def test_render_report_writes_every_file_and_one_self_contained_page(run_dir, re
     assert rendered == out / "report.html"
     kidney = report.slug("kidney<ct>&mri")
     expected = {"report.md", "report.html", "overview.png", "fid_heatmap.png", "convergence_breastmnist.png",
-                f"convergence_{kidney}.png", "embeddings_breastmnist.png"}
+                f"convergence_{kidney}.png", "embeddings_breastmnist.png", "compute_breastmnist.png",
+                f"compute_{kidney}.png", "forest_equal_epochs_all.png", "forest_equal_compute_all.png"}
     assert {p.name for p in out.iterdir()} == expected
     for name in expected - {"report.md", "report.html"}:
         data = (out / name).read_bytes()
@@ -269,7 +333,7 @@ def test_render_report_writes_every_file_and_one_self_contained_page(run_dir, re
     assert "<link" not in page and "<script" not in page
     assert html.escape("kidney<ct>&mri") in page and "kidney<ct>" not in page
     assert html.escape(f"skipped: {SKIP_REASON}") in page and SKIP_REASON not in page
-    assert page.count("<table>") == 1 + len(DATASETS)
+    assert page.count("<table>") == 1 + 2 + 1 + 1 + len(DATASETS)  # overall, statistics x2, budgets, compute
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert markdown == report.markdown_report(report.load_results(run_dir), figures=expected)
 
@@ -294,7 +358,7 @@ def test_missing_embeddings_file_leaves_that_figure_out(tmp_path):
 def test_load_results_accepts_the_three_path_forms(run_dir):
     stage = run_dir / "stages" / "evaluate"
     loaded = [report.load_results(p) for p in (run_dir, stage, stage / "results.json", str(run_dir))]
-    assert all(r == loaded[0] for r in loaded) and loaded[0]["format"] == "mednns-evaluation/1"
+    assert all(r == loaded[0] for r in loaded) and loaded[0]["format"] == "mednns-evaluation/2"
 
 
 def test_load_results_refuses_missing_files_and_other_formats(tmp_path, run_dir):
@@ -339,7 +403,8 @@ def test_plot_convergence_refuses_an_unknown_dataset(results, tmp_path):
 
 def test_report_command_renders_and_prints_the_paths(tmp_path):
     run = make_results(tmp_path)
-    result = CliRunner().invoke(cli, ["report", str(run), "--out", str(tmp_path / "out")], catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["report", str(run), "--out", str(tmp_path / "out")], catch_exceptions=False,
+                                env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     flat = result.output.replace("\n", "")
     assert str(tmp_path / "out" / "report.html") in flat and str(tmp_path / "out" / "report.md") in flat

@@ -159,3 +159,26 @@ def test_a_stage_that_keeps_state_keeps_its_directory_when_its_config_changes(se
     run(second_args={"value": 8}, restart=True)  # --restart still discards
     assert not marker.exists()
     assert CALLS.count("second") == 5
+
+
+def test_a_stage_may_keep_its_state_for_some_changes_only(setup, monkeypatch):
+    run, _, directory = setup
+    seen = []
+    monkeypatch.setattr(CountingStage, "keeps_state_for",
+                        lambda self, changed: (seen.append(changed), self.value < 3)[1], raising=False)
+    run(second_args={"value": 1})
+    marker = directory / "stages" / "second" / "kept.txt"
+    marker.write_text("runs")
+    run(second_args={"value": 2})
+    assert marker.exists() and seen[-1] == ["stage.args.value"]
+    run(second_args={"value": 3})  # the stage says no: discarded
+    assert not marker.exists()
+
+
+def test_the_evaluate_stage_keeps_its_runs_only_for_changes_of_its_own_arguments():
+    from mednns.manager import get_plugin_manager
+
+    stage = get_plugin_manager().create("stages", "evaluate")
+    assert stage.keeps_state_for(["stage.args.seeds", "stage.args.variants.auc"])
+    assert not stage.keeps_state_for(["stage.args.seeds", "previous"])
+    assert not stage.keeps_state_for(["datasets.0.args.size"])

@@ -3,24 +3,42 @@ zoo with it, fine-tune the retrieved model and every baseline with the same budg
 
 Per target ``T`` (folder ``<stage>/<T>/``):
 
-1. fit the meta-space with ``T`` held out (its zoo rows are neither training rows nor candidates,
-   its FIDs are no training targets, its features do not enter the normalization): ``meta_space/``;
-   for the TANS-style baseline a second one with contrastive + performance losses: ``tans/``;
-2. query (``query.json``) and build the starting point of every method (:mod:`.candidates`);
-3. fine-tune each starting point for every seed with one shared loop and configuration; every run
-   is saved as it finishes (``runs/<key>-s<seed>.json``), so an interrupted evaluation resumes;
-4. summarize (:mod:`.results`).
+1. fit the meta-spaces with ``T`` held out (its zoo rows are neither training rows nor candidates,
+   its FIDs are no training targets, its features do not enter the normalization): one per distinct
+   meta-space configuration (the default, each variant's, the TANS-style one), in
+   ``meta_spaces/<key>/``, keyed by their arguments and the zoo's content;
+2. query (``queries/<variant>.json``) and build the starting point of every method
+   (:mod:`.candidates`), measuring what each method spent on the target before fine-tuning
+   (supernet training and search, the query's encoding of the target's images);
+3. for every condition (a budget, ``equal_epochs`` or ``equal_compute``, and a training-set size),
+   fine-tune each starting point for every seed with one shared loop and configuration; every run
+   is saved as it finishes (``runs/<key>-s<seed>.json``, keyed by the starting point, the whole
+   fine-tuning configuration and the seed), so an interrupted evaluation resumes and a new seed,
+   variant, size or baseline trains only what is new;
+4. summarize (:mod:`.results`) and compare (:mod:`.statistics`).
 
-The stage then writes ``results.json`` (format ``mednns-evaluation/1``), the FID matrix of all
+The stage then writes ``results.json`` (format ``mednns-evaluation/2``), the FID matrix of all
 datasets, the meta-space embeddings of each fold (``embeddings/<T>.npz``) and the report.
+
+**Compute** is counted on the target only: what a user with this dataset would spend. Source
+supernets, their zoo and the meta-space are trained once for every future target (amortized) and
+are not counted; the target's own supernet and its search are (baseline g). Each phase has wall
+seconds and image-MACs (multiply-accumulates summed over every image passed: 3x the forward
+MACs for a trained image, 1x for an evaluated one), which do not depend on the machine. The
+``equal_compute`` budget uses image-MACs, so that it is reproducible: every method fine-tunes until
+its total target-side image-MACs reach those of the most expensive method at ``equal_epochs``
+(epochs rounded down, at least the equal-epochs count, at most ``max_epochs``), with the same
+schedule shape (warm-up, cosine) stretched over its epochs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,16 +47,57 @@ import torch
 
 from mednns.errors import UsageError
 from mednns.evaluation import results as summary
+from mednns.evaluation import statistics
 from mednns.evaluation.candidates import Candidate, SupernetCache, count_macs, inherited, random_init, timm_network
-from mednns.evaluation.methods import METHODS
+from mednns.evaluation.methods import VARIANT_SEPARATOR, describe
 from mednns.files import read_json, write_json
 from mednns.seeding import derive_seed
 
-FORMAT = "mednns-evaluation/1"
+FORMAT = "mednns-evaluation/2"
 RESULTS_FILE = "results.json"
 DEFAULT_TANS_LOSSES: list[dict[str, Any]] = [{"name": "contrastive", "args": {}}, {"name": "performance", "args": {}}]
 #: Zoo models whose embeddings a fold keeps for the t-SNE figure.
 EMBEDDING_SAMPLE = 1500
+BUDGETS = ("equal_epochs", "equal_compute")
+#: Methods that start from a query of a meta-space (they have variants).
+QUERY_METHODS = ("mednns", "mednns_topk")
+#: What a variant may change.
+VARIANT_KEYS = ("meta_space", "by", "top_k")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One budget at one training-set size: every method runs under it with every listed seed.
+
+    :param budget: ``equal_epochs`` (every method the same epochs) or ``equal_compute`` (every
+        method the same target-side image-MACs).
+    :param train_images: training images per target (``None``: all).
+    :param batch_size: the fine-tuning batch: a smaller training set than the primary condition's
+        gets a smaller batch, so that it makes as many optimizer steps per epoch (with a fixed batch,
+        100 images would train for one step per epoch and every method would end where it started).
+    """
+
+    id: str
+    budget: str
+    train_images: int | None
+    seeds: tuple[int, ...]
+    batch_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seeds": list(self.seeds)}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The settings of one mednns variant (the default one has the name ``""``)."""
+
+    name: str
+    meta_space: dict[str, Any]
+    by: str
+    top_k: int
+
+    def method(self, base: str) -> str:
+        return f"{base}{VARIANT_SEPARATOR}{self.name}" if self.name else base
 
 
 @dataclass
@@ -55,25 +114,114 @@ class EvaluationSettings:
     tans_losses: list[dict[str, Any]]
     timm_model: str
     search_budget: int
+    train_images: list[int | None] = field(default_factory=lambda: [None])
+    budgets: list[str] = field(default_factory=lambda: ["equal_epochs"])
+    equal_compute_seeds: list[int] | None = None
+    max_epochs: int = 200
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     zoo: str | None = None
     progress: bool = True
     report: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.budgets) - set(BUDGETS))
+        if unknown or not self.budgets:
+            raise UsageError(f"budgets must be a non-empty list of {', '.join(BUDGETS)} (got {self.budgets})")
+        if not self.train_images or len(set(self.train_images)) != len(self.train_images):
+            raise UsageError("train_images must be a non-empty list of distinct sizes")
+        if any(n is not None and n < 2 for n in self.train_images):
+            raise UsageError("every train_images size must be >= 2")
+        extra = sorted(set(self.equal_compute_seeds or []) - set(self.seeds))
+        if extra:
+            raise UsageError(f"equal_compute_seeds {extra} are not among the seeds {self.seeds}")
+        if self.max_epochs < self.finetune["epochs"]:
+            raise UsageError(f"max_epochs ({self.max_epochs}) is below epochs ({self.finetune['epochs']})")
+        for name, variant in self.variants.items():
+            if not name or not name.replace("_", "").replace("-", "").isalnum():
+                raise UsageError(f"variant name {name!r}: use letters, digits, '_' and '-'")
+            wrong = sorted(set(variant) - set(VARIANT_KEYS))
+            if wrong:
+                raise UsageError(f"variant {name}: unknown key(s) {', '.join(wrong)}",
+                                 hint=f"a variant may set {', '.join(VARIANT_KEYS)}")
+            fixed = sorted({"held_out", "zoo"} & set(variant.get("meta_space") or {}))
+            if fixed:
+                raise UsageError(f"variant {name}: meta_space must not set {', '.join(fixed)} (set per fold)")
+            if "top_k" in variant and int(variant["top_k"]) < 1:
+                raise UsageError(f"variant {name}: top_k must be >= 1")
+
+    # --- what runs ------------------------------------------------------------------------
+    def variant_list(self) -> list[Variant]:
+        """The default settings first, then every named variant."""
+        default = Variant("", dict(self.meta_space), self.by, self.top_k)
+        return [default, *(Variant(name, {**self.meta_space, **(v.get("meta_space") or {})}, v.get("by", self.by),
+                                   int(v.get("top_k", self.top_k))) for name, v in self.variants.items())]
+
+    def method_names(self) -> list[str]:
+        """Every method row of the results: the chosen methods, each query method once per variant."""
+        names = []
+        for method in self.methods:
+            names.append(method)
+            if method in QUERY_METHODS:
+                names += [v.method(method) for v in self.variant_list()[1:]]
+        return names
+
+    def conditions(self) -> list[Condition]:
+        """``equal_epochs`` at every training-set size (the first is the primary condition), then
+        ``equal_compute`` at the first size (the only condition when it is the only budget)."""
+        def size_id(n: int | None) -> str:
+            return "all" if n is None else str(n)
+
+        seeds, batch, primary = tuple(self.seeds), self.finetune["batch_size"], self.train_images[0]
+
+        def batch_for(n: int | None) -> int:
+            if n is None or primary is None or n >= primary or primary < batch:
+                return batch
+            return max(2, min(batch, n // (primary // batch)))  # the primary's steps per epoch
+
+        found = [Condition(f"equal_epochs@{size_id(n)}", "equal_epochs", n, seeds, batch_for(n))
+                 for n in self.train_images]
+        if "equal_compute" in self.budgets:
+            found.append(Condition(f"equal_compute@{size_id(primary)}", "equal_compute", primary,
+                                   tuple(self.equal_compute_seeds or self.seeds), batch))
+        return found if "equal_epochs" in self.budgets else found[len(self.train_images):]
 
     def protocol(self) -> dict[str, Any]:
         epochs = self.finetune["epochs"]
         return {"epochs": epochs, "seeds": list(self.seeds), "report_epochs": summary.report_epochs(epochs),
                 "top_k": self.top_k, "by": self.by, "search_budget": self.search_budget, "timm_model": self.timm_model,
-                "finetune": {k: v for k, v in self.finetune.items() if k != "epochs"}, "methods": list(self.methods),
-                "meta_space": self.meta_space, "tans_losses": self.tans_losses}
+                "finetune": {k: v for k, v in self.finetune.items() if k != "epochs"}, "methods": self.method_names(),
+                "meta_space": self.meta_space, "variants": self.variants, "tans_losses": self.tans_losses,
+                "train_images": self.train_images, "budgets": self.budgets, "max_epochs": self.max_epochs,
+                "conditions": [c.to_dict() for c in self.conditions()]}
 
 
-def _slug(key: str) -> str:
-    return hashlib.sha1(key.encode()).hexdigest()[:12]
+def _slug(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def zoo_fingerprint(zoo_path: Path) -> str:
+    """Identity of a zoo's content: its supernets' weights and row count (a meta-space fitted on
+    another zoo is not reused)."""
+    from mednns.zoo.store import ZooStore
+
+    with ZooStore(zoo_path, readonly=True) as store:
+        return _slug([sorted(s["weights_sha256"] for s in store.supernets()), store.count()])
+
+
+def _phase(seconds: float | None, image_macs: int | float | None) -> dict[str, Any]:
+    return {"seconds": None if seconds is None else round(float(seconds), 3),
+            "image_macs": None if image_macs is None else int(image_macs)}
+
+
+def _total(phases: dict[str, dict[str, Any]], key: str) -> float | None:
+    values = [p[key] for p in phases.values()]
+    return None if any(v is None for v in values) else float(sum(values))
 
 
 @dataclass
 class Fold:
-    """One target held out: its meta-spaces, query, candidates and runs."""
+    """One target held out: its meta-spaces, queries, candidates and runs."""
 
     run: Any
     settings: EvaluationSettings
@@ -82,43 +230,70 @@ class Fold:
     zoo_path: Path
     supernets: SupernetCache
     imagenet_errors: dict[str, str]
-    data: dict[int, Any] = field(default_factory=dict)
+    zoo_key: str = ""
+    data: dict[tuple[int, int | None], Any] = field(default_factory=dict)
+    encodings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    macs: dict[str, int] = field(default_factory=dict)
 
     @property
     def dataset(self):
         return self.run.dataset(self.target)
 
     # --- meta-spaces and the query ------------------------------------------------------------
-    def meta_space(self, folder: str, losses: list[dict[str, Any]] | None = None) -> Path:
-        """Fit (once) a meta-space with the target held out; returns its folder."""
+    def meta_space(self, args: dict[str, Any]) -> Path:
+        """Fit (once) a meta-space with ``args`` and the target held out; returns its folder."""
         from mednns.metaspace.train import train_meta_space
 
-        directory = self.directory / folder
+        args = {**args, "zoo": str(self.zoo_path), "held_out": [self.target]}
+        directory = self.directory / "meta_spaces" / _slug({"args": args, "zoo": self.zoo_key})
         if not (directory / "metaspace.json").is_file():
-            args = {**self.settings.meta_space, "zoo": str(self.zoo_path), "held_out": [self.target],
-                    "progress": self.settings.progress}
-            if losses is not None:
-                args["losses"] = losses
-            self.run.console.print(f"[bold]{self.target}[/]: fitting the meta-space ({folder}) without it")
-            train_meta_space(self.run, self.run.manager.create("stages", "fit_meta_space", **args), directory)
+            self.run.console.print(f"[bold]{self.target}[/]: fitting a meta-space without it ({directory.name})")
+            spec = {**args, "progress": self.settings.progress}
+            train_meta_space(self.run, self.run.manager.create("stages", "fit_meta_space", **spec), directory)
+            write_json(directory / "arguments.json", args)
         return directory
 
-    def query(self, meta_dir: Path, by: str, top_k: int) -> dict[str, Any]:
+    def query(self, meta_dir: Path, by: str, top_k: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The query's result and what it spent on the target: encoding its images (measured once per
+        dataset encoder, without the feature cache) and ranking the zoo."""
         from mednns.metaspace.query import query
 
-        return query(meta_dir, self.dataset, top_k=top_k, by=by, manager=self.run.manager,  # type: ignore[arg-type]
-                     device=self.run.device)
+        start = time.perf_counter()
+        result = query(meta_dir, self.dataset, top_k=top_k, by=by, manager=self.run.manager,  # type: ignore[arg-type]
+                       device=self.run.device)
+        ranking = time.perf_counter() - start
+        encoding = self.encoding(read_json(meta_dir / "metaspace.json"))
+        return result, _phase(encoding["seconds"] + ranking, encoding["image_macs"])
+
+    def encoding(self, trained: dict[str, Any]) -> dict[str, Any]:
+        """Seconds and forward MACs of encoding the target's images with a meta-space's dataset
+        encoder, measured once without the cache (the query itself may read cached features)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from mednns.metaspace.features import dataset_features
+
+        spec = trained["dataset_encoder"]
+        key = _slug([spec, trained["images"], trained["image_seed"]])
+        if key not in self.encodings:
+            encoder = self.run.manager.create("dataset-encoders", spec["name"], **spec["args"]).to(self.run.device)
+            counter = FlopCounterMode(display=False)
+            start = time.perf_counter()
+            with counter:
+                dataset_features(encoder, self.dataset, images=trained["images"], seed=trained["image_seed"],
+                                 cache_dir=None, progress=False)
+            self.encodings[key] = _phase(time.perf_counter() - start, counter.get_total_flops() // 2)
+        return self.encodings[key]
 
     def from_row(self, row: dict[str, Any], label: str) -> Candidate:
         return inherited(self.supernets, row["supernet"], row["arch"], self.dataset.info, source=row["dataset"],
                          label=label)
 
     # --- the methods: seed -> starting points (several: the best by validation ACC wins) -------
-    def plans(self) -> tuple[dict[str, Callable[[int], list[Candidate]]], dict[str, str], dict[str, Any]]:
-        """Each method's planner, the reasons of skipped methods, and facts for the results."""
-        from mednns.metaspace.features import dataset_features
+    def plans(self) -> tuple[dict[str, Callable[[int], list[Candidate]]], dict[str, str], dict[str, Any],
+                             dict[str, dict[str, Any]]]:
+        """Each method's planner, the reasons of skipped methods, facts for the results, and each
+        method's target-side compute before fine-tuning (phase -> seconds and image-MACs)."""
         from mednns.metaspace.fid import fid_between
-        from mednns.paths import cache_dir
         from mednns.zoo.store import ZooStore
 
         settings, info = self.settings, self.dataset.info
@@ -126,19 +301,29 @@ class Fold:
         plans: dict[str, Callable[[int], list[Candidate]]] = {}
         skipped: dict[str, str] = {}
         facts: dict[str, Any] = {}
-        meta_dir = self.meta_space("meta_space")
-        result = self.query(meta_dir, settings.by, max(settings.top_k, 1))
-        write_json(self.directory / "query.json", result)
-        if not result["results"]:
-            raise UsageError(f"{self.target}: the query returned no zoo model (no other dataset has zoo rows?)")
-        top = [self.from_row(r, f"{r['space']} subnet of {r['dataset']} (rank {r['rank']})") for r in result["results"]]
-        plans["mednns"] = lambda seed, c=top[0]: [c]
-        if "mednns_topk" in wanted:
-            if settings.top_k < 2:
-                skipped["mednns_topk"] = "top_k is 1 (the same as mednns top-1)"
-            else:
-                plans["mednns_topk"] = lambda seed, cs=tuple(top[: settings.top_k]): list(cs)
-        first = result["results"][0]
+        setup: dict[str, dict[str, Any]] = {}
+        top: list[Candidate] = []
+        first: dict[str, Any] = {}
+        meta_dir = self.directory
+        for variant in settings.variant_list():
+            meta = self.meta_space(variant.meta_space)
+            result, spent = self.query(meta, variant.by, max(variant.top_k, 1))
+            write_json(self.directory / "queries" / f"{variant.name or 'default'}.json", result)
+            if not result["results"]:
+                raise UsageError(f"{self.target}: the query returned no zoo model (no other dataset has zoo rows?)")
+            found = [self.from_row(r, f"{r['space']} subnet of {r['dataset']} (rank {r['rank']})")
+                     for r in result["results"]]
+            if not variant.name:
+                top, first, meta_dir = found, result["results"][0], meta
+            name = variant.method("mednns")
+            plans[name], setup[name] = (lambda seed, c=found[0]: [c]), {"query": spent}
+            if "mednns_topk" in wanted:
+                name = variant.method("mednns_topk")
+                if variant.top_k < 2:
+                    skipped[name] = "top_k is 1 (the same as mednns top-1)"
+                else:
+                    plans[name] = lambda seed, cs=tuple(found[: variant.top_k]): list(cs)
+                    setup[name] = {"query": spent}
         if "random_init" in wanted:
             space_spec = self.supernets(first["supernet"])[1]["space"]
             candidate = random_init(self.run.manager, space_spec, first["arch"], top[0].model["arch_hash"], info,
@@ -160,12 +345,17 @@ class Fold:
         trained = read_json(meta_dir / "metaspace.json")
         sources = trained["train_datasets"]
         if "nearest_fid" in wanted:
+            from mednns.metaspace.features import dataset_features
+            from mednns.paths import cache_dir
+
             spec = trained["dataset_encoder"]
             encoder = self.run.manager.create("dataset-encoders", spec["name"], **spec["args"]).to(self.run.device)
             features = {n: dataset_features(encoder, self.run.dataset(n), images=trained["images"],
                                             seed=trained["image_seed"], cache_dir=cache_dir(), progress=False)
                         for n in [self.target, *sources]}
+            start = time.perf_counter()
             facts["fid"] = {n: fid_between(features[self.target], features[n]) for n in sources}
+            fid_seconds = time.perf_counter() - start
             nearest = min(facts["fid"], key=facts["fid"].get)
             with ZooStore(self.zoo_path, readonly=True) as store:
                 folder = next(str(Path(s["path"]).parent) for s in store.supernets() if s["dataset"] == nearest)
@@ -173,12 +363,15 @@ class Fold:
             largest = inherited(self.supernets, folder, space.arch_to_json(space.largest()), info, source=nearest,
                                 label=f"largest subnet of {nearest} (FID {facts['fid'][nearest]:.3g})")
             plans["nearest_fid"] = lambda seed, c=largest: [c]
+            encoding = self.encoding(trained)
+            setup["nearest_fid"] = {"query": _phase(encoding["seconds"] + fid_seconds, encoding["image_macs"])}
         if "tans" in wanted:
-            tans = self.query(self.meta_space("tans", settings.tans_losses), "score", 1)
-            write_json(self.directory / "tans_query.json", tans)
+            tans, spent = self.query(self.meta_space({**settings.meta_space, "losses": settings.tans_losses}),
+                                     "score", 1)
+            write_json(self.directory / "queries" / "tans.json", tans)
             row = tans["results"][0]
             tans_top = self.from_row(row, f"{row['space']} subnet of {row['dataset']} (TANS-style top-1)")
-            plans["tans"] = lambda seed, c=tans_top: [c]
+            plans["tans"], setup["tans"] = (lambda seed, c=tans_top: [c]), {"query": spent}
         if "random_pick" in wanted:
             with ZooStore(self.zoo_path, readonly=True) as store:
                 folders = {s["id"]: str(Path(s["path"]).parent) for s in store.supernets()}
@@ -196,13 +389,27 @@ class Fold:
             if isinstance(search, str):
                 skipped["own_supernet_search"] = search
             else:
-                found, facts["own_supernet_search"] = search
-                plans["own_supernet_search"] = lambda seed, c=found: [c]
-        return {m: plans[m] for m in settings.methods if m in plans}, skipped, facts
+                found_own, facts["own_supernet_search"], setup["own_supernet_search"] = search
+                plans["own_supernet_search"] = lambda seed, c=found_own: [c]
+        order = settings.method_names()
+        return ({m: plans[m] for m in order if m in plans}, skipped, facts,
+                self.first_measurement({m: setup.get(m, {}) for m in order if m in plans}))
 
-    def own_supernet_search(self) -> tuple[Candidate, dict[str, Any]] | str:
+    def first_measurement(self, setup: dict[str, Any]) -> dict[str, Any]:
+        """The setup compute measured the first time each method was planned (``setup_compute.json``):
+        a resumed or extended evaluation reports the same seconds for what it did not run again."""
+        path = self.directory / "setup_compute.json"
+        known = read_json(path) if path.is_file() else {}
+        merged = {m: known.get(m, spent) for m, spent in setup.items()}
+        write_json(path, {**known, **merged})
+        return merged
+
+    def own_supernet_search(self) -> tuple[Candidate, dict[str, Any], dict[str, Any]] | str:
         """Random search on the target's own supernet: the best validation ACC among the first
-        ``search_budget`` weight-shared, BN-recalibrated subnets the zoo evaluated on it."""
+        ``search_budget`` weight-shared, BN-recalibrated subnets the zoo evaluated on it. Its
+        target-side compute: training the supernet (from its ``final.json``) and the search (the
+        zoo's evaluation seconds of those subnets, which include a test pass; image-MACs of the
+        calibration and validation images only)."""
         from mednns.zoo.store import ZooStore
 
         with ZooStore(self.zoo_path, readonly=True) as store:
@@ -210,81 +417,191 @@ class Fold:
             if not own:
                 return (f"the zoo has no supernet trained on {self.target} (list it under train_supernet and "
                         f"build_zoo to run this baseline)")
-            rows = [r for r in store.models(["id", "dataset", "space", "arch", "val_acc", "eval_seconds"],
-                                            dataset=self.target, supernet_id=own[0]["id"])
+            rows = [r for r in store.models(["id", "dataset", "space", "arch", "val_acc", "val_n", "macs",
+                                             "eval_seconds", "protocol_id"], dataset=self.target,
+                                            supernet_id=own[0]["id"])
                     if r["val_acc"] is not None][: self.settings.search_budget]
+            calibration = {pid: store.protocol(pid).get("calibration_images") or 0
+                           for pid in {r["protocol_id"] for r in rows}}
         if not rows:
             return f"the zoo holds no evaluated subnet of {self.target}'s supernet"
         best = max(rows, key=lambda r: r["val_acc"])
         folder = str(Path(own[0]["path"]).parent)
-        final = Path(folder) / "final.json"
-        train_seconds = read_json(final).get("train_seconds") if final.is_file() else None
+        final_path = Path(folder) / "final.json"
+        final = read_json(final_path) if final_path.is_file() else {}
+        search_macs = sum(r["macs"] * (calibration[r["protocol_id"]] + (r["val_n"] or 0)) for r in rows)
+        search_seconds = sum(r["eval_seconds"] for r in rows)
         candidate = self.from_row({**best, "supernet": folder},
                                   f"best of {len(rows)} subnets of {self.target}'s own supernet")
-        return candidate, {"evaluated": len(rows), "best_val_acc": best["val_acc"],
-                           "search_seconds": round(sum(r["eval_seconds"] for r in rows), 2),
-                           "supernet_train_seconds": train_seconds}
+        facts = {"evaluated": len(rows), "best_val_acc": best["val_acc"], "search_seconds": round(search_seconds, 2),
+                 "supernet_train_seconds": final.get("train_seconds")}
+        spent = {"supernet_training": _phase(final.get("train_seconds"), final.get("train_image_macs")),
+                 "search": _phase(search_seconds, search_macs)}
+        return candidate, facts, spent
 
     # --- fine-tuning ----------------------------------------------------------------------------
-    def config(self, seed: int):
+    def config(self, seed: int, condition: Condition, epochs: int | None = None):
         from mednns.finetune import FinetuneConfig
 
-        return FinetuneConfig(**self.settings.finetune, seed=derive_seed(seed, "evaluate", self.target))
+        options = {**self.settings.finetune, "max_train_images": condition.train_images,
+                   "batch_size": condition.batch_size}
+        if epochs is not None:
+            options["epochs"] = epochs
+        return FinetuneConfig(**options, seed=derive_seed(seed, "evaluate", self.target))
 
-    def train(self, candidate: Candidate, seed: int, label: str) -> dict[str, Any]:
-        """Fine-tune ``candidate`` for ``seed`` (or read the saved run)."""
-        from mednns.finetune import FinetuneData, train_model
+    def finetune_data(self, seed: int, condition: Condition):
+        from mednns.finetune import FinetuneData
 
-        path = self.directory / "runs" / f"{_slug(candidate.key)}-s{seed}.json"
+        key = (seed, condition.train_images)
+        if key not in self.data:
+            self.data[key] = FinetuneData.from_dataset(self.dataset, self.config(seed, condition))
+        return self.data[key]
+
+    def subset_digest(self, seed: int, condition: Condition) -> str:
+        """A digest of the training images and labels of ``(seed, condition)``: equal digests prove
+        that methods fine-tuned on the same subset."""
+        data = self.finetune_data(seed, condition)
+        digest = hashlib.sha1(data.train_x.numpy().tobytes())
+        digest.update(data.train_y.numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def candidate_macs(self, candidate: Candidate) -> int:
+        """Forward MACs of one image through the candidate's network (built once to count)."""
+        if candidate.key not in self.macs:
+            info = self.dataset.info
+            self.macs[candidate.key] = count_macs(candidate.build(0), (info.n_channels, *info.image_size))
+        return self.macs[candidate.key]
+
+    def finetune_macs(self, candidate: Candidate, seed: int, condition: Condition, epochs: int,
+                      evaluations: int) -> int:
+        """Image-MACs of fine-tuning ``candidate`` for ``epochs`` with ``evaluations`` validation passes."""
+        data, batch = self.finetune_data(seed, condition), condition.batch_size
+        trained = len(data.train_x) // min(batch, len(data.train_x)) * min(batch, len(data.train_x))
+        macs = self.candidate_macs(candidate)
+        return 3 * macs * trained * epochs + macs * len(data.val_x) * evaluations
+
+    def budget_macs(self, plans: dict[str, Callable[[int], list[Candidate]]], setup: dict[str, Any], seed: int,
+                    condition: Condition) -> dict[str, Any]:
+        """The equal-compute budget: the largest total target-side image-MACs of any method at the
+        equal-epochs budget (setup + fine-tuning every candidate it fine-tunes), and that method."""
+        epochs = self.settings.finetune["epochs"]
+        totals = {m: (_total(setup[m], "image_macs") or 0)
+                  + sum(self.finetune_macs(c, seed, condition, epochs, epochs) for c in plan(seed))
+                  for m, plan in plans.items()}
+        method = max(totals, key=totals.get)
+        return {"image_macs": int(totals[method]), "method": method}
+
+    def compute_epochs(self, candidate: Candidate, share: float, seed: int, condition: Condition) -> tuple[int, bool]:
+        """Epochs that bring ``candidate``'s fine-tuning to ``share`` image-MACs (with as many
+        validation passes as the equal-epochs budget has); ``(epochs, capped at max_epochs)``."""
+        base = self.settings.finetune["epochs"]
+        per_epoch = self.finetune_macs(candidate, seed, condition, 1, 0)
+        fixed = self.finetune_macs(candidate, seed, condition, 0, base)
+        epochs = max(base, int(math.floor((share - fixed) / per_epoch))) if per_epoch else base
+        return min(epochs, self.settings.max_epochs), epochs > self.settings.max_epochs
+
+    def train(self, candidate: Candidate, seed: int, condition: Condition, label: str,
+              epochs: int | None = None) -> dict[str, Any]:
+        """Fine-tune ``candidate`` for ``seed`` under ``condition`` (or read the saved run). With
+        ``epochs`` above the equal-epochs count, validation and test run at as many evenly spaced
+        epochs as the equal-epochs budget has (the same validation compute)."""
+        from mednns.finetune import train_model
+
+        config = self.config(seed, condition, epochs)
+        base = self.settings.finetune["epochs"]
+        eval_epochs = (None if config.epochs == base else
+                       sorted({max(1, round(config.epochs * i / base)) for i in range(1, base + 1)}))
+        identity = {"start": candidate.key, "finetune": {k: v for k, v in config.to_dict().items() if k != "seed"},
+                    "eval_epochs": eval_epochs}
+        path = self.directory / "runs" / f"{_slug(identity)}-s{seed}.json"
         if path.is_file():
             return read_json(path)
-        config = self.config(seed)
-        if seed not in self.data:
-            self.data[seed] = FinetuneData.from_dataset(self.dataset, config)
+        data = self.finetune_data(seed, condition)
         start = time.perf_counter()
         model = candidate.build(config.seed)
         info = self.dataset.info
-        model_info = {**candidate.model, "params": sum(p.numel() for p in model.parameters()),
-                      "macs": count_macs(model, (info.n_channels, *info.image_size))}
+        macs = count_macs(model, (info.n_channels, *info.image_size))
+        model_info = {**candidate.model, "params": sum(p.numel() for p in model.parameters()), "macs": macs}
         prepare = time.perf_counter() - start
-        trained = train_model(model, self.data[seed], config, device=self.run.device, console=self.run.console,
-                              progress=self.settings.progress, label=label)
-        keep = ("epoch", "train_loss", "val_acc", "val_auc", "test_acc", "test_auc", "seconds")
-        record = {"key": candidate.key, "seed": seed, "model": model_info,
+        trained = train_model(model, data, config, device=self.run.device, console=self.run.console,
+                              progress=self.settings.progress, label=label, macs=macs, eval_epochs=eval_epochs)
+        keep = ("epoch", "train_loss", "val_acc", "val_auc", "val_bal_acc", "test_acc", "test_auc", "test_bal_acc",
+                "seconds", "target_seconds", "image_macs")
+        record = {"key": candidate.key, "seed": seed, "model": model_info, "epochs": config.epochs,
+                  "train_images": len(data.train_x), "train_subset": self.subset_digest(seed, condition),
                   "history": [{k: row[k] for k in keep} for row in trained["history"]],
                   "prepare_seconds": round(prepare, 3), "finetune_seconds": trained["seconds"]}
         write_json(path, record)
         return record
 
+    def run_method(self, name: str, plan: Callable[[int], list[Candidate]], setup: dict[str, Any],
+                   condition: Condition, budget: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        """Every seed of one method under one condition: its runs, summary and compute."""
+        runs = []
+        setup_seconds = _total(setup, "seconds") or 0.0
+        for seed in condition.seeds:
+            candidates = plan(seed)
+            epochs: list[int | None] = [None] * len(candidates)
+            capped = False
+            if condition.budget == "equal_compute":
+                share = (budget[seed]["image_macs"] - (_total(setup, "image_macs") or 0)) / len(candidates)
+                chosen_epochs = [self.compute_epochs(c, share, seed, condition) for c in candidates]
+                epochs = [e for e, _ in chosen_epochs]
+                capped = any(c for _, c in chosen_epochs)
+            label = f"{self.target} {name} s{seed} ({condition.id})"
+            options = [self.train(c, seed, condition, label, e) for c, e in zip(candidates, epochs)]
+            best = max(range(len(options)), key=lambda i: max(row["val_acc"] for row in options[i]["history"]))
+            chosen = dict(options[best])
+            if len(options) > 1:
+                chosen["chosen_from"] = [{"key": r["key"], "best_val_acc": max(row["val_acc"] for row in r["history"])}
+                                         for r in options]
+            finetune = _phase(sum(r["history"][-1]["target_seconds"] for r in options),
+                              sum(r["history"][-1]["image_macs"] for r in options))
+            others = finetune["seconds"] - options[best]["history"][-1]["target_seconds"]
+            chosen["compute"] = {"setup": setup, "finetune": finetune, "offset_seconds": round(setup_seconds + others, 3),
+                                 "total_seconds": round(setup_seconds + finetune["seconds"], 3),
+                                 "total_image_macs": (None if _total(setup, "image_macs") is None
+                                                      else int(_total(setup, "image_macs") + finetune["image_macs"])),
+                                 "capped": capped}
+            runs.append(chosen)
+            last = chosen["history"][-1]
+            self.run.console.print(f"[bold]{self.target}[/] {name} seed {seed} [{condition.id}]: test acc "
+                                   f"{last['test_acc']:.4f} auc {last['test_auc']:.4f} after {chosen['epochs']} epochs "
+                                   f"({chosen['model']['name']})")
+        compute = {"setup": setup,
+                   "finetune": {k: float(np.mean([r["compute"]["finetune"][k] for r in runs]))
+                                for k in ("seconds", "image_macs")},
+                   "total_seconds": float(np.mean([r["compute"]["total_seconds"] for r in runs])),
+                   "total_image_macs": (None if any(r["compute"]["total_image_macs"] is None for r in runs)
+                                        else float(np.mean([r["compute"]["total_image_macs"] for r in runs]))),
+                   "epochs": sorted({r["epochs"] for r in runs}), "capped": any(r["compute"]["capped"] for r in runs)}
+        return {"status": "ok", "runs": runs, "compute": compute,
+                "summary": summary.summarize_runs(runs, summary.report_epochs(self.settings.finetune["epochs"]))}
+
     def evaluate(self) -> dict[str, Any]:
-        """Every method for every seed; the target's entry of ``results.json``."""
+        """Every method for every condition and seed; the target's entry of ``results.json``."""
         start = time.perf_counter()
         info = self.dataset.info
-        plans, skipped, facts = self.plans()
-        report_epochs = summary.report_epochs(self.settings.finetune["epochs"])
-        methods: dict[str, Any] = {}
-        for name in self.settings.methods:
-            if name in skipped:
-                methods[name] = {"status": "skipped", "reason": skipped[name], "runs": []}
-                self.run.console.print(f"[bold]{self.target}[/] {name}: skipped ({skipped[name]})")
-                continue
-            runs = []
-            for seed in self.settings.seeds:
-                options = [self.train(c, seed, f"{self.target} {name} s{seed}") for c in plans[name](seed)]
-                chosen = max(options, key=lambda r: max(row["val_acc"] for row in r["history"]))
-                if len(options) > 1:
-                    chosen = {**chosen, "chosen_from": [{"key": r["key"], "best_val_acc":
-                                                         max(row["val_acc"] for row in r["history"])} for r in options]}
-                runs.append(chosen)
-                last = chosen["history"][-1]
-                self.run.console.print(f"[bold]{self.target}[/] {name} seed {seed}: test acc {last['test_acc']:.4f} "
-                                       f"auc {last['test_auc']:.4f} ({chosen['model']['name']})")
-            methods[name] = {"status": "ok", "runs": runs, "summary": summary.summarize_runs(runs, report_epochs)}
+        plans, skipped, facts, setup = self.plans()
+        conditions: dict[str, Any] = {}
+        for condition in self.settings.conditions():
+            budget = ({seed: self.budget_macs(plans, setup, seed, condition) for seed in condition.seeds}
+                      if condition.budget == "equal_compute" else {})
+            methods: dict[str, Any] = {}
+            for name in self.settings.method_names():
+                if name in skipped:
+                    methods[name] = {"status": "skipped", "reason": skipped[name], "runs": []}
+                    self.run.console.print(f"[bold]{self.target}[/] {name}: skipped ({skipped[name]})")
+                elif name in plans:
+                    methods[name] = self.run_method(name, plans[name], setup[name], condition, budget)
+            conditions[condition.id] = {"methods": methods, "comparison": summary.dataset_comparison(methods),
+                                        **({"budget": {str(seed): b for seed, b in budget.items()}} if budget else {})}
+        test_labels = self.dataset.split("test").labels
         return {"info": {"task": str(info.task), "n_classes": info.n_classes, "n_channels": info.n_channels,
                          "image_size": list(info.image_size), "modality": info.modality,
                          "train": _split_size(self.dataset, "train"), "val": _split_size(self.dataset, "val"),
-                         "test": _split_size(self.dataset, "test")},
-                "methods": methods, "comparison": summary.dataset_comparison(methods), **facts,
+                         "test": len(test_labels), "majority_rate": summary.majority_rate(str(info.task), test_labels)},
+                "setup_compute": setup, "conditions": conditions, **facts,
                 "seconds": round(time.perf_counter() - start, 2)}
 
     def save_embeddings(self, path: Path, dataset_names: list[str]) -> None:
@@ -293,8 +610,8 @@ class Fold:
         from mednns.metaspace.train import load_meta_space
         from mednns.paths import cache_dir
 
-        trained = load_meta_space(self.directory / "meta_space", manager=self.run.manager, device=self.run.device,
-                                  with_model_encoder=False)
+        trained = load_meta_space(self.meta_space(self.settings.meta_space), manager=self.run.manager,
+                                  device=self.run.device, with_model_encoder=False)
         spec = trained.metadata["dataset_encoder"]
         encoder = self.run.manager.create("dataset-encoders", spec["name"], **spec["args"]).to(self.run.device)
         features = [torch.as_tensor(dataset_features(encoder, self.run.dataset(n), images=trained.metadata["images"],
@@ -355,20 +672,28 @@ def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, An
                          hint="every zoo dataset and every target must be listed under 'datasets'")
     if len(in_zoo) < 2 and any(t in in_zoo for t in targets):
         raise UsageError("evaluate: holding a dataset out needs a zoo of at least two datasets")
+    names = settings.method_names()
     results: dict[str, Any] = {
         "format": FORMAT, "run": run.config.name, "protocol": {**settings.protocol(), "datasets": targets},
-        "methods": {m: {"label": METHODS[m].label, "kind": METHODS[m].kind, "description": METHODS[m].description}
-                    for m in settings.methods},
+        "methods": {m: {"label": describe(m).label, "kind": describe(m).kind, "description": describe(m).description}
+                    for m in names},
         "zoo": {"path": str(zoo_path), "datasets": in_zoo}, "datasets": {}}
     supernets = SupernetCache(run.manager)
     imagenet_errors: dict[str, str] = {}
+    zoo_key = zoo_fingerprint(zoo_path)
+    ours = [m for m in names if describe(m).kind == "ours"]
     for target in targets:
-        fold = Fold(run, settings, target, directory / target, zoo_path, supernets, imagenet_errors)
+        fold = Fold(run, settings, target, directory / target, zoo_path, supernets, imagenet_errors, zoo_key)
         entry = fold.evaluate()
         embeddings = Path("embeddings") / f"{target}.npz"
         fold.save_embeddings(directory / embeddings, [*[n for n in in_zoo if n != target], target])
         results["datasets"][target] = {**entry, "embeddings": str(embeddings)}
-        results["overall"] = summary.overall(results["datasets"], settings.methods)
+        results["overall"], results["statistics"] = {}, {}
+        for condition in settings.conditions():
+            view = summary.condition_view(results, condition.id)
+            results["overall"][condition.id] = summary.overall(view["datasets"], names)
+            results["statistics"][condition.id] = statistics.compare_methods(
+                {d: e["methods"] for d, e in view["datasets"].items()}, ours, names)
         write_json(directory / RESULTS_FILE, results)
     encoder_spec = settings.meta_space.get("dataset_encoder") or {"name": "image_stats", "args": {}}
     names = list(dict.fromkeys([*in_zoo, *targets]))

@@ -40,3 +40,22 @@ METHODS: dict[str, Method] = {
 
 #: Methods in the order tables list them.
 METHOD_NAMES = tuple(METHODS)
+
+#: Separates a mednns method from its variant's name: ``mednns:auc_target``.
+VARIANT_SEPARATOR = ":"
+
+
+def split_variant(name: str) -> tuple[str, str | None]:
+    """``("mednns_topk", "auc_target")`` for ``mednns_topk:auc_target``; ``(name, None)`` otherwise."""
+    base, _, variant = name.partition(VARIANT_SEPARATOR)
+    return base, variant or None
+
+
+def describe(name: str) -> Method:
+    """The :class:`Method` of a method name, variants included (they are the mednns method with other
+    meta-space, query or re-ranking settings)."""
+    base, variant = split_variant(name)
+    method = METHODS[base]
+    if variant is None:
+        return method
+    return Method(f"{method.label} [{variant}]", method.kind, f"{method.description}; variant '{variant}'")

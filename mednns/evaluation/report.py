@@ -1,12 +1,17 @@
 """The evaluation report: figures, markdown and one self-contained HTML page from ``results.json``.
 
-The ``evaluate`` stage writes ``<run>/stages/evaluate/results.json`` (format ``mednns-evaluation/1``:
-leave-one-dataset-out fine-tuning of mednns's pick against baselines) and, per held-out dataset,
-``embeddings/<dataset>.npz`` (the fold's meta-space). This module turns them into:
+The ``evaluate`` stage writes ``<run>/stages/evaluate/results.json`` (format ``mednns-evaluation/2``:
+leave-one-dataset-out fine-tuning of mednns's pick against baselines under one or more conditions,
+a budget and a training-set size) and, per held-out dataset, ``embeddings/<dataset>.npz`` (the
+fold's meta-space). Most functions take a *view* of one condition
+(:func:`mednns.evaluation.results.condition_view`); the report shows the primary condition in full
+and every condition's statistics, budgets side by side and the compute. This module turns them into:
 
-* :func:`markdown_report`: the protocol, an overall table and one table per dataset (``report.md``);
+* :func:`markdown_report`: the protocol, the overall and statistics tables, budgets and compute,
+  one table per dataset (``report.md``);
 * :func:`plot_overview`, :func:`plot_convergence`, :func:`plot_fid_heatmap`,
-  :func:`plot_embeddings`: PNG figures (matplotlib on an Agg canvas, no pyplot state);
+  :func:`plot_embeddings`, :func:`plot_forest`, :func:`plot_compute_curves`, :func:`plot_sizes`:
+  PNG figures (matplotlib on an Agg canvas, no pyplot state);
 * :func:`render_report`: all of them plus ``report.html``, a single page with the figures inlined.
 
 Every number comes from what the stage computed (:mod:`mednns.evaluation.results`): each method's
@@ -34,7 +39,7 @@ from mednns.files import atomic_write_bytes, atomic_write_text, read_json
 log = logging.getLogger(__name__)
 
 #: The ``format`` value of the results this module reads.
-FORMAT = "mednns-evaluation/1"
+FORMAT = "mednns-evaluation/2"
 #: The method every other one is compared with (gains, wins, epochs to match).
 REFERENCE = "mednns"
 #: The stage folder of a run that holds ``results.json``.
@@ -75,7 +80,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
 
     :param path: a run directory (reads ``RUN/stages/evaluate/results.json``), a folder holding
         ``results.json``, or the ``results.json`` file itself.
-    :returns: the results as a dict (format ``mednns-evaluation/1``).
+    :returns: the results as a dict (format ``mednns-evaluation/2``).
     :raises UsageError: when the file is missing, is not JSON or has another format.
     """
     file = results_path(path)
@@ -91,10 +96,19 @@ def load_results(path: str | Path) -> dict[str, Any]:
         if not isinstance(results.get(key), dict):
             raise UsageError(f"{file}: the {key!r} section is missing or not an object",
                              hint="the file is incomplete; run the evaluate stage again")
+    if not results["protocol"].get("conditions"):
+        raise UsageError(f"{file}: the protocol lists no conditions", hint="run the evaluate stage again")
     return results
 
 
 # -- reading the results -----------------------------------------------------------------------------
+def as_view(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` as a view of one condition: views pass through, whole results give the primary one."""
+    from mednns.evaluation.results import condition_view
+
+    return results if "condition" in results else condition_view(results)
+
+
 def method_order(results: dict[str, Any]) -> list[str]:
     """Methods in ``protocol.methods`` order, then any others the results describe.
 
@@ -261,6 +275,25 @@ def fmt_gain(value: float | None) -> str:
     return MISSING if value is None else f"{value:+.3f}"
 
 
+def fmt_ci(stats: dict[str, Any] | None) -> str:
+    """``[-0.012, +0.034]`` from gain statistics (``—`` when unknown). :param stats: gain statistics."""
+    interval = (stats or {}).get("ci")
+    return MISSING if not interval else f"[{interval[0]:+.3f}, {interval[1]:+.3f}]"
+
+
+def fmt_p(stats: dict[str, Any] | None) -> str:
+    """The Wilcoxon p-value with 3 decimals (``—`` when it cannot be computed). :param stats: gain statistics."""
+    p = _finite((stats or {}).get("p_wilcoxon"))
+    return MISSING if p is None else f"{p:.3f}"
+
+
+def fmt_seconds(value: float | None) -> str:
+    """Seconds in short form (``12.3``, ``1,234``; ``—`` when unknown). :param value: seconds or None."""
+    if value is None:
+        return MISSING
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
 def fmt_params(value: int | None) -> str:
     """A parameter count in short form (``11.18M``, ``456.8k``).
 
@@ -369,6 +402,12 @@ def protocol_items(results: dict[str, Any]) -> list[tuple[str, str]]:
         items.append(("fine-tuning", ", ".join(settings)))
     if caps:
         items.append(("caps", ", ".join(f"{k} {v}" for k, v in caps.items())))
+    listed = [f"{condition_label(c, epochs(results))} (seeds {', '.join(str(x) for x in c.get('seeds') or [])})"
+              for c in conditions(results)]
+    if listed:
+        items.append(("conditions", "; ".join(listed)))
+    for name, variant in (protocol.get("variants") or {}).items():
+        items.append((f"variant {name}", ", ".join(f"{k} {v}" for k, v in variant.items())))
     items.append(("datasets (each held out in turn)", ", ".join(dataset_order(results))))
     return items
 
@@ -387,30 +426,41 @@ def method_items(results: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def overall_table(results: dict[str, Any]) -> Table:
-    """The overall table: per method its mean test ACC@K and AUC@K over the datasets where it ran,
-    and for the others mednns's mean gain in ACC@K and its wins.
+    """The overall table of one condition: per method its mean final test ACC, AUC and balanced
+    accuracy over the datasets where it ran, its mean target-side seconds, and for the others
+    mednns's mean gain in test ACC with its 95% interval, the Wilcoxon p-value and its wins.
 
-    :param results: evaluation results (reads ``overall``).
+    :param results: a condition view of evaluation results (reads ``overall`` and ``statistics``).
     """
-    k = epochs(results)
+    results = as_view(results)
     overall = results.get("overall") or {}
     names = dataset_order(results)
-    table = Table(["method", "datasets", f"ACC@{k}", f"AUC@{k}", f"gain (ACC@{k})", "wins"],
-                  align=["l", "r", "r", "r", "r", "r"])
+    table = Table(["method", "datasets", "ACC", "AUC", "bal. ACC", "target-side s", "gain (ACC)", "95% CI", "p",
+                   "wins"], align=["l"] + ["r"] * 9)
     for method in method_order(results):
         ran = sum(_ran(results["datasets"][d].get("methods", {}).get(method)) for d in names)
         wins = (overall.get("wins") or {}).get(method)
         reference = method == REFERENCE
+        stats = _gain_stats(results, REFERENCE, method, "test_acc")
+        seconds = ((overall.get("mean_compute") or {}).get(method) or {}).get("seconds")
         table.rows.append(Row([label(results, method), f"{ran}/{len(names)}",
-                               fmt(_finite((overall.get("mean_test_acc") or {}).get(method))),
-                               fmt(_finite((overall.get("mean_test_auc") or {}).get(method))),
-                               _overall_gain(results, method),
+                               *(fmt(_finite((overall.get(f"mean_{m}") or {}).get(method)))
+                                 for m in ("test_acc", "test_auc", "test_bal_acc")),
+                               fmt_seconds(seconds), _overall_gain(results, method),
+                               "" if reference else fmt_ci(stats), "" if reference else fmt_p(stats),
                                "" if reference or not wins else f"{wins[0]}/{wins[1]}"],
                               ours=is_ours(results, method)))
     table.footnote = (f"Means over the datasets where each method ran (column 'datasets') of the mean test metrics "
-                      f"over seeds at epoch {k}. Gain: {REFERENCE}'s mean ACC@{k} minus the method's, averaged over "
-                      f"the datasets where both ran; wins: datasets where {REFERENCE}'s mean ACC@{k} is higher.")
+                      f"over seeds after the last fine-tuning epoch; target-side s: seconds spent on the target "
+                      f"dataset (supernet training and search, query, fine-tuning). Gain: {REFERENCE}'s mean ACC "
+                      f"minus the method's, averaged over the datasets where both ran; 95% CI: bootstrap over "
+                      f"datasets and seeds within them; p: two-sided Wilcoxon signed-rank test of the per-dataset "
+                      f"gains; wins: datasets where {REFERENCE}'s mean ACC is higher.")
     return table
+
+
+def _gain_stats(results: dict[str, Any], ours: str, other: str, metric: str) -> dict[str, Any] | None:
+    return (((results.get("statistics") or {}).get(ours) or {}).get(other) or {}).get(metric)
 
 
 def _overall_gain(results: dict[str, Any], method: str) -> str:
@@ -418,6 +468,122 @@ def _overall_gain(results: dict[str, Any], method: str) -> str:
     if method == REFERENCE or (method not in gains and is_ours(results, method)):
         return ""
     return fmt_gain(_finite(gains.get(method)))
+
+
+# -- conditions, statistics and compute ------------------------------------------------------------
+def conditions(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The protocol's conditions (budget, training-set size, seeds), the primary one first."""
+    return list(results["protocol"].get("conditions") or [])
+
+
+def condition_label(condition: dict[str, Any], k: int | None = None) -> str:
+    """``equal epochs (8), 800 training images`` or ``equal compute, all training images``."""
+    size = condition.get("train_images")
+    images = f"{size:,} training images" if size else "all training images"
+    budget = "equal compute" if condition["budget"] == "equal_compute" else (
+        f"equal epochs ({k})" if k else "equal epochs")
+    return f"{budget}, {images}"
+
+
+def statistics_table(view: dict[str, Any]) -> Table:
+    """Paired statistics of one condition: every mednns method against every other method, for
+    test ACC, AUC and balanced accuracy (mean gain, 95% bootstrap interval, Wilcoxon p, wins).
+
+    :param view: a condition view of evaluation results.
+    """
+    view = as_view(view)
+    table = Table(["mednns method", "vs", "datasets", "ACC gain", "95% CI", "p", "wins", "AUC gain", "95% CI",
+                   "bal. ACC gain", "95% CI"], align=["l", "l"] + ["r"] * 9)
+    for ours in [m for m in method_order(view) if is_ours(view, m)]:
+        for other in method_order(view):
+            acc = _gain_stats(view, ours, other, "test_acc")
+            if acc is None:
+                continue
+            auc, bal = (_gain_stats(view, ours, other, m) for m in ("test_auc", "test_bal_acc"))
+            wins = acc.get("wins") or [0, 0]
+            table.rows.append(Row([label(view, ours), label(view, other), str(wins[1]), fmt_gain(acc.get("mean")),
+                                   fmt_ci(acc), fmt_p(acc), f"{wins[0]}/{wins[1]}",
+                                   fmt_gain((auc or {}).get("mean")), fmt_ci(auc),
+                                   fmt_gain((bal or {}).get("mean")), fmt_ci(bal)], ours=ours == REFERENCE))
+    table.footnote = ("Paired by dataset and seed (same training subset, data order and augmentation): per dataset the "
+                      "mean difference of the final test metric over its seeds; gain: their mean over datasets; 95% "
+                      "CI: percentile bootstrap resampling datasets and seeds within them; p: two-sided Wilcoxon "
+                      "signed-rank test of the per-dataset differences (with 8 datasets the smallest possible p is "
+                      "0.008); wins: datasets with a positive difference. An interval that contains 0 is no win.")
+    return table
+
+
+def budgets_table(results: dict[str, Any]) -> Table:
+    """Every condition side by side: per method its mean final test ACC and mean target-side seconds.
+
+    :param results: evaluation results (all conditions).
+    """
+    from mednns.evaluation.results import condition_view
+
+    k = epochs(results)
+    chosen = conditions(results)
+    views = [condition_view(results, c["id"]) for c in chosen]
+    headers = ["method"]
+    for condition in chosen:
+        headers += [f"ACC · {condition_label(condition, k)}", "s"]
+    table = Table(headers, align=["l"] + ["r"] * (2 * len(chosen)))
+    for method in method_order(results):
+        cells = [label(results, method)]
+        for view in views:
+            overall = view.get("overall") or {}
+            cells += [fmt(_finite((overall.get("mean_test_acc") or {}).get(method))),
+                      fmt_seconds(((overall.get("mean_compute") or {}).get(method) or {}).get("seconds"))]
+        table.rows.append(Row(cells, ours=is_ours(results, method)))
+    table.footnote = ("Mean over datasets of the final test ACC (mean over the condition's seeds) and of the "
+                      "target-side seconds. Equal compute: every method fine-tunes until its target-side image-MACs "
+                      "reach those of the most expensive method at equal epochs (capped at max_epochs).")
+    return table
+
+
+def compute_table(results: dict[str, Any]) -> Table:
+    """Target-side compute per method, split by phase (primary condition), and the equal-compute epochs.
+
+    :param results: evaluation results (all conditions).
+    """
+    from mednns.evaluation.results import condition_view
+
+    primary = condition_view(results)
+    equal = next((c for c in conditions(results) if c["budget"] == "equal_compute"), None)
+    equal_view = condition_view(results, equal["id"]) if equal else None
+    phases = ["supernet_training", "search", "query"]
+    table = Table(["method", "supernet training s", "search s", "query s", "fine-tuning s", "total s",
+                   "total image-GMACs", *(["equal-compute epochs"] if equal else [])], align=["l"] + ["r"] * 7)
+    names = dataset_order(primary)
+    for method in method_order(results):
+        entries = [primary["datasets"][d]["methods"].get(method) for d in names]
+        entries = [e for e in entries if _ran(e) and e.get("compute")]
+        if not entries:
+            continue
+        cells = [label(results, method)]
+        for phase in phases:
+            values = [((e["compute"].get("setup") or {}).get(phase) or {}).get("seconds") for e in entries]
+            known = [v for v in values if v is not None]
+            cells.append(fmt_seconds(float(np.mean(known))) if known else "")
+        cells.append(fmt_seconds(float(np.mean([e["compute"]["finetune"]["seconds"] for e in entries]))))
+        cells.append(fmt_seconds(float(np.mean([e["compute"]["total_seconds"] for e in entries]))))
+        macs = [e["compute"].get("total_image_macs") for e in entries]
+        cells.append(MISSING if any(m is None for m in macs) else f"{np.mean(macs) / 1e9:,.1f}")
+        if equal_view is not None:
+            found = [equal_view["datasets"][d]["methods"].get(method) for d in dataset_order(equal_view)]
+            found = [e for e in found if _ran(e) and e.get("compute")]
+            epochs_run = sorted({x for e in found for x in e["compute"].get("epochs", [])})
+            capped = any(e["compute"].get("capped") for e in found)
+            cells.append(f"{epochs_run[0]}-{epochs_run[-1]}" if len(epochs_run) > 1 else
+                         (str(epochs_run[0]) if epochs_run else MISSING))
+            cells[-1] += " (capped)" if capped else ""
+        table.rows.append(Row(cells, ours=is_ours(results, method)))
+    table.footnote = ("Mean over datasets of what each method spent on the target dataset at equal epochs: training "
+                      "the target's own supernet and searching it (own-supernet search), encoding the target's images "
+                      "and ranking the zoo (query), fine-tuning (training and validation passes; the test passes are "
+                      "measurement, not cost). Image-MACs: multiply-accumulates summed over every image passed (3x "
+                      "the forward MACs per trained image), independent of the machine. Source supernets, their zoo "
+                      "and the meta-space are built once for every future target and are not counted.")
+    return table
 
 
 def dataset_heading(results: dict[str, Any], dataset: str) -> str:
@@ -431,7 +597,22 @@ def dataset_heading(results: dict[str, Any], dataset: str) -> str:
         parts.append(f"{info['n_classes']} classes")
     if info.get("train") is not None:
         parts.append(f"{info['train']:,} train images")
+    if info.get("majority_rate") is not None:
+        parts.append(f"majority-class rate {info['majority_rate']:.3f}")
     return f"{dataset} ({', '.join(parts)})" if parts else dataset
+
+
+def separation_line(results: dict[str, Any], dataset: str) -> str | None:
+    """A warning when no method ends above the dataset's majority-class rate (it cannot separate
+    the methods); None otherwise. :param results: a condition view. :param dataset: the dataset."""
+    from mednns.evaluation.results import SEPARATION_MARGIN, separates
+
+    entry = results["datasets"][dataset]
+    majority = (entry.get("info") or {}).get("majority_rate")
+    if separates(entry.get("methods") or {}, majority) is False:
+        return (f"No method ends more than {SEPARATION_MARGIN} above the majority-class rate ({majority:.3f}): under "
+                f"this budget the dataset cannot separate the methods; its differences are noise.")
+    return None
 
 
 def dataset_table(results: dict[str, Any], dataset: str) -> Table:
@@ -440,6 +621,7 @@ def dataset_table(results: dict[str, Any], dataset: str) -> Table:
 
     :param results: evaluation results. :param dataset: the dataset.
     """
+    results = as_view(results)
     shown = report_epochs(results)
     k = shown[-1]
     table = Table(["method", "params", *(f"ACC@{e}" for e in shown), *(f"AUC@{e}" for e in shown),
@@ -501,6 +683,12 @@ def has_fid_matrix(results: dict[str, Any]) -> bool:
     return len(matrix.get("datasets") or []) >= 2 and bool(matrix.get("matrix"))
 
 
+def _has_compute(results: dict[str, Any], dataset: str) -> bool:
+    return any(_ran(e) and all("compute" in r for r in e["runs"]) and
+               "target_seconds_mean" in (e.get("summary") or {}).get("curve", {})
+               for e in results["datasets"][dataset].get("methods", {}).values())
+
+
 def _any_ran(results: dict[str, Any], dataset: str) -> bool:
     return any(_ran(e) for e in results["datasets"][dataset].get("methods", {}).values())
 
@@ -508,19 +696,28 @@ def _any_ran(results: dict[str, Any], dataset: str) -> bool:
 def planned_figures(results: dict[str, Any], base: Path | None = None) -> list[str]:
     """The figure files a report of these results holds.
 
-    :param results: evaluation results.
+    :param results: evaluation results (all conditions).
     :param base: the folder holding ``results.json``: embeddings figures only for npz files that exist
         there (without it, for every dataset that names one).
-    :returns: file names (``overview.png``, ``fid_heatmap.png``, ``convergence_<d>.png``, ``embeddings_<d>.png``).
+    :returns: file names (``overview.png``, ``forest_<condition>.png``, ``sizes.png``,
+        ``fid_heatmap.png``, ``convergence_<d>.png``, ``compute_<d>.png``, ``embeddings_<d>.png``).
     """
+    from mednns.evaluation.results import condition_view
+
+    view = condition_view(results)
     names = []
-    if any(_any_ran(results, d) for d in results["datasets"]):
+    if any(_any_ran(view, d) for d in view["datasets"]):
         names.append("overview.png")
+    names += [forest_name(c) for c in conditions(results) if condition_view(results, c["id"]).get("statistics")]
+    if len([c for c in conditions(results) if c["budget"] == "equal_epochs" and c.get("train_images")]) >= 2:
+        names.append("sizes.png")
     if has_fid_matrix(results):
         names.append("fid_heatmap.png")
-    for dataset in dataset_order(results):
-        if _any_ran(results, dataset):
+    for dataset in dataset_order(view):
+        if _any_ran(view, dataset):
             names.append(convergence_name(dataset))
+            if _has_compute(view, dataset):
+                names.append(compute_curves_name(dataset))
         npz = results["datasets"][dataset].get("embeddings")
         if npz and (base is None or (base / npz).is_file()):
             names.append(embeddings_name(dataset))
@@ -538,35 +735,70 @@ INTRO = ("Leave-one-dataset-out: each dataset is held out in turn, mednns picks 
 
 
 # -- markdown ---------------------------------------------------------------------------------------------
-def markdown_report(results: dict[str, Any], *, figures: Collection[str] | None = None) -> str:
-    """The report as markdown: title, protocol, overall table, figures, one section per dataset.
+def report_sections(results: dict[str, Any], figures: Collection[str]) -> list[tuple[str, Any]]:
+    """The report as a list of blocks, rendered alike as markdown and HTML: ``("h1"|"h2"|"h3"|"p",
+    text)``, ``("items", [(name, value)])``, ``("table", Table)``, ``("figure", (file, caption))``.
 
-    :param results: evaluation results (format ``mednns-evaluation/1``).
-    :param figures: file names of the figures next to the markdown file, referenced by relative
-        paths (default: :func:`planned_figures`).
+    :param results: evaluation results (all conditions).
+    :param figures: the figure files that exist.
+    """
+    from mednns.evaluation.results import condition_view
+
+    figures = set(figures)
+    view = condition_view(results)
+    k = epochs(results)
+    primary = conditions(results)[0]
+
+    def figure(name: str, caption: str) -> list[tuple[str, Any]]:
+        return [("figure", (name, caption))] if name in figures else []
+
+    blocks: list[tuple[str, Any]] = [("h1", title(results)), ("p", INTRO), ("h2", "Protocol"),
+                                     ("items", protocol_items(view)), ("h2", "Methods"), ("items", method_items(view)),
+                                     ("h2", f"Overall ({condition_label(primary, k)})"), ("table", overall_table(view))]
+    blocks += figure("overview.png", f"test ACC after {k} epochs per held-out dataset and method")
+    blocks += [("h2", "Paired statistics")]
+    for condition in conditions(results):
+        cview = condition_view(results, condition["id"])
+        if not cview.get("statistics"):
+            continue
+        seeds = ", ".join(str(x) for x in condition.get("seeds") or [])
+        blocks += [("h3", f"{condition_label(condition, k)} (seeds {seeds})"), ("table", statistics_table(cview))]
+        blocks += figure(forest_name(condition), f"gains with 95% intervals: {condition_label(condition, k)}")
+    if len(conditions(results)) > 1:
+        blocks += [("h2", "Budgets side by side"), ("table", budgets_table(results))]
+    blocks += [("h2", "Target-side compute"), ("table", compute_table(results))]
+    blocks += figure("sizes.png", "mednns's gain against the target's training-set size")
+    blocks += figure("fid_heatmap.png", "FID between datasets")
+    blocks += [("h2", f"Per dataset ({condition_label(primary, k)})")]
+    for dataset in dataset_order(view):
+        blocks.append(("h3", dataset_heading(view, dataset)))
+        blocks += [("p", line) for line in (separation_line(view, dataset), fid_line(view, dataset)) if line]
+        blocks.append(("table", dataset_table(view, dataset)))
+        blocks += figure(convergence_name(dataset), f"{dataset}: test ACC and AUC while fine-tuning")
+        blocks += figure(compute_curves_name(dataset), f"{dataset}: test ACC against target-side seconds")
+        blocks += figure(embeddings_name(dataset), f"{dataset}: the fold's meta-space (t-SNE)")
+    return blocks
+
+
+def markdown_report(results: dict[str, Any], *, figures: Collection[str] | None = None) -> str:
+    """The report as markdown (:func:`report_sections`); figures referenced by relative paths.
+
+    :param results: evaluation results (format ``mednns-evaluation/2``).
+    :param figures: file names of the figures next to the markdown file (default: :func:`planned_figures`).
     :returns: the markdown text.
     """
-    figures = set(planned_figures(results) if figures is None else figures)
-    lines = [f"# {title(results)}", "", INTRO, "", "## Protocol", ""]
-    lines += [f"- **{name}**: {value}" for name, value in protocol_items(results)]
-    lines += ["", "## Methods", ""]
-    lines += [f"- **{name}**: {value}" for name, value in method_items(results)]
-    lines += ["", "## Overall", "", overall_table(results).to_markdown(), ""]
-    if "overview.png" in figures:
-        lines += ["![overview](overview.png)", ""]
-    if "fid_heatmap.png" in figures:
-        lines += ["![FID between datasets](fid_heatmap.png)", ""]
-    lines += ["## Per dataset", ""]
-    for dataset in dataset_order(results):
-        lines += [f"### {dataset_heading(results, dataset)}", ""]
-        fid = fid_line(results, dataset)
-        if fid:
-            lines += [fid, ""]
-        lines += [dataset_table(results, dataset).to_markdown(), ""]
-        if convergence_name(dataset) in figures:
-            lines += [f"![convergence]({convergence_name(dataset)})", ""]
-        if embeddings_name(dataset) in figures:
-            lines += [f"![embeddings]({embeddings_name(dataset)})", ""]
+    lines: list[str] = []
+    for kind, value in report_sections(results, planned_figures(results) if figures is None else figures):
+        if kind in ("h1", "h2", "h3"):
+            lines += [f"{'#' * int(kind[1])} {value}", ""]
+        elif kind == "p":
+            lines += [value, ""]
+        elif kind == "items":
+            lines += [f"- **{name}**: {text}" for name, text in value] + [""]
+        elif kind == "table":
+            lines += [value.to_markdown(), ""]
+        else:
+            lines += [f"![{value[1]}]({value[0]})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -614,6 +846,7 @@ def plot_convergence(results: dict[str, Any], dataset: str, path: str | Path) ->
     :returns: ``path``.
     :raises UsageError: for an unknown dataset or one on which no method ran.
     """
+    results = as_view(results)
     entries = _dataset(results, dataset).get("methods", {})
     methods = [m for m in method_order(results) if _ran(entries.get(m))]
     if not methods:
@@ -752,6 +985,7 @@ def plot_overview(results: dict[str, Any], path: str | Path) -> Path:
     :returns: ``path``.
     :raises UsageError: when no method ran anywhere.
     """
+    results = as_view(results)
     k = epochs(results)
     names = dataset_order(results)
     methods = [m for m in method_order(results)
@@ -797,6 +1031,162 @@ def plot_overview(results: dict[str, Any], path: str | Path) -> Path:
     return _save(figure, path)
 
 
+def forest_name(condition: dict[str, Any]) -> str:
+    """File name of a condition's forest plot. :param condition: a protocol condition."""
+    return f"forest_{slug(condition['id'].replace('@', '_'))}.png"
+
+
+def compute_curves_name(dataset: str) -> str:
+    """File name of a dataset's test-ACC-against-target-seconds figure. :param dataset: the dataset."""
+    return f"compute_{slug(dataset)}.png"
+
+
+def plot_forest(view: dict[str, Any], path: str | Path, metric: str = "test_acc") -> Path:
+    """Forest plot of one condition: one row per baseline, the gain of each mednns method over it
+    with its 95% bootstrap interval (a marker per mednns method, offset vertically).
+
+    :param view: a condition view of evaluation results.
+    :param path: the PNG file to write.
+    :raises UsageError: when the condition holds no statistics.
+    """
+    view = as_view(view)
+    ours = [m for m in method_order(view) if is_ours(view, m) and (view.get("statistics") or {}).get(m)]
+    others = [m for m in method_order(view) if not is_ours(view, m) and any(_gain_stats(view, o, m, metric) for o in ours)]
+    if not ours or not others:
+        raise UsageError("no paired statistics in these results: nothing to plot")
+    colors = _ours_colors(ours)
+    figure = _figure(8.0, 1.0 + 0.42 * len(others) * max(1, len(ours)) ** 0.5 + 0.6)
+    axes = figure.add_subplot()
+    step = 0.7 / max(1, len(ours))
+    for i, mine in enumerate(ours):
+        legend = label(view, mine)
+        for row, other in enumerate(others):
+            stats = _gain_stats(view, mine, other, metric)
+            if not stats:
+                continue
+            y = row - 0.35 + step * (i + 0.5)
+            interval = stats.get("ci")
+            if interval:
+                axes.plot(interval, [y, y], "-", color=colors[mine], linewidth=1.6)
+            excludes_zero = bool(interval) and (interval[0] > 0 or interval[1] < 0)
+            axes.plot([stats["mean"]], [y], "o", color=colors[mine], markersize=6,
+                      markerfacecolor=colors[mine] if excludes_zero else "white", label=legend)
+            legend = None
+            p = _finite(stats.get("p_wilcoxon"))
+            if p is not None:
+                axes.annotate(f"p={p:.2f}", (interval[1] if interval else stats["mean"], y), xytext=(4, -3),
+                              textcoords="offset points", fontsize=6.5, color="#555")
+    axes.axvline(0.0, color="black", linewidth=0.8)
+    axes.set_yticks(range(len(others)), labels=[label(view, m) for m in others])
+    axes.invert_yaxis()
+    name = {"test_acc": "test ACC", "test_auc": "test AUC", "test_bal_acc": "balanced test ACC"}[metric]
+    axes.set_xlabel(f"gain in final {name} (mean over datasets, 95% bootstrap CI)")
+    condition = view.get("condition") or {}
+    axes.set_title(f"mednns vs each method: {condition_label(condition, epochs(view)) if condition else ''}\n"
+                   f"(filled: interval excludes 0)", fontsize=10)
+    axes.grid(axis="x", alpha=0.3)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=min(3, len(ours)), fontsize=8, frameon=False)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _ours_colors(ours: list[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    reds = colormaps["Reds"]
+    return {m: ("#d62728" if m == REFERENCE else reds(0.35 + 0.5 * i / max(1, len(ours)))) for i, m in enumerate(ours)}
+
+
+def plot_compute_curves(results: dict[str, Any], dataset: str, path: str | Path) -> Path:
+    """Test ACC against cumulative target-side seconds for every method on ``dataset``: each curve
+    starts after what the method spent before fine-tuning (own supernet and search, query; for
+    best-of-top-k the other candidates' fine-tuning). Drawn from the equal-compute condition when
+    the protocol has one, else from the primary condition.
+
+    :param results: evaluation results (all conditions). :param dataset: the dataset.
+    :param path: the PNG file to write.
+    """
+    from mednns.evaluation.results import condition_view
+
+    chosen = next((c for c in conditions(results) if c["budget"] == "equal_compute"), conditions(results)[0])
+    view = condition_view(results, chosen["id"])
+    entries = _dataset(view, dataset).get("methods", {})
+    methods = [m for m in method_order(view) if _ran(entries.get(m))]
+    if not methods:
+        raise UsageError(f"no method ran on {dataset!r}: nothing to plot")
+    colors = _colors(results)
+    figure = _figure(8.5, 4.8)
+    axes = figure.add_subplot()
+    for method in methods:
+        entry = entries[method]
+        seconds = (entry.get("summary") or {}).get("curve", {}).get("target_seconds_mean")
+        _, mean, _ = curve(entry, "test_acc")
+        if not seconds or len(seconds) != len(mean):
+            continue
+        offset = float(np.mean([r["compute"]["offset_seconds"] for r in entry["runs"]]))
+        xs = [offset + x for x in seconds]
+        ours = is_ours(results, method)
+        axes.plot(xs, mean, "-o", color=colors.get(method, "#d62728" if ours else None), linewidth=2.4 if ours else 1.2,
+                  markersize=3, zorder=10 if ours else 3, label=label(results, method))
+        if offset > 0:
+            axes.plot([offset], [mean[0]], "|", color=colors.get(method), markersize=10)
+    axes.set_xscale("log")
+    axes.set_xlabel("cumulative target-side seconds (log scale)")
+    axes.set_ylabel("test ACC (mean over seeds)")
+    axes.set_title(f"{dataset}: test ACC against compute spent on the target ({condition_label(chosen)})", fontsize=10)
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_sizes(results: dict[str, Any], path: str | Path) -> Path:
+    """mednns's gain in final test ACC over each method against the training-set size (equal-epochs
+    conditions), with 95% bootstrap intervals.
+
+    :param results: evaluation results (all conditions).
+    :param path: the PNG file to write.
+    :raises UsageError: with fewer than two sizes.
+    """
+    from mednns.evaluation.results import condition_view
+
+    chosen = [c for c in conditions(results) if c["budget"] == "equal_epochs" and c.get("train_images")]
+    if len(chosen) < 2:
+        raise UsageError("the protocol has fewer than two training-set sizes: nothing to plot")
+    chosen.sort(key=lambda c: c["train_images"])
+    views = [condition_view(results, c["id"]) for c in chosen]
+    others = [m for m in method_order(results) if m != REFERENCE
+              and any(_gain_stats(v, REFERENCE, m, "test_acc") for v in views)]
+    colors = _colors(results)
+    figure = _figure(8.0, 4.6)
+    axes = figure.add_subplot()
+    sizes = [c["train_images"] for c in chosen]
+    for j, method in enumerate(others):
+        xs, ys, low, high = [], [], [], []
+        for size, view in zip(sizes, views):
+            stats = _gain_stats(view, REFERENCE, method, "test_acc")
+            if not stats:
+                continue
+            jitter = 1 + 0.03 * (j - len(others) / 2)
+            xs.append(size * jitter)
+            ys.append(stats["mean"])
+            interval = stats.get("ci") or [stats["mean"], stats["mean"]]
+            low.append(stats["mean"] - interval[0])
+            high.append(interval[1] - stats["mean"])
+        axes.errorbar(xs, ys, yerr=[low, high], fmt="-o", color=colors.get(method), capsize=3, markersize=4,
+                      linewidth=1.3, label=label(results, method))
+    axes.axhline(0.0, color="black", linewidth=0.8)
+    axes.set_xscale("log")
+    axes.set_xticks(sizes, labels=[f"{s:,}" for s in sizes])
+    axes.set_xlabel("training images of the target")
+    axes.set_ylabel(f"{label(results, REFERENCE)} gain in final test ACC")
+    axes.set_title("Gain against target size (equal epochs; mean over datasets, 95% bootstrap CI)", fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
 # -- the whole report -------------------------------------------------------------------------------------------
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -824,38 +1214,28 @@ def _img(folder: Path, name: str, caption: str) -> str:
 
 
 def html_report(results: dict[str, Any], folder: Path, figures: Collection[str]) -> str:
-    """The report as one self-contained HTML page (figures inlined as base64 data URIs, inline style).
+    """The report as one self-contained HTML page (:func:`report_sections`; figures inlined as base64
+    data URIs, inline style).
 
     :param results: evaluation results.
     :param folder: the folder holding the figure files.
-    :param figures: file names of the figures to include (those in :func:`planned_figures` order).
+    :param figures: file names of the figures to include.
     :returns: the HTML text.
     """
-    figures = set(figures)
     heading = html.escape(title(results))
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{heading}</title>",
-             f"<style>{_STYLE}</style>", "</head>", "<body>", f"<h1>{heading}</h1>", f"<p>{html.escape(INTRO)}</p>",
-             "<h2>Protocol</h2>", "<ul>"]
-    parts += [f"<li><b>{html.escape(name)}</b>: {html.escape(value)}</li>" for name, value in protocol_items(results)]
-    parts += ["</ul>", "<h2>Methods</h2>", "<ul>"]
-    parts += [f"<li><b>{html.escape(name)}</b>: {html.escape(value)}</li>" for name, value in method_items(results)]
-    parts += ["</ul>", "<h2>Overall</h2>", overall_table(results).to_html()]
-    k = epochs(results)
-    if "overview.png" in figures:
-        parts.append(_img(folder, "overview.png", f"test ACC@{k} per held-out dataset and method"))
-    if "fid_heatmap.png" in figures:
-        parts.append(_img(folder, "fid_heatmap.png", "FID between datasets"))
-    parts.append("<h2>Per dataset</h2>")
-    for dataset in dataset_order(results):
-        parts.append(f'<h3 id="{html.escape(slug(dataset))}">{html.escape(dataset_heading(results, dataset))}</h3>')
-        fid = fid_line(results, dataset)
-        if fid:
-            parts.append(f"<p>{html.escape(fid)}</p>")
-        parts.append(dataset_table(results, dataset).to_html())
-        if convergence_name(dataset) in figures:
-            parts.append(_img(folder, convergence_name(dataset), f"{dataset}: test ACC and AUC while fine-tuning"))
-        if embeddings_name(dataset) in figures:
-            parts.append(_img(folder, embeddings_name(dataset), f"{dataset}: the fold's meta-space (t-SNE)"))
+             f"<style>{_STYLE}</style>", "</head>", "<body>"]
+    for kind, value in report_sections(results, figures):
+        if kind in ("h1", "h2", "h3"):
+            parts.append(f"<{kind}>{html.escape(value)}</{kind}>")
+        elif kind == "p":
+            parts.append(f"<p>{html.escape(value)}</p>")
+        elif kind == "items":
+            parts += ["<ul>", *(f"<li><b>{html.escape(n)}</b>: {html.escape(t)}</li>" for n, t in value), "</ul>"]
+        elif kind == "table":
+            parts.append(value.to_html())
+        else:
+            parts.append(_img(folder, *value))
     parts += ["</body>", "</html>"]
     return "\n".join(parts) + "\n"
 
@@ -877,20 +1257,30 @@ def render_report(results_path_or_dir: str | Path, out_dir: str | Path | None = 
     base = source.parent
     out = Path(out_dir) if out_dir is not None else base / "report"
     out.mkdir(parents=True, exist_ok=True)
+    from mednns.evaluation.results import condition_view
+
+    view = condition_view(results)
+    forests = {forest_name(c): c for c in conditions(results)}
     written = []
     for name in planned_figures(results, base):
         if name == "overview.png":
-            plot_overview(results, out / name)
+            plot_overview(view, out / name)
         elif name == "fid_heatmap.png":
             plot_fid_heatmap(results, out / name)
+        elif name == "sizes.png":
+            plot_sizes(results, out / name)
+        elif name in forests:
+            plot_forest(condition_view(results, forests[name]["id"]), out / name)
         else:
-            for dataset in dataset_order(results):
+            for dataset in dataset_order(view):
                 if name == convergence_name(dataset):
-                    plot_convergence(results, dataset, out / name)
+                    plot_convergence(view, dataset, out / name)
+                elif name == compute_curves_name(dataset):
+                    plot_compute_curves(results, dataset, out / name)
                 elif name == embeddings_name(dataset):
                     plot_embeddings(base / results["datasets"][dataset]["embeddings"], out / name)
         written.append(name)
-    for dataset in dataset_order(results):
+    for dataset in dataset_order(view):
         npz = results["datasets"][dataset].get("embeddings")
         if npz and embeddings_name(dataset) not in written:
             log.warning("embeddings of %s not found at %s; the report leaves that figure out", dataset, base / npz)
@@ -898,18 +1288,22 @@ def render_report(results_path_or_dir: str | Path, out_dir: str | Path | None = 
     return atomic_write_text(out / "report.html", html_report(results, out, written))
 
 
-def overall_rich_table(results: dict[str, Any]) -> Any:
-    """The report's overall table (one row per method, from ``results["overall"]``) as a rich Table.
+def overall_rich_table(results: dict[str, Any], condition: str | None = None) -> Any:
+    """The report's overall table of one condition (one row per method) as a rich Table.
 
-    :param results: evaluation results (format ``mednns-evaluation/1``).
+    :param results: evaluation results (format ``mednns-evaluation/2``).
+    :param condition: a condition id (default: the primary condition).
     :returns: the table, mednns's own methods in bold.
     """
     from rich.markup import escape
     from rich.table import Table as RichTable
 
-    model = overall_table(results)
-    table = RichTable(title=f"mednns evaluation: {escape(str(results.get('run', '')))}", caption=escape(model.footnote or ""),
-                  caption_justify="left")
+    from mednns.evaluation.results import condition_view
+
+    view = condition_view(results, condition)
+    model = overall_table(view)
+    heading = f"mednns evaluation: {results.get('run', '')} · {condition_label(view['condition'], epochs(results))}"
+    table = RichTable(title=escape(heading), caption=escape(model.footnote or ""), caption_justify="left")
     for header, align in zip(model.headers, model.align):
         table.add_column(escape(header), justify="right" if align == "r" else "left", no_wrap=True)
     for row in model.rows:
@@ -917,7 +1311,8 @@ def overall_rich_table(results: dict[str, Any]) -> Any:
     return table
 
 
-__all__ = ["FORMAT", "INTRO", "REFERENCE", "Row", "Table", "comparison", "curve", "dataset_table", "html_report",
-           "load_results", "markdown_report", "method_items", "overall_rich_table", "metric_at", "overall_table", "planned_figures",
-           "plot_convergence", "plot_embeddings", "plot_fid_heatmap", "plot_overview", "protocol_items", "render_report",
-           "results_path", "title", "tsne"]
+__all__ = ["FORMAT", "INTRO", "REFERENCE", "Row", "Table", "as_view", "budgets_table", "comparison", "compute_table", "conditions",
+           "curve", "dataset_table", "html_report", "load_results", "markdown_report", "method_items",
+           "overall_rich_table", "metric_at", "overall_table", "planned_figures", "plot_compute_curves",
+           "plot_convergence", "plot_embeddings", "plot_fid_heatmap", "plot_forest", "plot_overview", "plot_sizes",
+           "protocol_items", "render_report", "report_sections", "results_path", "statistics_table", "title", "tsne"]

@@ -11,7 +11,7 @@ import numpy as np
 
 #: The method every baseline is compared with.
 REFERENCE = "mednns"
-METRICS = ("test_acc", "test_auc")
+METRICS = ("test_acc", "test_auc", "test_bal_acc")
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -26,24 +26,73 @@ def report_epochs(epochs: int) -> list[int]:
 
 
 def summarize_runs(runs: list[dict[str, Any]], epochs: Sequence[int]) -> dict[str, Any]:
-    """Mean ± std over seeds of test ACC and AUC at ``epochs`` plus the whole curve.
+    """Mean ± std over seeds of the test metrics at ``epochs`` plus the whole curve.
 
-    :param runs: one ``{"seed", "model", "history": [row per epoch]}`` per seed (equal lengths).
+    :param runs: one ``{"seed", "model", "history": [row per evaluated epoch]}`` per seed. Rows are
+        matched by position (every seed of a method evaluates the same epochs); a metric a run did
+        not record (older results) is left out.
     """
     if not runs:
         raise ValueError("no runs to summarize")
     length = min(len(r["history"]) for r in runs)
+    rows = [r["history"][:length] for r in runs]
+    axis = [row["epoch"] for row in rows[0]]
+    metrics = [m for m in METRICS if all(row.get(m) is not None for r in rows for row in r)]
     summary: dict[str, Any] = {}
-    for metric in METRICS:
-        summary[metric] = {str(e): _mean_std([r["history"][e - 1][metric] for r in runs]) for e in epochs if e <= length}
-    curve: dict[str, Any] = {"epochs": list(range(1, length + 1))}
-    for metric in METRICS:
-        points = [_mean_std([r["history"][i][metric] for r in runs]) for i in range(length)]
+    for metric in metrics:
+        summary[metric] = {str(e): _mean_std([r[axis.index(e)][metric] for r in rows]) for e in epochs if e in axis}
+    curve: dict[str, Any] = {"epochs": axis}
+    for metric in [*metrics, *(c for c in ("target_seconds",) if all("target_seconds" in row for row in rows[0]))]:
+        points = [_mean_std([r[i][metric] for r in rows]) for i in range(length)]
         curve[f"{metric}_mean"] = [p["mean"] for p in points]
         curve[f"{metric}_std"] = [p["std"] for p in points]
     summary["curve"] = curve
+    summary["final"] = {m: _mean_std([r[-1][m] for r in rows]) for m in metrics}
     summary["params"] = int(np.median([r["model"]["params"] for r in runs]))
     return summary
+
+
+def majority_rate(task: str, labels: Any) -> float:
+    """The test ACC of always predicting the most frequent class (multi-label: each label's most
+    frequent value): a model that ends here learned nothing that ACC can see."""
+    y = np.asarray(labels)
+    if task == "multi-label":
+        positive = y.astype(bool).mean(axis=0)
+        return float(np.mean(np.maximum(positive, 1 - positive)))
+    _, counts = np.unique(y.reshape(len(y), -1)[:, 0], return_counts=True)
+    return float(counts.max() / counts.sum())
+
+
+#: A dataset separates the methods when some method ends this far above its majority-class rate.
+SEPARATION_MARGIN = 0.02
+
+
+def separates(methods: dict[str, Any], majority: float | None, margin: float = SEPARATION_MARGIN) -> bool | None:
+    """Whether any method's mean final test ACC ends more than ``margin`` above the majority-class
+    rate; when none does, the dataset cannot tell the methods apart (``None``: unknown)."""
+    finals = [final_mean(m["summary"]) for m in methods.values() if m.get("status") == "ok" and m.get("summary")]
+    if majority is None or not finals:
+        return None
+    return max(finals) > majority + margin
+
+
+def condition_view(results: dict[str, Any], condition: str | None = None) -> dict[str, Any]:
+    """``results`` seen through one condition (budget and training-set size): every dataset's
+    ``methods`` and ``comparison``, ``overall`` and ``statistics`` are that condition's.
+
+    :param condition: a condition id (default: the first, the primary one).
+    """
+    conditions = results["protocol"]["conditions"]
+    cid = condition or conditions[0]["id"]
+    chosen = next(c for c in conditions if c["id"] == cid)
+    datasets = {}
+    for name, entry in results["datasets"].items():
+        part = entry.get("conditions", {}).get(cid)
+        if part is not None:
+            datasets[name] = {**{k: v for k, v in entry.items() if k != "conditions"}, **part}
+    return {**results, "condition": chosen, "datasets": datasets,
+            "overall": (results.get("overall") or {}).get(cid, {}),
+            "statistics": (results.get("statistics") or {}).get(cid, {})}
 
 
 def final_mean(summary: dict[str, Any], metric: str = "test_acc") -> float:
@@ -51,11 +100,15 @@ def final_mean(summary: dict[str, Any], metric: str = "test_acc") -> float:
     return float(summary["curve"][f"{metric}_mean"][-1])
 
 
-def epochs_to_match(curve: Sequence[float], target: float, tolerance: float = 1e-9) -> int | None:
-    """First epoch (1-based) whose value reaches ``target``; ``None`` when none does."""
-    for epoch, value in enumerate(curve, start=1):
+def epochs_to_match(curve: Sequence[float], target: float, tolerance: float = 1e-9,
+                    epochs: Sequence[int] | None = None) -> int | None:
+    """First epoch whose value reaches ``target``; ``None`` when none does.
+
+    :param epochs: the epoch of each point (default: 1, 2, ...).
+    """
+    for index, value in enumerate(curve):
         if value >= target - tolerance:
-            return epoch
+            return int(epochs[index]) if epochs is not None else index + 1
     return None
 
 
@@ -63,7 +116,8 @@ def compare(reference: dict[str, Any], baseline: dict[str, Any]) -> dict[str, An
     """Gains of ``reference`` over ``baseline`` at the last epoch and epochs to reach its final ACC."""
     return {"gain_acc": final_mean(reference, "test_acc") - final_mean(baseline, "test_acc"),
             "gain_auc": final_mean(reference, "test_auc") - final_mean(baseline, "test_auc"),
-            "epochs_to_match": epochs_to_match(reference["curve"]["test_acc_mean"], final_mean(baseline, "test_acc"))}
+            "epochs_to_match": epochs_to_match(reference["curve"]["test_acc_mean"], final_mean(baseline, "test_acc"),
+                                               epochs=reference["curve"]["epochs"])}
 
 
 def dataset_comparison(methods: dict[str, dict[str, Any]], reference: str = REFERENCE) -> dict[str, Any]:
@@ -76,21 +130,29 @@ def dataset_comparison(methods: dict[str, dict[str, Any]], reference: str = REFE
 
 
 def overall(datasets: dict[str, dict[str, Any]], methods: Sequence[str], reference: str = REFERENCE) -> dict[str, Any]:
-    """Means over datasets: final test ACC and AUC per method (where it ran), mean gain and wins of
-    ``reference`` over each baseline (on the datasets where both ran)."""
-    acc: dict[str, list[float]] = {m: [] for m in methods}
-    auc: dict[str, list[float]] = {m: [] for m in methods}
+    """Means over datasets: final test ACC, AUC and balanced accuracy per method (where it ran), its
+    target-side compute, and the mean gain and wins of ``reference`` over each baseline (on the
+    datasets where both ran)."""
+    finals: dict[str, dict[str, list[float]]] = {metric: {m: [] for m in methods} for metric in METRICS}
+    compute: dict[str, dict[str, list[float]]] = {m: {"seconds": [], "image_macs": []} for m in methods}
     gains: dict[str, list[float]] = {m: [] for m in methods if m != reference}
     for entry in datasets.values():
         for name in methods:
             method = entry["methods"].get(name)
             if method and method.get("status") == "ok":
-                acc[name].append(final_mean(method["summary"], "test_acc"))
-                auc[name].append(final_mean(method["summary"], "test_auc"))
+                for metric in METRICS:
+                    if f"{metric}_mean" in method["summary"]["curve"]:
+                        finals[metric][name].append(final_mean(method["summary"], metric))
+                for key in ("seconds", "image_macs"):
+                    value = (method.get("compute") or {}).get(f"total_{key}")
+                    if value is not None:
+                        compute[name][key].append(value)
         for name, comparison in entry.get("comparison", {}).items():
             gains.setdefault(name, []).append(comparison["gain_acc"])
-    return {"mean_test_acc": {m: float(np.mean(v)) for m, v in acc.items() if v},
-            "mean_test_auc": {m: float(np.mean(v)) for m, v in auc.items() if v},
+    acc = finals["test_acc"]
+    return {**{f"mean_{metric}": {m: float(np.mean(v)) for m, v in finals[metric].items() if v} for metric in METRICS},
+            "mean_compute": {m: {k: float(np.mean(v)) for k, v in c.items() if v} for m, c in compute.items()
+                             if any(c.values())},
             "mean_gain_acc": {m: float(np.mean(v)) for m, v in gains.items() if v},
             "wins": {m: [int(sum(g > 0 for g in v)), len(v)] for m, v in gains.items() if v},
             "datasets": {m: len(v) for m, v in acc.items()}}
