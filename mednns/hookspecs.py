@@ -116,6 +116,22 @@ def register_losses(register: Register) -> None:
 
 
 @hookspec
+def register_transfer_scores(register: Register) -> None:
+    """Register transferability scores (kind ``transfer-scores``).
+
+    :param register: call ``register(name, factory, description=...)`` once per score.
+    :returns: nothing; results flow through ``register``.
+
+    ``factory(**args)`` returns a :class:`mednns.transfer.scores.TransferScore`:
+    ``score(features, labels, task, *, source_probabilities=None) -> float``,
+    higher for a pretrained network that should transfer better to a labelled
+    target sample, judged from its penultimate features (and, when it sets
+    ``needs_source_probabilities``, its source head's probabilities).
+    Called once per plugin manager, after loading.
+    """
+
+
+@hookspec
 def register_stages(register: Register) -> None:
     """Register run stages (kind ``stages``) that ``mednns run`` can execute.
 

@@ -17,6 +17,7 @@ KIND_HOOKS: dict[str, tuple[str, str]] = {
     "dataset-encoders": ("register_dataset_encoders", "dataset encoder"),
     "model-encoders": ("register_model_encoders", "model encoder"),
     "losses": ("register_losses", "loss"),
+    "transfer-scores": ("register_transfer_scores", "transfer score"),
     "stages": ("register_stages", "stage"),
 }
 

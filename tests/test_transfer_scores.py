@@ -1,0 +1,192 @@
+"""Transferability scores (mednns.transfer.scores, kind ``transfer-scores``): each against a naive
+reference implementation written here, and on constructed data whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import mednns
+from mednns.errors import UsageError
+from mednns.testing import using_plugins
+from mednns.transfer.scores import LEEP, NCE, KNNAccuracy, LogME, RidgeProbe, TransferScore, target_columns
+
+
+def separable(n: int = 120, d: int = 16, classes: int = 3, spread: float = 4.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    centres = rng.normal(0, spread, (classes, d))
+    return centres[labels] + rng.normal(0, 1, (n, d)), labels
+
+
+def naive_logme(f: np.ndarray, labels: np.ndarray, iterations: int = 11, tolerance: float = 1e-3) -> float:
+    """The paper's algorithm with explicit matrices: A = alpha I + beta F'F, m = beta A^-1 F'y."""
+    n, d = f.shape
+    out = []
+    for y in target_columns(labels, "multi-class").T:
+        alpha, beta = 1.0, 1.0
+
+        def posterior(alpha: float, beta: float):
+            a = alpha * np.eye(d) + beta * f.T @ f
+            m = beta * np.linalg.solve(a, f.T @ y)
+            return a, m
+
+        for _ in range(iterations):
+            a, m = posterior(alpha, beta)
+            gamma = d - alpha * np.trace(np.linalg.inv(a))
+            new_alpha = gamma / (m @ m)
+            new_beta = (n - gamma) / np.sum((f @ m - y) ** 2)
+            done = abs(new_alpha - alpha) / alpha < tolerance and abs(new_beta - beta) / beta < tolerance
+            alpha, beta = new_alpha, new_beta
+            if done:
+                break
+        a, m = posterior(alpha, beta)
+        evidence = (n * np.log(beta) + d * np.log(alpha) - n * np.log(2 * np.pi) - beta * np.sum((f @ m - y) ** 2)
+                    - alpha * m @ m - np.linalg.slogdet(a)[1]) / 2
+        out.append(evidence / n)
+    return float(np.mean(out))
+
+
+def naive_knn(f: np.ndarray, labels: np.ndarray, k: int) -> float:
+    correct = 0
+    for i in range(len(f)):
+        sims = [(float(f[i] @ f[j] / np.linalg.norm(f[i]) / np.linalg.norm(f[j])), labels[j])
+                for j in range(len(f)) if j != i]
+        sims.sort(key=lambda t: -t[0])
+        votes: dict[int, list[float]] = {}
+        for sim, label in sims[:k]:
+            votes.setdefault(int(label), []).append(sim)
+        winner = max(votes, key=lambda c: (len(votes[c]), sum(votes[c])))
+        correct += winner == labels[i]
+    return correct / len(f)
+
+
+def naive_ridge(f: np.ndarray, labels: np.ndarray, probe: RidgeProbe) -> float:
+    targets = target_columns(labels, "multi-class")
+    folds = probe.fold_of(targets)
+    best = 0.0
+    for penalty in probe.penalties:
+        hits = 0
+        for fold in range(probe.folds):
+            train, test = folds != fold, folds == fold
+            mean, std = f[train].mean(0), f[train].std(0) + 1e-8
+            x, xt = (f[train] - mean) / std, (f[test] - mean) / std
+            y = targets[train] - targets[train].mean(0)
+            w = np.linalg.solve(x.T @ x + penalty * train.sum() * np.eye(f.shape[1]), x.T @ y)
+            hits += np.sum((xt @ w + targets[train].mean(0)).argmax(1) == targets[test].argmax(1))
+        best = max(best, hits / len(f))
+    return best
+
+
+def naive_leep(theta: np.ndarray, labels: np.ndarray) -> float:
+    classes, sources = np.unique(labels), range(theta.shape[1])
+    joint = {(y, z): sum(theta[i, z] for i in range(len(labels)) if labels[i] == y) / len(labels)
+             for y in classes for z in sources}
+    marginal = {z: sum(joint[(y, z)] for y in classes) for z in sources}
+    total = 0.0
+    for i, y in enumerate(labels):
+        total += np.log(sum(joint[(y, z)] / marginal[z] * theta[i, z] for z in sources))
+    return total / len(labels)
+
+
+def naive_nce(theta: np.ndarray, labels: np.ndarray) -> float:
+    z = theta.argmax(1)
+    n = len(labels)
+    total = 0.0
+    for y_value in np.unique(labels):
+        for z_value in np.unique(z):
+            p_yz = np.sum((labels == y_value) & (z == z_value)) / n
+            if p_yz > 0:
+                total += p_yz * np.log(p_yz / (np.sum(z == z_value) / n))
+    return total
+
+
+@pytest.mark.parametrize("shape", [(80, 12), (30, 50)])  # more images than features, and fewer
+def test_logme_equals_the_explicit_matrix_algorithm(shape):
+    rng = np.random.default_rng(1)
+    f = rng.normal(size=shape)
+    labels = rng.integers(0, 3, shape[0])
+    assert LogME().score(f, labels, "multi-class") == pytest.approx(naive_logme(f, labels), rel=1e-6)
+
+
+def test_knn_equals_a_loop_over_neighbours():
+    f, labels = separable(spread=0.7, seed=2)
+    for k in (1, 3, 5):
+        assert KNNAccuracy(k).score(f, labels, "multi-class") == pytest.approx(naive_knn(f, labels, k))
+
+
+def test_ridge_probe_equals_explicit_solves_over_the_same_folds():
+    f, labels = separable(spread=0.5, seed=3)
+    probe = RidgeProbe()
+    assert probe.score(f, labels, "multi-class") == pytest.approx(naive_ridge(f, labels, probe))
+    folds = probe.fold_of(target_columns(labels, "multi-class"))
+    for fold in range(probe.folds):  # every fold holds every class
+        assert set(labels[folds == fold]) == {0, 1, 2}
+
+
+def test_leep_and_nce_equal_their_definitions():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 60)
+    theta = rng.dirichlet(np.ones(5), 60)
+    assert LEEP().score(None, labels, "multi-class", source_probabilities=theta) == pytest.approx(
+        naive_leep(theta, labels))
+    assert NCE().score(None, labels, "multi-class", source_probabilities=theta) == pytest.approx(
+        naive_nce(theta, labels))
+
+
+@pytest.mark.parametrize("score", [LogME(), KNNAccuracy(), RidgeProbe()])
+def test_separable_features_score_above_random_ones(score):
+    f, labels = separable()
+    noise = np.random.default_rng(9).normal(size=f.shape)
+    assert score.score(f, labels, "multi-class") > score.score(noise, labels, "multi-class")
+    binary = labels % 2  # binary targets and multi-label (two labels) work too
+    assert score.score(f, binary, "binary") > score.score(noise, binary, "binary")
+    multi = np.stack([labels == 0, labels == 1], axis=1).astype(int)
+    assert score.score(f, multi, "multi-label") > score.score(noise, multi, "multi-label")
+
+
+def test_informative_source_predictions_score_above_uninformative_ones():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 3, 90)
+    informative = np.full((90, 4), 0.05)
+    informative[np.arange(90), labels] = 0.85  # source class z tracks target class y
+    uninformative = rng.dirichlet(np.ones(4), 90)
+    for score in (LEEP(), NCE()):
+        assert score.needs_source_probabilities
+        assert (score.score(None, labels, "multi-class", source_probabilities=informative)
+                > score.score(None, labels, "multi-class", source_probabilities=uninformative))
+
+
+def test_scores_refuse_what_they_cannot_score():
+    f, labels = separable(n=20)
+    with pytest.raises(UsageError, match="source head"):
+        LEEP().score(f, labels, "multi-class")
+    with pytest.raises(UsageError, match="multi-label"):
+        NCE().score(f, np.ones((20, 2)), "multi-label", source_probabilities=np.full((20, 3), 1 / 3))
+    with pytest.raises(UsageError, match="features"):
+        LogME().score(f[:5], labels, "multi-class")
+    with pytest.raises(UsageError, match="NaN"):
+        KNNAccuracy().score(np.full((20, 3), np.nan), labels, "multi-class")
+
+
+def test_builtins_and_a_third_party_score_come_from_the_registry():
+    assert isinstance(mednns.create("transfer-scores", "knn", k=3), KNNAccuracy)
+    assert set(mednns.list_components("transfer-scores")) >= {"logme", "knn", "ridge", "leep", "nce"}
+
+    class Centroid(TransferScore):
+        """A third-party score: accuracy of the nearest class centroid."""
+
+        def score(self, features, labels, task, *, source_probabilities=None):
+            centres = np.stack([features[labels == c].mean(0) for c in np.unique(labels)])
+            distance = ((features[:, None] - centres[None]) ** 2).sum(-1)
+            return float(np.mean(distance.argmin(1) == labels))
+
+    class Plugin:
+        @mednns.hookimpl
+        def register_transfer_scores(self, register):
+            register("centroid", Centroid, description="nearest class centroid accuracy")
+
+    with using_plugins(Plugin()) as manager:
+        score = manager.create("transfer-scores", "centroid")
+        f, labels = separable()
+        assert score.score(f, labels, "multi-class") == pytest.approx(1.0)
