@@ -27,15 +27,22 @@ META_STAGE, QUERY_STAGE, FINETUNE_STAGE = "fit_meta_space", "query", "finetune"
 
 def results_table(result: dict[str, Any]) -> Table:
     measured = any("latency_ms" in r for r in result["results"])
-    table = Table(title=f"best zoo models for {escape(result['dataset'])} (by {result['by']}; "
+    reranked = result.get("rerank")
+    by = f"{result['by']}, re-ranked by {reranked['score']['name']} ({reranked['combine']})" if reranked else result["by"]
+    table = Table(title=f"best zoo models for {escape(result['dataset'])} (by {escape(by)}; "
                         f"{result['candidates']:,} of {result['zoo_models']:,} models within the limits)")
-    columns = ["rank", "source dataset", "space", "params", "MACs", "predicted", "score"] + (["latency ms"] if measured else [])
+    columns = (["rank", *(["meta-space rank"] if reranked else []), "source dataset", "space", "params", "MACs",
+                "predicted", "score", *(["transfer score"] if reranked else []), *(["latency ms"] if measured else [])])
     for column in columns:
         table.add_column(column, justify="left" if column in ("source dataset", "space") else "right")
     for r in result["results"]:
-        row = [str(r["rank"]), escape(r["dataset"]), escape(r["space"]), f"{r['params']:,}", f"{r['macs']:,}",
-               f"{r['predicted']:.4f}", f"{r['score']:.4f}"]
+        row = [str(r["rank"]), *([str(r["meta_rank"])] if reranked else []), escape(r["dataset"]), escape(r["space"]),
+               f"{r['params']:,}", f"{r['macs']:,}", f"{r['predicted']:.4f}", f"{r['score']:.4f}",
+               *([f"{r['transfer_score']:.4f}"] if reranked else [])]
         table.add_row(*row, *([f"{r['latency_ms']:.2f}"] if measured else []))
+    if reranked:
+        table.caption = (f"re-ranked {reranked['candidates']} candidates on {reranked['images']} training images in "
+                         f"{reranked['seconds']:.1f} s ({reranked['candidates_per_second']:.2f} candidates/s)")
     return table
 
 
@@ -70,18 +77,29 @@ class Query(Stage):
     :param max_params: :param max_macs: :param max_latency_ms: hardware limits (latency measured
         on this run's device for the finalists).
     :param export: export the top model of each dataset.
+    :param rerank: re-rank the meta-space's top candidates on the target's training images with this
+        ``transfer-scores`` component (:mod:`mednns.transfer.rerank`).
+    :param candidates: how many candidates are re-ranked.
+    :param rerank_images: labelled training images the score sees.
+    :param combine: the final order: the ``score``'s, or the mean of both ranks (``rank_sum``).
     """
 
     name = QUERY_STAGE
 
     def __init__(self, datasets: list[str] | None = None, meta_space: str | None = None, top_k: int = 10,
                  by: Literal["predicted", "score", "combined"] = "predicted", max_params: int | None = None,
-                 max_macs: int | None = None, max_latency_ms: float | None = None, export: bool = True):
+                 max_macs: int | None = None, max_latency_ms: float | None = None, export: bool = True,
+                 rerank: mednns.ComponentSpec["transfer-scores"] | None = None, candidates: int = 20,
+                 rerank_images: int = 500, combine: Literal["score", "rank_sum"] = "rank_sum"):
+        from mednns.transfer.rerank import RerankSettings
+
         if top_k < 1:
             raise UsageError("top_k must be >= 1")
         self.datasets, self.meta_space, self.top_k, self.by = datasets, meta_space, top_k, by
         self.limits = {"max_params": max_params, "max_macs": max_macs, "max_latency_ms": max_latency_ms}
         self.export = export
+        self.rerank = (RerankSettings({"name": rerank["name"], "args": dict(rerank.get("args") or {})}, candidates,
+                                      rerank_images, combine=combine) if rerank else None)
 
     def meta_dir(self, run) -> Path:
         return Path(self.meta_space) if self.meta_space else run.directory / "stages" / META_STAGE
@@ -109,7 +127,8 @@ class Query(Stage):
         for name in self.targets(run):
             dataset = run.dataset(name)
             result = query(self.meta_dir(run), dataset, top_k=self.top_k, by=self.by,
-                           constraints=Constraints(**self.limits), manager=run.manager, device=run.device)
+                           constraints=Constraints(**self.limits), manager=run.manager, device=run.device,
+                           rerank=self.rerank)
             run.console.print(results_table(result))
             directory = run.stage_dir(self.name)
             write_json(directory / f"{name}.json", result)
@@ -198,18 +217,33 @@ def register_commands(cli):
     @click.option("--exclude-source", "exclude", multiple=True, metavar="DATASET",
                   help="Leave out models from this source dataset; repeatable [default: the meta-space's held-out "
                        "datasets].")
+    @click.option("--rerank", "rerank_score", metavar="NAME",
+                  help="Re-rank the top candidates on the dataset's training images with this transfer score "
+                       "(mednns list transfer-scores).")
+    @click.option("--candidates", type=int, default=20, show_default=True, help="Candidates --rerank scores.")
+    @click.option("--rerank-images", type=int, default=500, show_default=True,
+                  help="Labelled training images --rerank reads.")
+    @click.option("--combine", type=click.Choice(["score", "rank_sum"]), default="rank_sum", show_default=True,
+                  help="Final order: the transfer score's, or the mean of the meta-space and score ranks.")
     @click.option("--device", default="cpu", show_default=True)
     def query_command(run_dir: str, dataset_spec: str, top_k: int, by: str, max_params: int | None,
                       max_macs: int | None, max_latency_ms: float | None, export_dir: str | None, output: str | None,
-                      exclude: tuple[str, ...], as_json: bool, device: str) -> None:
+                      exclude: tuple[str, ...], as_json: bool, rerank_score: str | None, candidates: int,
+                      rerank_images: int, combine: str, device: str) -> None:
         """Rank every zoo model of a run's trained meta-space for a dataset; optionally export the best."""
         from mednns.config import load_config
         from mednns.data.resolve import resolve_dataset
         from mednns.files import write_json
         from mednns.manager import get_plugin_manager
         from mednns.metaspace.query import Constraints, query
+        from mednns.transfer.rerank import RerankSettings
 
         manager = get_plugin_manager()
+        rerank = None
+        if rerank_score:
+            manager.create("transfer-scores", rerank_score)  # an unknown name fails before any work
+            rerank = RerankSettings({"name": rerank_score, "args": {}}, candidates, rerank_images,
+                                    combine=combine)  # type: ignore[arg-type]
         run_path = Path(run_dir)
         known = {}
         if (run_path / "config.yaml").is_file():
@@ -220,7 +254,8 @@ def register_commands(cli):
                    else resolve_dataset(manager, dataset_spec))
         result = query(run_path / "stages" / META_STAGE, dataset, top_k=top_k, by=by,  # type: ignore[arg-type]
                        constraints=Constraints(max_params, max_macs, max_latency_ms),
-                       exclude_sources=list(exclude) if exclude else None, manager=manager, device=device)
+                       exclude_sources=list(exclude) if exclude else None, manager=manager, device=device,
+                       rerank=rerank)
         if output:
             write_json(output, result)
         if as_json:

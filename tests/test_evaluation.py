@@ -131,7 +131,8 @@ def test_settings_name_conditions_and_variant_methods():
     assert [c.id for c in settings(budgets=["equal_compute"]).conditions()] == ["equal_compute@all"]
     for bad in ({"budgets": ["equal_money"]}, {"train_images": [100, 100]}, {"equal_compute_seeds": [7]},
                 {"max_epochs": 4}, {"variants": {"x": {"lr": 1}}}, {"variants": {"x": {"meta_space": {"zoo": "z"}}}},
-                {"variants": {"a b": {}}}):
+                {"variants": {"a b": {}}}, {"variants": {"x": {"rerank": {"score": "knn", "k": 3}}}},
+                {"rerank": {"combine": "vote"}}):
         with pytest.raises(UsageError):
             settings(**bad)
 
@@ -166,7 +167,9 @@ META = {"images": 64, "steps": 30, "eval_every": 15, "images_per_set": 32, "mode
         "hidden": 32, "progress": False, "model_encoder": {"name": "arch", "args": {"embed_dim": 16, "hidden": 32}}}
 EVALUATE = {"datasets": ["c", "d"], "seeds": [0, 1], "epochs": 3, "batch_size": 16, "top_k": 2, "search_budget": 5,
             "train_images": [64, 32], "budgets": ["equal_epochs", "equal_compute"], "equal_compute_seeds": [0],
-            "max_epochs": 9, "variants": {"auc": {"meta_space": {"target": "val_auc"}}},
+            "max_epochs": 9, "variants": {"auc": {"meta_space": {"target": "val_auc"}},
+                                          "knn": {"rerank": {"score": "knn", "candidates": 4, "images": 40,
+                                                             "calibration_images": 32}}},
             "meta_space": META, "report": True, "progress": False}
 
 
@@ -267,9 +270,13 @@ def test_the_target_is_held_out_of_every_meta_space_and_of_the_candidates(evalua
         targets.add(json.loads((folder / "arguments.json").read_text()).get("target", "val_acc"))
         losses.append([s["name"] for s in meta["losses"]])
     assert targets == {"val_acc", "val_auc"} and ["contrastive", "performance"] in losses
-    for name in ("default", "auc", "tans"):
+    for name in ("default", "auc", "knn", "tans"):
         query = json.loads((fold / "queries" / f"{name}.json").read_text())
         assert query["results"] and all(r["dataset"] != "c" for r in query["results"])
+    reranked = json.loads((fold / "queries" / "knn.json").read_text())
+    assert reranked["rerank"]["candidates"] == 4 and all("transfer_score" in r for r in reranked["results"])
+    setup = evaluation["results"]["datasets"]["c"]["setup_compute"]
+    assert setup["mednns:knn"]["query"]["image_macs"] > setup["mednns"]["query"]["image_macs"]  # scoring costs
     methods = methods_of(evaluation["results"], "c")
     for name in ("mednns", "mednns:auc", "tans", "nearest_fid", "random_pick"):
         assert all(r["model"]["source"] != "c" for r in methods[name]["runs"]), name
@@ -348,7 +355,7 @@ def test_equal_compute_brings_every_method_to_the_most_expensive_ones_image_macs
 def test_statistics_pair_runs_by_dataset_and_seed(evaluation):
     results = evaluation["results"]
     stats = results["statistics"][PRIMARY]
-    assert {"mednns", "mednns:auc", "mednns_topk", "mednns_topk:auc"} <= set(stats)
+    assert {"mednns", "mednns:auc", "mednns:knn", "mednns_topk", "mednns_topk:auc"} <= set(stats)
     for other in ("random_init", "mednns:auc"):
         acc = stats["mednns"][other]["test_acc"]
         expected = {}

@@ -137,3 +137,50 @@ def test_finetune_command_on_an_export(pipeline, tmp_path):
     assert (tmp_path / "ft" / "best" / "model.safetensors").is_file()
     wrong = invoke("finetune", export, "--dataset", pipeline["root"] / "b.npz", "--epochs", 1, "--out", tmp_path / "x")
     assert wrong.exit_code == 2 and "exported for 2 classes" in wrong.output
+
+
+def test_rerank_orders_candidates_by_a_transfer_score_on_training_images_only(pipeline):
+    from mednns.metaspace.query import query
+    from mednns.transfer.rerank import RerankSettings, combined_order
+    from supernet_helpers import CountingDataset
+
+    target = CountingDataset(mednns.create("datasets", "npz", path=str(pipeline["root"] / "c.npz"), name="c"))
+    meta = pipeline["run"] / "stages" / "fit_meta_space"
+    plain = query(meta, target, top_k=4)
+    settings = RerankSettings({"name": "ridge", "args": {"folds": 3}}, candidates=4, images=60, calibration_images=32,
+                              combine="rank_sum")
+    result = query(meta, target, top_k=3, rerank=settings)
+    assert set(target.accesses) == {"train"}  # validation and test are never read
+    assert result["meta_space_order"] == [r["zoo_id"] for r in plain["results"]]
+    assert [r["rank"] for r in result["results"]] == [1, 2, 3]
+    facts = result["rerank"]
+    assert facts["candidates"] == 4 and facts["images"] == 60 and facts["candidates_per_second"] > 0
+    assert facts["image_macs"] == sum(r["macs"] for r in plain["results"]) * (60 + 32)
+    scores = {r["zoo_id"]: r["transfer_score"] for r in result["results"]}
+    assert all(0 <= s <= 1 for s in scores.values())  # ridge: a cross-validated accuracy
+    assert {r["zoo_id"]: r["meta_rank"] for r in result["results"]} == {
+        r["zoo_id"]: r["rank"] for r in plain["results"] if r["zoo_id"] in scores}
+    again = query(meta, target, top_k=4, rerank=settings)  # the order follows the rank-sum rule
+    expected = combined_order([r["meta_rank"] for r in sorted(again["results"], key=lambda r: r["meta_rank"])],
+                              [r["transfer_score"] for r in sorted(again["results"], key=lambda r: r["meta_rank"])],
+                              "rank_sum")
+    assert [r["meta_rank"] for r in again["results"]] == [i + 1 for i in expected]
+
+
+def test_query_command_reranks_and_shows_both_orders(pipeline):
+    run = pipeline["run"]
+    result = invoke("query", run, "--dataset", "c", "--top-k", 2, "--rerank", "knn", "--candidates", 3,
+                    "--rerank-images", 40)
+    assert result.exit_code == 0, result.output
+    assert "meta-space rank" in result.output and "transfer score" in result.output and "candidates/s" in result.output
+    unknown = invoke("query", run, "--dataset", "c", "--rerank", "magic")
+    assert unknown.exit_code == 2 and "magic" in unknown.output
+
+
+def test_combined_order_by_score_or_by_rank_sum():
+    from mednns.transfer.rerank import combined_order
+
+    meta_ranks, scores = [1, 2, 3, 4], [0.2, 0.9, 0.5, 0.1]
+    assert combined_order(meta_ranks, scores, "score") == [1, 2, 0, 3]
+    # rank sums: 1+3, 2+1, 3+2, 4+4 -> ties between the first two go to the better score
+    assert combined_order(meta_ranks, scores, "rank_sum") == [1, 0, 2, 3]

@@ -62,7 +62,7 @@ BUDGETS = ("equal_epochs", "equal_compute")
 #: Methods that start from a query of a meta-space (they have variants).
 QUERY_METHODS = ("mednns", "mednns_topk")
 #: What a variant may change.
-VARIANT_KEYS = ("meta_space", "by", "top_k")
+VARIANT_KEYS = ("meta_space", "by", "top_k", "rerank")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,13 @@ class Variant:
     meta_space: dict[str, Any]
     by: str
     top_k: int
+    rerank: dict[str, Any] | None = None
+
+    def settings(self):
+        """The :class:`~mednns.transfer.rerank.RerankSettings` of the query (``None``: no re-ranking)."""
+        from mednns.transfer.rerank import RerankSettings
+
+        return RerankSettings.from_dict(self.rerank) if self.rerank else None
 
     def method(self, base: str) -> str:
         return f"{base}{VARIANT_SEPARATOR}{self.name}" if self.name else base
@@ -114,6 +121,7 @@ class EvaluationSettings:
     tans_losses: list[dict[str, Any]]
     timm_model: str
     search_budget: int
+    rerank: dict[str, Any] | None = None
     train_images: list[int | None] = field(default_factory=lambda: [None])
     budgets: list[str] = field(default_factory=lambda: ["equal_epochs"])
     equal_compute_seeds: list[int] | None = None
@@ -148,13 +156,16 @@ class EvaluationSettings:
                 raise UsageError(f"variant {name}: meta_space must not set {', '.join(fixed)} (set per fold)")
             if "top_k" in variant and int(variant["top_k"]) < 1:
                 raise UsageError(f"variant {name}: top_k must be >= 1")
+        for variant in self.variant_list():
+            variant.settings()  # a bad rerank mapping fails before any work
 
     # --- what runs ------------------------------------------------------------------------
     def variant_list(self) -> list[Variant]:
         """The default settings first, then every named variant."""
-        default = Variant("", dict(self.meta_space), self.by, self.top_k)
+        default = Variant("", dict(self.meta_space), self.by, self.top_k, self.rerank)
         return [default, *(Variant(name, {**self.meta_space, **(v.get("meta_space") or {})}, v.get("by", self.by),
-                                   int(v.get("top_k", self.top_k))) for name, v in self.variants.items())]
+                                   int(v.get("top_k", self.top_k)), v.get("rerank", self.rerank))
+                           for name, v in self.variants.items())]
 
     def method_names(self) -> list[str]:
         """Every method row of the results: the chosen methods, each query method once per variant."""
@@ -190,7 +201,8 @@ class EvaluationSettings:
         return {"epochs": epochs, "seeds": list(self.seeds), "report_epochs": summary.report_epochs(epochs),
                 "top_k": self.top_k, "by": self.by, "search_budget": self.search_budget, "timm_model": self.timm_model,
                 "finetune": {k: v for k, v in self.finetune.items() if k != "epochs"}, "methods": self.method_names(),
-                "meta_space": self.meta_space, "variants": self.variants, "tans_losses": self.tans_losses,
+                "meta_space": self.meta_space, "rerank": self.rerank, "variants": self.variants,
+                "tans_losses": self.tans_losses,
                 "train_images": self.train_images, "budgets": self.budgets, "max_epochs": self.max_epochs,
                 "conditions": [c.to_dict() for c in self.conditions()]}
 
@@ -253,17 +265,18 @@ class Fold:
             write_json(directory / "arguments.json", args)
         return directory
 
-    def query(self, meta_dir: Path, by: str, top_k: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def query(self, meta_dir: Path, by: str, top_k: int, rerank: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The query's result and what it spent on the target: encoding its images (measured once per
-        dataset encoder, without the feature cache) and ranking the zoo."""
+        dataset encoder, without the feature cache), ranking the zoo and re-ranking on its images."""
         from mednns.metaspace.query import query
 
         start = time.perf_counter()
         result = query(meta_dir, self.dataset, top_k=top_k, by=by, manager=self.run.manager,  # type: ignore[arg-type]
-                       device=self.run.device)
+                       device=self.run.device, rerank=rerank, load=self.supernets)
         ranking = time.perf_counter() - start
         encoding = self.encoding(read_json(meta_dir / "metaspace.json"))
-        return result, _phase(encoding["seconds"] + ranking, encoding["image_macs"])
+        reranking = (result.get("rerank") or {}).get("image_macs", 0)
+        return result, _phase(encoding["seconds"] + ranking, encoding["image_macs"] + reranking)
 
     def encoding(self, trained: dict[str, Any]) -> dict[str, Any]:
         """Seconds and forward MACs of encoding the target's images with a meta-space's dataset
@@ -307,7 +320,7 @@ class Fold:
         meta_dir = self.directory
         for variant in settings.variant_list():
             meta = self.meta_space(variant.meta_space)
-            result, spent = self.query(meta, variant.by, max(variant.top_k, 1))
+            result, spent = self.query(meta, variant.by, max(variant.top_k, 1), variant.settings())
             write_json(self.directory / "queries" / f"{variant.name or 'default'}.json", result)
             if not result["results"]:
                 raise UsageError(f"{self.target}: the query returned no zoo model (no other dataset has zoo rows?)")

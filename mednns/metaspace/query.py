@@ -97,15 +97,21 @@ class LatencyMeter:
 def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by: RankBy = "predicted",
           constraints: Constraints = Constraints(), exclude_sources: Sequence[str] | None = None,
           manager: Any = None, device: str = "cpu", latency: LatencyMeter | None = None,
-          progress: bool = False) -> dict[str, Any]:
+          progress: bool = False, rerank: Any = None, load: Any = None) -> dict[str, Any]:
     """Rank every zoo model of a trained meta-space for ``dataset``.
 
     :param meta_dir: a ``fit_meta_space`` folder.
     :param exclude_sources: source datasets whose models are not candidates (default: the
         meta-space's held-out datasets: held out of everything, they are no source either).
+    :param rerank: a :class:`mednns.transfer.rerank.RerankSettings`: re-rank the meta-space's top
+        ``rerank.candidates`` (that pass the constraints) on the target's training images with a
+        transfer score, then keep the top ``top_k`` of the new order.
+    :param load: ``folder -> (space, metadata)`` for the re-ranking (a cache shared by the caller).
     :returns: ``{"dataset", "by", "constraints", "candidates", "results": [row, ...], "seconds"}``;
         a row has rank, zoo id, source dataset, space, architecture JSON, params, MACs, predicted,
-        score (and latency_ms when measured) and the supernet folder.
+        score (and latency_ms when measured) and the supernet folder; with ``rerank`` also
+        ``meta_rank`` and ``transfer_score``, and the result has ``rerank`` (settings, cost) and
+        ``meta_space_order`` (the zoo ids in the meta-space's order).
     """
     if top_k < 1:
         raise UsageError("top_k must be >= 1")
@@ -137,6 +143,7 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
     input_shape = (info.n_channels, *info.image_size)
     results: list[dict[str, Any]] = []
     measured = 0
+    wanted = max(top_k, rerank.candidates) if rerank is not None else top_k
     if constraints.max_latency_ms is not None and latency is None:
         latency = LatencyMeter(device)
     for i in order:
@@ -144,16 +151,22 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
                "arch": table.arch[i], "params": int(table.params[i]), "macs": int(table.macs[i]),
                "predicted": float(predicted[i]), "score": float(score[i]), "supernet": table.supernet[i]}
         if latency is not None and constraints.max_latency_ms is not None:
-            if measured >= MAX_LATENCY_MEASUREMENTS_PER_RESULT * top_k:
+            if measured >= MAX_LATENCY_MEASUREMENTS_PER_RESULT * wanted:
                 break  # the finalists are measured, not the whole zoo: stop with fewer results
             row["latency_ms"] = latency(table.supernet[i], table.arch[i], info.image_size)
             measured += 1
             if row["latency_ms"] > constraints.max_latency_ms:
                 continue
         results.append({"rank": len(results) + 1, **row})
-        if len(results) == top_k:
+        if len(results) == wanted:
             break
+    extra: dict[str, Any] = {}
+    if rerank is not None and results:
+        from mednns.transfer.rerank import rerank as rerank_rows
+
+        extra["meta_space_order"] = [r["zoo_id"] for r in results]
+        results, extra["rerank"] = rerank_rows(results, dataset, rerank, manager=manager, device=device, load=load)
     return {"dataset": info.name, "input_shape": list(input_shape), "by": by,
             "constraints": constraints.__dict__, "excluded_sources": sorted(excluded),
             "candidates": int(keep.sum()), "zoo_models": len(table),
-            "latency_measured": measured, "results": results, "seconds": round(seconds, 4)}
+            "latency_measured": measured, "results": results[:top_k], "seconds": round(seconds, 4), **extra}

@@ -1,0 +1,185 @@
+"""The query's second stage: re-rank the meta-space's top candidates on the target's own images.
+
+Each candidate (a zoo row: a subnet of a source supernet) is extracted with its inherited weights,
+its first convolution adapted to the target's channels (the source head is kept: LEEP and NCE read
+it), its BN statistics re-estimated on target training images, and its penultimate features and
+source-head probabilities computed on a seeded, bounded sample of the target's **training** split
+(validation and test are never read). A ``transfer-scores`` component turns them into a number;
+the final order is the score's (``combine: score``) or the mean of the meta-space rank and the
+score rank (``rank_sum``, ties to the better score).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+import numpy as np
+
+from mednns.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from mednns.data import MedicalDataset
+
+Combine = Literal["score", "rank_sum"]
+COMBINES = ("score", "rank_sum")
+
+
+@dataclass(frozen=True)
+class RerankSettings:
+    """How the query re-ranks.
+
+    :param score: the ``transfer-scores`` component, ``{"name": ..., "args": {...}}``.
+    :param candidates: the meta-space's top candidates re-ranked.
+    :param images: labelled target training images the score sees.
+    :param calibration_images: target training images for BN recalibration.
+    :param combine: ``score`` (the score's order) or ``rank_sum`` (meta-space rank + score rank).
+    :param seed: seed of the image sample.
+    """
+
+    score: dict[str, Any] = field(default_factory=lambda: {"name": "knn", "args": {}})
+    candidates: int = 20
+    images: int = 500
+    calibration_images: int = 512
+    combine: Combine = "rank_sum"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.candidates < 1 or self.images < 2 or self.calibration_images < 1:
+            raise UsageError("rerank needs candidates >= 1, images >= 2 and calibration_images >= 1")
+        if self.combine not in COMBINES:
+            raise UsageError(f"rerank combine must be one of {', '.join(COMBINES)}, got {self.combine!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": self.score, "candidates": self.candidates, "images": self.images,
+                "calibration_images": self.calibration_images, "combine": self.combine, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, spec: dict[str, Any]) -> "RerankSettings":
+        """From a config mapping (``score`` may be a name or ``{name, args}``); unknown keys are an error."""
+        known = set(cls.__dataclass_fields__)
+        wrong = sorted(set(spec) - known)
+        if wrong:
+            raise UsageError(f"rerank: unknown key(s) {', '.join(wrong)}", hint=f"known: {', '.join(sorted(known))}")
+        score = spec.get("score", {"name": "knn"})
+        score = {"name": score, "args": {}} if isinstance(score, str) else {"name": score["name"],
+                                                                            "args": dict(score.get("args") or {})}
+        return cls(**{**spec, "score": score})
+
+
+@dataclass
+class TargetSample:
+    """The target images a re-ranking reads: calibration batches and a labelled sample (training split)."""
+
+    calibration: list["torch.Tensor"]
+    x: "torch.Tensor"
+    y: np.ndarray
+    task: str
+
+    @classmethod
+    def draw(cls, dataset: "MedicalDataset", settings: RerankSettings, batch_size: int = 128) -> "TargetSample":
+        """A seeded sample of ``dataset``'s training split, normalized as fine-tuning normalizes it."""
+        import torch
+
+        from mednns.data import dataset_tensors
+        from mednns.seeding import torch_generator
+
+        x, y = dataset_tensors(dataset, "train", channels=dataset.info.n_channels)
+        order = torch.randperm(len(x), generator=torch_generator(settings.seed))
+        sample = order[: settings.images].sort().values
+        calibration = x[order[: settings.calibration_images]]
+        size = min(batch_size, len(calibration))
+        batches = [calibration[i: i + size] for i in range(0, len(calibration) - size + 1, size)]
+        return cls(batches, x[sample], y[sample].numpy(), str(dataset.info.task))
+
+
+def candidate_outputs(network: "torch.nn.Module", sample: TargetSample, *, device: str = "cpu",
+                      batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """``(features, source probabilities)`` of an adapted network on the sample, after BN recalibration.
+
+    :param network: an extracted subnet with its source head (input channels already adapted).
+    :returns: float64 ``(N, F)`` penultimate features and ``(N, C_source)`` softmax outputs.
+    """
+    import torch
+
+    from mednns.metaspace.functional import capture_head_input
+    from mednns.search_spaces.calibration import recalibrate_bn
+
+    network = network.to(device)
+    recalibrate_bn(network, [b.to(device) for b in sample.calibration])
+    network.eval()
+    logits = []
+    with torch.no_grad(), capture_head_input(network) as captured:
+        for start in range(0, len(sample.x), batch_size):
+            logits.append(network(sample.x[start: start + batch_size].to(device)).float())
+    features = torch.cat(captured).double().cpu().numpy()
+    probabilities = torch.softmax(torch.cat(logits), dim=1).double().cpu().numpy()
+    return features, probabilities
+
+
+def rerank(rows: list[dict[str, Any]], dataset: "MedicalDataset", settings: RerankSettings, *, manager: Any = None,
+           device: str = "cpu", load: Callable[[str], tuple[Any, dict[str, Any]]] | None = None,
+           sample: TargetSample | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Re-rank the first ``settings.candidates`` of ``rows`` (query results in meta-space order).
+
+    :param rows: query rows (``supernet`` folder, ``arch`` JSON, ``rank``).
+    :param manager: the plugin manager that builds the score (default: the process-wide one).
+    :param load: ``folder -> (space, metadata)`` (default: :func:`mednns.training.load_supernet`,
+        cached per call).
+    :param sample: the target sample (default: drawn from ``settings``).
+    :returns: the re-ranked rows (each with ``meta_rank``, ``transfer_score`` and its new ``rank``)
+        and facts: the settings, candidates, images, seconds, candidates per second and image-MACs
+        (forward passes of the calibration and scored images through every candidate).
+    """
+    from mednns.export import adapt_network
+    from mednns.manager import get_plugin_manager
+
+    start = time.perf_counter()
+    spec = settings.score
+    scorer = (manager or get_plugin_manager()).create("transfer-scores", spec["name"], **(spec.get("args") or {}))
+    sample = sample or TargetSample.draw(dataset, settings)
+    loaded: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+    def supernet(folder: str) -> tuple[Any, dict[str, Any]]:
+        if load is not None:
+            return load(folder)
+        if folder not in loaded:
+            from mednns.training import load_supernet
+
+            loaded[folder] = load_supernet(folder, manager=manager)
+        return loaded[folder]
+
+    chosen = rows[: settings.candidates]
+    scored = []
+    images = len(sample.x) + sum(len(b) for b in sample.calibration)
+    for row in chosen:
+        space, _ = supernet(row["supernet"])
+        network = space.extract(space.arch_from_json(row["arch"])).cpu()
+        adapt_network(network, in_channels=dataset.info.n_channels)
+        features, probabilities = candidate_outputs(network, sample, device=device)
+        value = float(scorer.score(features, sample.y, sample.task, source_probabilities=probabilities))
+        if not np.isfinite(value):
+            raise UsageError(f"transfer score {spec['name']} gave {value} for zoo model {row.get('zoo_id')}")
+        scored.append({**row, "meta_rank": row["rank"], "transfer_score": value})
+    order = combined_order([r["meta_rank"] for r in scored], [r["transfer_score"] for r in scored], settings.combine)
+    reranked = [{**scored[i], "rank": rank} for rank, i in enumerate(order, start=1)]
+    seconds = time.perf_counter() - start
+    facts = {**settings.to_dict(), "candidates": len(scored), "images": int(len(sample.x)),
+             "seconds": round(seconds, 3), "candidates_per_second": round(len(scored) / max(seconds, 1e-9), 3),
+             "image_macs": int(sum(r["macs"] for r in chosen) * images)}
+    return reranked, facts
+
+
+def combined_order(meta_ranks: list[int], scores: list[float], combine: Combine) -> list[int]:
+    """Indices in the final order: by score (ties: meta-space rank), or by the mean of the meta-space
+    rank and the score rank (ties: the better score)."""
+    from scipy.stats import rankdata
+
+    score_rank = rankdata([-s for s in scores], method="average")
+    meta = rankdata(meta_ranks, method="average")
+    if combine == "score":
+        return sorted(range(len(scores)), key=lambda i: (score_rank[i], meta[i]))
+    return sorted(range(len(scores)), key=lambda i: (meta[i] + score_rank[i], score_rank[i]))
