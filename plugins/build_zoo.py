@@ -148,17 +148,35 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 def stats_table(stats: list[dict[str, Any]], title: str) -> Table:
     table = Table(title=title)
     for column in ("dataset", "space", "models", "val acc median [min, max]", "test acc median [min, max]",
-                   "test auc median", "params", "MACs", "s/model"):
+                   "test auc median", "largest val acc / majority", "params", "MACs", "s/model"):
         table.add_column(column, justify="left" if column in ("dataset", "space") else "right")
+    weak = []
     for s in stats:
         val, test = s["metrics"]["val_acc"], s["metrics"]["test_acc"]
         table.add_row(escape(s["dataset"]), escape(s["space"]), f"{s['n']:,}",
                       f"{_fmt(val['median'])} [{_fmt(val['min'])}, {_fmt(val['max'])}]",
                       f"{_fmt(test['median'])} [{_fmt(test['min'])}, {_fmt(test['max'])}]",
-                      _fmt(s["metrics"]["test_auc"]["median"]),
+                      _fmt(s["metrics"]["test_auc"]["median"]), _quality(s.get("source_quality") or []),
                       f"{s['params']['min']:,}-{s['params']['max']:,}", f"{s['macs']['min']:,}-{s['macs']['max']:,}",
                       f"{s['eval_seconds']['mean']:.2f}")
+        weak += [q for q in s.get("source_quality") or [] if q["learned"] is False]
+    if weak:
+        table.caption = ("learned nothing (largest subnet not above the validation majority-class rate; left out of "
+                         "the query's candidates with --source-gate): "
+                         + ", ".join(escape(f"{q['dataset']}/{q['space']}") for q in weak))
     return table
+
+
+def _quality(quality: list[dict[str, Any]]) -> str:
+    """``0.742 / 0.731`` per supernet, marked when it learned nothing; ``—`` when unknown."""
+    cells = []
+    for q in quality:
+        if q["largest_val_acc"] is None or q["val_majority_rate"] is None:
+            cells.append("—")
+        else:
+            mark = "" if q["learned"] else " ✗"
+            cells.append(f"{q['largest_val_acc']:.3f} / {q['val_majority_rate']:.3f}{mark}")
+    return ", ".join(cells) or "—"
 
 
 @mednns.hookimpl

@@ -44,13 +44,14 @@ class Evaluate(Stage):
     :param max_epochs: the most epochs ``equal_compute`` gives one run.
     :param variants: named variants of the mednns methods, each run on the same folds, seeds and
         training subsets and reported as its own row (``mednns:<name>``, ``mednns_topk:<name>``):
-        ``{name: {meta_space: {...}, by: ..., top_k: ..., rerank: {...}}}`` (``meta_space`` entries
-        override the stage's).
+        ``{name: {meta_space: {...}, by: ..., top_k: ..., rerank: {...}, source_gate: ...}}``
+        (``meta_space`` entries override the stage's).
     :param top_k: models of the query fine-tuned by ``mednns_topk`` (the best validation ACC wins).
     :param by: how the query ranks: ``predicted`` metric, retrieval ``score`` or ``combined``.
     :param rerank: re-rank the query's top candidates on the target's training images
         (:class:`mednns.transfer.rerank.RerankSettings`: ``{score: NAME or {name, args}, candidates,
         images, calibration_images, combine}``); its cost counts as the query's.
+    :param source_gate: the query leaves out source supernets that learned nothing.
     :param meta_space: ``fit_meta_space`` arguments of every fold's meta-space (``held_out`` and
         ``zoo`` are set per fold).
     :param tans_losses: losses of the TANS-style meta-space.
@@ -79,7 +80,8 @@ class Evaluate(Stage):
                  equal_compute_seeds: list[int] | None = None, max_epochs: int = 200,
                  variants: dict[str, dict[str, Any]] | None = None, top_k: int = 3,
                  by: Literal["predicted", "score", "combined"] = "predicted",
-                 rerank: dict[str, Any] | None = None, meta_space: dict[str, Any] | None = None,
+                 rerank: dict[str, Any] | None = None, source_gate: bool = False,
+                 meta_space: dict[str, Any] | None = None,
                  tans_losses: list[mednns.ComponentSpec["losses"]] | None = None, timm_model: str = "resnet18",
                  search_budget: int = 100, zoo: str | None = None, report: bool = True, progress: bool = True):
         from mednns.evaluation.leave_one_out import DEFAULT_TANS_LOSSES, EvaluationSettings
@@ -102,6 +104,7 @@ class Evaluate(Stage):
         FinetuneConfig(**finetune)  # validate before any work
         self.settings = EvaluationSettings(
             datasets=datasets, methods=chosen, seeds=seeds, finetune=finetune, top_k=top_k, by=by, rerank=rerank,
+            source_gate=source_gate,
             meta_space=meta_space, tans_losses=[{"name": s["name"], "args": dict(s.get("args") or {})}
                                                 for s in (tans_losses or DEFAULT_TANS_LOSSES)],
             timm_model=timm_model, search_budget=search_budget, train_images=list(train_images or [None]),

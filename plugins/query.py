@@ -40,8 +40,13 @@ def results_table(result: dict[str, Any]) -> Table:
                f"{r['params']:,}", f"{r['macs']:,}", f"{r['predicted']:.4f}", f"{r['score']:.4f}",
                *([f"{r['transfer_score']:.4f}"] if reranked else [])]
         table.add_row(*row, *([f"{r['latency_ms']:.2f}"] if measured else []))
+    notes = [f"left out the models of {escape(q['dataset'])} ({escape(q['space'])}): its largest subnet reaches "
+             f"validation ACC {q['largest_val_acc']:.3f}, not above the majority-class rate "
+             f"{q['val_majority_rate']:.3f}" for q in result.get("gated_sources") or []]
+    if notes:
+        table.caption = "; ".join(notes)
     if reranked:
-        table.caption = (f"re-ranked {reranked['candidates']} candidates on {reranked['images']} training images in "
+        table.caption = ((table.caption + "; ") if notes else "") + (f"re-ranked {reranked['candidates']} candidates on {reranked['images']} training images in "
                          f"{reranked['seconds']:.1f} s ({reranked['candidates_per_second']:.2f} candidates/s)")
     return table
 
@@ -82,6 +87,8 @@ class Query(Stage):
     :param candidates: how many candidates are re-ranked.
     :param rerank_images: labelled training images the score sees.
     :param combine: the final order: the ``score``'s, or the mean of both ranks (``rank_sum``).
+    :param source_gate: leave out the models of source supernets that learned nothing (largest
+        subnet not above their validation majority-class rate).
     """
 
     name = QUERY_STAGE
@@ -90,14 +97,15 @@ class Query(Stage):
                  by: Literal["predicted", "score", "combined"] = "predicted", max_params: int | None = None,
                  max_macs: int | None = None, max_latency_ms: float | None = None, export: bool = True,
                  rerank: mednns.ComponentSpec["transfer-scores"] | None = None, candidates: int = 20,
-                 rerank_images: int = 500, combine: Literal["score", "rank_sum"] = "rank_sum"):
+                 rerank_images: int = 500, combine: Literal["score", "rank_sum"] = "rank_sum",
+                 source_gate: bool = False):
         from mednns.transfer.rerank import RerankSettings
 
         if top_k < 1:
             raise UsageError("top_k must be >= 1")
         self.datasets, self.meta_space, self.top_k, self.by = datasets, meta_space, top_k, by
         self.limits = {"max_params": max_params, "max_macs": max_macs, "max_latency_ms": max_latency_ms}
-        self.export = export
+        self.export, self.source_gate = export, source_gate
         self.rerank = (RerankSettings({"name": rerank["name"], "args": dict(rerank.get("args") or {})}, candidates,
                                       rerank_images, combine=combine) if rerank else None)
 
@@ -128,7 +136,7 @@ class Query(Stage):
             dataset = run.dataset(name)
             result = query(self.meta_dir(run), dataset, top_k=self.top_k, by=self.by,
                            constraints=Constraints(**self.limits), manager=run.manager, device=run.device,
-                           rerank=self.rerank)
+                           rerank=self.rerank, source_gate=self.source_gate)
             run.console.print(results_table(result))
             directory = run.stage_dir(self.name)
             write_json(directory / f"{name}.json", result)
@@ -225,11 +233,14 @@ def register_commands(cli):
                   help="Labelled training images --rerank reads.")
     @click.option("--combine", type=click.Choice(["score", "rank_sum"]), default="rank_sum", show_default=True,
                   help="Final order: the transfer score's, or the mean of the meta-space and score ranks.")
+    @click.option("--source-gate", is_flag=True,
+                  help="Leave out the models of source supernets that learned nothing (largest subnet not above "
+                       "its validation majority-class rate; mednns zoo stats shows them).")
     @click.option("--device", default="cpu", show_default=True)
     def query_command(run_dir: str, dataset_spec: str, top_k: int, by: str, max_params: int | None,
                       max_macs: int | None, max_latency_ms: float | None, export_dir: str | None, output: str | None,
                       exclude: tuple[str, ...], as_json: bool, rerank_score: str | None, candidates: int,
-                      rerank_images: int, combine: str, device: str) -> None:
+                      rerank_images: int, combine: str, source_gate: bool, device: str) -> None:
         """Rank every zoo model of a run's trained meta-space for a dataset; optionally export the best."""
         from mednns.config import load_config
         from mednns.data.resolve import resolve_dataset
@@ -255,7 +266,7 @@ def register_commands(cli):
         result = query(run_path / "stages" / META_STAGE, dataset, top_k=top_k, by=by,  # type: ignore[arg-type]
                        constraints=Constraints(max_params, max_macs, max_latency_ms),
                        exclude_sources=list(exclude) if exclude else None, manager=manager, device=device,
-                       rerank=rerank)
+                       rerank=rerank, source_gate=source_gate)
         if output:
             write_json(output, result)
         if as_json:

@@ -83,9 +83,11 @@ def test_sparse_histories_are_summarized_by_their_epochs():
 
 
 def test_majority_rate_and_whether_a_dataset_separates_the_methods():
-    assert R.majority_rate("binary", np.array([[0], [0], [0], [1]])) == pytest.approx(0.75)
-    assert R.majority_rate("multi-class", np.array([2, 2, 1, 0, 2])) == pytest.approx(0.6)
-    assert R.majority_rate("multi-label", np.array([[1, 0], [1, 0], [0, 0], [1, 1]])) == pytest.approx(0.75)
+    from mednns.data import majority_rate
+
+    assert majority_rate("binary", np.array([[0], [0], [0], [1]])) == pytest.approx(0.75)
+    assert majority_rate("multi-class", np.array([2, 2, 1, 0, 2])) == pytest.approx(0.6)
+    assert majority_rate("multi-label", np.array([[1, 0], [1, 0], [0, 0], [1, 1]])) == pytest.approx(0.75)
 
     def methods(*finals: float) -> dict[str, Any]:
         return {f"m{i}": {"status": "ok", "summary": R.summarize_runs([run_record(0, [v])], [1])}

@@ -184,3 +184,37 @@ def test_combined_order_by_score_or_by_rank_sum():
     assert combined_order(meta_ranks, scores, "score") == [1, 2, 0, 3]
     # rank sums: 1+3, 2+1, 3+2, 4+4 -> ties between the first two go to the better score
     assert combined_order(meta_ranks, scores, "rank_sum") == [1, 0, 2, 3]
+
+
+def test_the_source_gate_leaves_out_supernets_that_learned_nothing(pipeline):
+    from mednns.errors import UsageError
+    from mednns.metaspace.query import query
+    from mednns.zoo import ZooStore, source_quality
+
+    run = pipeline["run"]
+    zoo = run / "stages" / "build_zoo" / "zoo.sqlite"
+    meta = run / "stages" / "fit_meta_space"
+    target = mednns.create("datasets", "npz", path=str(pipeline["root"] / "c.npz"), name="c")
+    with ZooStore(zoo, readonly=True) as store:
+        quality = source_quality(store)
+    assert all(q["val_majority_rate"] is not None and isinstance(q["learned"], bool) for q in quality.values())
+    [(weak_id, weak)] = [(i, q) for i, q in quality.items() if q["dataset"] == "a"]
+    with ZooStore(zoo) as store:
+        store.update_supernet_metadata(weak_id, val_majority_rate=1.0)  # as if a never beat its majority rate
+    try:
+        plain = query(meta, target, top_k=100)
+        gated = query(meta, target, top_k=100, source_gate=True)
+        assert {r["dataset"] for r in plain["results"]} == {"a", "b"}
+        assert {r["dataset"] for r in gated["results"]} == {"b"}
+        assert [q["dataset"] for q in gated["gated_sources"]] == ["a"]
+        stats = invoke("zoo", "stats", zoo)
+        assert "✗" in stats.output and "learned nothing" in stats.output
+        shown = invoke("query", run, "--dataset", "c", "--top-k", 2, "--source-gate")
+        assert shown.exit_code == 0 and "left out the models of a" in shown.output
+        with ZooStore(zoo) as store:
+            store.update_supernet_metadata(weak_id, val_majority_rate=None)  # a zoo built before the fact existed
+        with pytest.raises(UsageError, match="majority-class rate of a"):
+            query(meta, target, source_gate=True)
+    finally:
+        with ZooStore(zoo) as store:
+            store.update_supernet_metadata(weak_id, val_majority_rate=weak["val_majority_rate"])

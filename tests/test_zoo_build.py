@@ -26,7 +26,7 @@ from click.testing import CliRunner
 
 from mednns.cli import cli
 from mednns.config import validate_config
-from mednns.data import NpzDataset, Task
+from mednns.data import NpzDataset, Task, majority_rate
 from mednns.errors import ConfigError, UsageError
 from mednns.runner import execute
 from mednns.runs import prepare_run
@@ -188,7 +188,11 @@ def test_run_with_train_supernet_then_build_zoo_fills_the_store_and_rerun_skips(
     with ZooStore(store_path, readonly=True) as store:
         (supernet,) = store.supernets()
         assert supernet["weights_sha256"] == sha256_file(supernet_folder(run_dir) / "supernet.safetensors")
-        assert supernet["metadata"]["dataset"]["name"] == DATASET and supernet["metadata"] == metadata
+        assert supernet["metadata"]["dataset"]["name"] == DATASET
+        # the supernet's own metadata, plus the validation majority-class rate the source gate compares with
+        expected = majority_rate("multi-class", NpzDataset(trained.npz).split("val").labels)
+        assert supernet["metadata"].pop("val_majority_rate") == pytest.approx(expected)
+        assert supernet["metadata"] == metadata
         (protocol_id,) = store.protocols_of(supernet["id"])
         assert store.protocol(protocol_id) == {**SMALL, "max_val_images": 20, "max_test_images": None, "seed": 0}
 

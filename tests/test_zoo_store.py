@@ -668,3 +668,15 @@ def test_export_to_stdout(report_store, capsys):
     assert len(out.splitlines()) == 4
     assert export_zoo(report_store, "jsonl", None, dataset="derma") == 4
     assert capsys.readouterr().out == out
+
+
+def test_supernet_metadata_can_be_completed_after_insertion(tmp_path):
+    from mednns.zoo import ZooStore
+
+    with ZooStore(tmp_path / "z.sqlite") as store:
+        supernet = store.add_supernet(weights_sha256="ab" * 32, space="s", dataset="d", path=tmp_path / "w",
+                                      metadata={"a": 1})
+        store.update_supernet_metadata(supernet, val_majority_rate=0.7, a=2)
+        assert store.supernets()[0]["metadata"] == {"a": 2, "val_majority_rate": 0.7}
+        with pytest.raises(KeyError):
+            store.update_supernet_metadata(supernet + 1, x=1)

@@ -107,6 +107,17 @@ def compute_metrics(task: Task | str, y_true: Any, y_score: Any, threshold: floa
     return {"acc": acc, "auc": _nanmean(roc_auc(one_hot, y_score))}
 
 
+def majority_rate(task: Task | str, labels: Any) -> float:
+    """The ACC of always predicting the most frequent class (multi-label: each label's most frequent
+    value): a model that ends here learned nothing that ACC can see."""
+    y = _as_numpy(labels)
+    if Task(task) is Task.MULTI_LABEL:
+        positive = y.astype(bool).mean(axis=0)
+        return float(np.mean(np.maximum(positive, 1 - positive)))
+    _, counts = np.unique(y.reshape(len(y), -1)[:, 0], return_counts=True)
+    return float(counts.max() / counts.sum())
+
+
 def balanced_accuracy(task: Task | str, y_true: Any, y_score: Any, threshold: float = 0.5) -> float:
     """Mean per-class recall of the predictions :func:`compute_metrics` scores (argmax, or
     ``score > threshold`` for binary), over the classes present in ``y_true``. Unlike ACC it is

@@ -45,6 +45,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from mednns.data.metrics import majority_rate
 from mednns.errors import UsageError
 from mednns.evaluation import results as summary
 from mednns.evaluation import statistics
@@ -62,7 +63,7 @@ BUDGETS = ("equal_epochs", "equal_compute")
 #: Methods that start from a query of a meta-space (they have variants).
 QUERY_METHODS = ("mednns", "mednns_topk")
 #: What a variant may change.
-VARIANT_KEYS = ("meta_space", "by", "top_k", "rerank")
+VARIANT_KEYS = ("meta_space", "by", "top_k", "rerank", "source_gate")
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class Variant:
     by: str
     top_k: int
     rerank: dict[str, Any] | None = None
+    source_gate: bool = False
 
     def settings(self):
         """The :class:`~mednns.transfer.rerank.RerankSettings` of the query (``None``: no re-ranking)."""
@@ -122,6 +124,7 @@ class EvaluationSettings:
     timm_model: str
     search_budget: int
     rerank: dict[str, Any] | None = None
+    source_gate: bool = False
     train_images: list[int | None] = field(default_factory=lambda: [None])
     budgets: list[str] = field(default_factory=lambda: ["equal_epochs"])
     equal_compute_seeds: list[int] | None = None
@@ -162,9 +165,10 @@ class EvaluationSettings:
     # --- what runs ------------------------------------------------------------------------
     def variant_list(self) -> list[Variant]:
         """The default settings first, then every named variant."""
-        default = Variant("", dict(self.meta_space), self.by, self.top_k, self.rerank)
+        default = Variant("", dict(self.meta_space), self.by, self.top_k, self.rerank, self.source_gate)
         return [default, *(Variant(name, {**self.meta_space, **(v.get("meta_space") or {})}, v.get("by", self.by),
-                                   int(v.get("top_k", self.top_k)), v.get("rerank", self.rerank))
+                                   int(v.get("top_k", self.top_k)), v.get("rerank", self.rerank),
+                                   bool(v.get("source_gate", self.source_gate)))
                            for name, v in self.variants.items())]
 
     def method_names(self) -> list[str]:
@@ -201,7 +205,8 @@ class EvaluationSettings:
         return {"epochs": epochs, "seeds": list(self.seeds), "report_epochs": summary.report_epochs(epochs),
                 "top_k": self.top_k, "by": self.by, "search_budget": self.search_budget, "timm_model": self.timm_model,
                 "finetune": {k: v for k, v in self.finetune.items() if k != "epochs"}, "methods": self.method_names(),
-                "meta_space": self.meta_space, "rerank": self.rerank, "variants": self.variants,
+                "meta_space": self.meta_space, "rerank": self.rerank, "source_gate": self.source_gate,
+                "variants": self.variants,
                 "tans_losses": self.tans_losses,
                 "train_images": self.train_images, "budgets": self.budgets, "max_epochs": self.max_epochs,
                 "conditions": [c.to_dict() for c in self.conditions()]}
@@ -265,14 +270,15 @@ class Fold:
             write_json(directory / "arguments.json", args)
         return directory
 
-    def query(self, meta_dir: Path, by: str, top_k: int, rerank: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    def query(self, meta_dir: Path, by: str, top_k: int, rerank: Any = None,
+              source_gate: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
         """The query's result and what it spent on the target: encoding its images (measured once per
         dataset encoder, without the feature cache), ranking the zoo and re-ranking on its images."""
         from mednns.metaspace.query import query
 
         start = time.perf_counter()
         result = query(meta_dir, self.dataset, top_k=top_k, by=by, manager=self.run.manager,  # type: ignore[arg-type]
-                       device=self.run.device, rerank=rerank, load=self.supernets)
+                       device=self.run.device, rerank=rerank, load=self.supernets, source_gate=source_gate)
         ranking = time.perf_counter() - start
         encoding = self.encoding(read_json(meta_dir / "metaspace.json"))
         reranking = (result.get("rerank") or {}).get("image_macs", 0)
@@ -320,7 +326,7 @@ class Fold:
         meta_dir = self.directory
         for variant in settings.variant_list():
             meta = self.meta_space(variant.meta_space)
-            result, spent = self.query(meta, variant.by, max(variant.top_k, 1), variant.settings())
+            result, spent = self.query(meta, variant.by, max(variant.top_k, 1), variant.settings(), variant.source_gate)
             write_json(self.directory / "queries" / f"{variant.name or 'default'}.json", result)
             if not result["results"]:
                 raise UsageError(f"{self.target}: the query returned no zoo model (no other dataset has zoo rows?)")
@@ -613,7 +619,7 @@ class Fold:
         return {"info": {"task": str(info.task), "n_classes": info.n_classes, "n_channels": info.n_channels,
                          "image_size": list(info.image_size), "modality": info.modality,
                          "train": _split_size(self.dataset, "train"), "val": _split_size(self.dataset, "val"),
-                         "test": len(test_labels), "majority_rate": summary.majority_rate(str(info.task), test_labels)},
+                         "test": len(test_labels), "majority_rate": majority_rate(info.task, test_labels)},
                 "setup_compute": setup, "conditions": conditions, **facts,
                 "seconds": round(time.perf_counter() - start, 2)}
 

@@ -52,17 +52,6 @@ def summarize_runs(runs: list[dict[str, Any]], epochs: Sequence[int]) -> dict[st
     return summary
 
 
-def majority_rate(task: str, labels: Any) -> float:
-    """The test ACC of always predicting the most frequent class (multi-label: each label's most
-    frequent value): a model that ends here learned nothing that ACC can see."""
-    y = np.asarray(labels)
-    if task == "multi-label":
-        positive = y.astype(bool).mean(axis=0)
-        return float(np.mean(np.maximum(positive, 1 - positive)))
-    _, counts = np.unique(y.reshape(len(y), -1)[:, 0], return_counts=True)
-    return float(counts.max() / counts.sum())
-
-
 #: A dataset separates the methods when some method ends this far above its majority-class rate.
 SEPARATION_MARGIN = 0.02
 

@@ -52,6 +52,24 @@ def rank_key(predicted: np.ndarray, score: np.ndarray, by: RankBy) -> np.ndarray
     raise UsageError(f"rank by must be predicted, score or combined, got {by!r}")
 
 
+def weak_sources(zoo: str | Path) -> list[dict[str, Any]]:
+    """The zoo's supernets that learned nothing (:func:`mednns.zoo.source_quality`).
+
+    :raises UsageError: when the zoo does not record the facts the gate needs.
+    """
+    from mednns.zoo import ZooStore, source_quality
+
+    with ZooStore(zoo, readonly=True) as store:
+        quality = list(source_quality(store).values())
+    unknown = [q["dataset"] for q in quality if q["learned"] is None]
+    if unknown:
+        raise UsageError(f"the zoo {zoo} does not record the validation majority-class rate of "
+                         f"{', '.join(sorted(set(unknown)))}, which the source gate compares with",
+                         hint="run the zoo build again (mednns zoo build RUN_DIR records it without evaluating "
+                              "anything new), or query without the source gate")
+    return [q for q in quality if q["learned"] is False]
+
+
 class LatencyMeter:
     """Median latency (ms) of extracted subnets at batch 1, cached in a JSON file."""
 
@@ -97,7 +115,7 @@ class LatencyMeter:
 def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by: RankBy = "predicted",
           constraints: Constraints = Constraints(), exclude_sources: Sequence[str] | None = None,
           manager: Any = None, device: str = "cpu", latency: LatencyMeter | None = None,
-          progress: bool = False, rerank: Any = None, load: Any = None) -> dict[str, Any]:
+          progress: bool = False, rerank: Any = None, load: Any = None, source_gate: bool = False) -> dict[str, Any]:
     """Rank every zoo model of a trained meta-space for ``dataset``.
 
     :param meta_dir: a ``fit_meta_space`` folder.
@@ -107,6 +125,9 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
         ``rerank.candidates`` (that pass the constraints) on the target's training images with a
         transfer score, then keep the top ``top_k`` of the new order.
     :param load: ``folder -> (space, metadata)`` for the re-ranking (a cache shared by the caller).
+    :param source_gate: leave out the models of source supernets that learned nothing (largest
+        subnet not above its validation majority-class rate, :func:`mednns.zoo.source_quality`);
+        the result names them under ``gated_sources``.
     :returns: ``{"dataset", "by", "constraints", "candidates", "results": [row, ...], "seconds"}``;
         a row has rank, zoo id, source dataset, space, architecture JSON, params, MACs, predicted,
         score (and latency_ms when measured) and the supernet folder; with ``rerank`` also
@@ -131,6 +152,10 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
     predicted, score = predicted_t[0].cpu().numpy(), score_t[0].cpu().numpy()
     excluded = set(metadata.get("held_out", []) if exclude_sources is None else exclude_sources)
     keep = np.array([d not in excluded for d in table.dataset], dtype=bool)
+    gated = weak_sources(metadata["zoo"]) if source_gate else []
+    if gated:
+        folders = {q["folder"] for q in gated}
+        keep &= np.array([str(folder) not in folders for folder in table.supernet], dtype=bool)
     if constraints.max_params is not None:
         keep &= table.params <= constraints.max_params
     if constraints.max_macs is not None:
@@ -166,6 +191,8 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
 
         extra["meta_space_order"] = [r["zoo_id"] for r in results]
         results, extra["rerank"] = rerank_rows(results, dataset, rerank, manager=manager, device=device, load=load)
+    if source_gate:
+        extra["gated_sources"] = gated
     return {"dataset": info.name, "input_shape": list(input_shape), "by": by,
             "constraints": constraints.__dict__, "excluded_sources": sorted(excluded),
             "candidates": int(keep.sum()), "zoo_models": len(table),

@@ -24,6 +24,7 @@ _EXPORTS = {
     "SubnetEvaluator": "mednns.zoo.evaluator",
     "build_zoo": "mednns.zoo.build",
     "export_zoo": "mednns.zoo.report",
+    "source_quality": "mednns.zoo.report",
     "zoo_stats": "mednns.zoo.report",
     "SCHEMA_VERSION": "mednns.zoo.store",
     "MergeReport": "mednns.zoo.store",

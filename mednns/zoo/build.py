@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 
-from mednns.data import MedicalDataset
+from mednns.data import MedicalDataset, majority_rate
 from mednns.errors import UsageError
 from mednns.training.checkpoint import load_supernet, supernet_files
 from mednns.zoo.evaluator import EvaluationData, SubnetEvaluator
@@ -43,6 +43,8 @@ def build_zoo(store: ZooStore, supernet: str | os.PathLike, dataset: MedicalData
     _, weights_path = supernet_files(supernet)
     supernet_id = store.add_supernet(weights_sha256=sha256_file(weights_path), space=space_name, dataset=name,
                                      path=weights_path.resolve(), metadata=metadata)
+    store.update_supernet_metadata(supernet_id, val_majority_rate=majority_rate(
+        dataset.info.task, dataset.split("val").labels))  # the source-quality gate compares with it
     protocol_id = store.add_protocol(protocol.to_dict())
     others = [p for p in store.protocols_of(supernet_id) if p != protocol_id]
     if others:

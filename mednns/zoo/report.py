@@ -25,8 +25,31 @@ def _quantiles(values: np.ndarray) -> dict[str, float | None]:
             "mean": float(values.mean()), "std": float(values.std())}
 
 
+def source_quality(store: ZooStore) -> dict[int, dict[str, Any]]:
+    """Per supernet id: did it learn? Its largest subnet's validation ACC against the validation
+    majority-class rate of its dataset (recorded by the zoo build): a supernet that does not beat
+    it learned nothing ACC can see, and its weights are poor transfer candidates.
+
+    :returns: ``{id: {"dataset", "space", "folder", "largest_val_acc", "val_majority_rate",
+        "learned": bool | None}}`` (``None``: a fact is missing, e.g. a zoo built by an older mednns).
+    """
+    quality = {}
+    for supernet in store.supernets():
+        rows = [r for r in store.models(["params", "val_acc"], supernet_id=supernet["id"], origin="extreme")
+                if r["val_acc"] is not None]
+        largest = max(rows, key=lambda r: r["params"])["val_acc"] if rows else None
+        majority = supernet["metadata"].get("val_majority_rate")
+        quality[supernet["id"]] = {
+            "dataset": supernet["dataset"], "space": supernet["space"], "folder": str(Path(supernet["path"]).parent),
+            "largest_val_acc": largest, "val_majority_rate": majority,
+            "learned": None if largest is None or majority is None else bool(largest > majority)}
+    return quality
+
+
 def zoo_stats(store: ZooStore) -> list[dict[str, Any]]:
-    """Per (dataset, space): count, origins, metric distributions, params/MACs range, evaluation time."""
+    """Per (dataset, space): count, origins, metric distributions, params/MACs range, evaluation time,
+    and the :func:`source_quality` of its supernet(s)."""
+    quality = list(source_quality(store).values())
     stats = []
     for group in store.groups():
         where = {"dataset": group["dataset"], "space": group["space"]}
@@ -41,6 +64,7 @@ def zoo_stats(store: ZooStore) -> list[dict[str, Any]]:
             "params": {"min": int(params.min()), "max": int(params.max())},
             "macs": {"min": int(macs.min()), "max": int(macs.max())},
             "eval_seconds": {"mean": float(seconds.mean()), "total": float(seconds.sum())},
+            "source_quality": [q for q in quality if (q["dataset"], q["space"]) == (group["dataset"], group["space"])],
         })
     return stats
 

@@ -239,6 +239,15 @@ class ZooStore:
             row = self.db.execute("SELECT id FROM supernets WHERE weights_sha256 = ?", (weights_sha256,)).fetchone()
         return int(row[0])
 
+    def update_supernet_metadata(self, supernet_id: int, **facts: Any) -> None:
+        """Add or replace top-level keys of a supernet's metadata (facts learned after it was added)."""
+        with self.transaction():
+            row = self.db.execute("SELECT metadata FROM supernets WHERE id = ?", (supernet_id,)).fetchone()
+            if row is None:
+                raise KeyError(supernet_id)
+            merged = {**json.loads(row[0]), **facts}
+            self.db.execute("UPDATE supernets SET metadata = ? WHERE id = ?", (canonical_json(merged), supernet_id))
+
     def add_protocol(self, spec: dict[str, Any]) -> int:
         """The id of an evaluation protocol (inserted when new)."""
         text = canonical_json(spec)
