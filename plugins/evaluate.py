@@ -121,9 +121,9 @@ class Evaluate(Stage):
         # the fold meta-spaces are built through the registry: check their arguments now, not after an hour
         for variant in self.settings.variant_list():
             run.manager.create("stages", "fit_meta_space", **variant.meta_space)
-            if variant.rerank:
-                score = variant.settings().score
-                run.manager.create("transfer-scores", score["name"], **score["args"])
+            rerank = variant.settings()
+            if rerank is not None:
+                run.manager.create("transfer-scores", rerank.score["name"], **rerank.score["args"])
         results = evaluate(run, self.settings, run.stage_dir(self.name))
         return {"datasets": list(results["datasets"]), **results["overall"]}
 

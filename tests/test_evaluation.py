@@ -131,10 +131,13 @@ def test_settings_name_conditions_and_variant_methods():
     variant = chosen.variant_list()[1]
     assert variant.meta_space == {"steps": 10, "target": "val_auc"} and variant.top_k == 3
     assert [c.id for c in settings(budgets=["equal_compute"]).conditions()] == ["equal_compute@all"]
+    # re-ranking reads labelled training images: only with every training image in every condition
+    assert settings(variants={"knn": {"rerank": {"score": "knn"}}}).variant_list()[1].settings().score == {
+        "name": "knn", "args": {}}
     for bad in ({"budgets": ["equal_money"]}, {"train_images": [100, 100]}, {"equal_compute_seeds": [7]},
                 {"max_epochs": 4}, {"variants": {"x": {"lr": 1}}}, {"variants": {"x": {"meta_space": {"zoo": "z"}}}},
                 {"variants": {"a b": {}}}, {"variants": {"x": {"rerank": {"score": "knn", "k": 3}}}},
-                {"rerank": {"combine": "vote"}}):
+                {"rerank": {"combine": "vote"}}, {"train_images": [100], "variants": {"x": {"rerank": {}}}}):
         with pytest.raises(UsageError):
             settings(**bad)
 
@@ -169,9 +172,7 @@ META = {"images": 64, "steps": 30, "eval_every": 15, "images_per_set": 32, "mode
         "hidden": 32, "progress": False, "model_encoder": {"name": "arch", "args": {"embed_dim": 16, "hidden": 32}}}
 EVALUATE = {"datasets": ["c", "d"], "seeds": [0, 1], "epochs": 3, "batch_size": 16, "top_k": 2, "search_budget": 5,
             "train_images": [64, 32], "budgets": ["equal_epochs", "equal_compute"], "equal_compute_seeds": [0],
-            "max_epochs": 9, "variants": {"auc": {"meta_space": {"target": "val_auc"}},
-                                          "knn": {"rerank": {"score": "knn", "candidates": 4, "images": 40,
-                                                             "calibration_images": 32}}},
+            "max_epochs": 9, "variants": {"auc": {"meta_space": {"target": "val_auc"}}},
             "meta_space": META, "report": True, "progress": False}
 
 
@@ -272,13 +273,9 @@ def test_the_target_is_held_out_of_every_meta_space_and_of_the_candidates(evalua
         targets.add(json.loads((folder / "arguments.json").read_text()).get("target", "val_acc"))
         losses.append([s["name"] for s in meta["losses"]])
     assert targets == {"val_acc", "val_auc"} and ["contrastive", "performance"] in losses
-    for name in ("default", "auc", "knn", "tans"):
+    for name in ("default", "auc", "tans"):
         query = json.loads((fold / "queries" / f"{name}.json").read_text())
         assert query["results"] and all(r["dataset"] != "c" for r in query["results"])
-    reranked = json.loads((fold / "queries" / "knn.json").read_text())
-    assert reranked["rerank"]["candidates"] == 4 and all("transfer_score" in r for r in reranked["results"])
-    setup = evaluation["results"]["datasets"]["c"]["setup_compute"]
-    assert setup["mednns:knn"]["query"]["image_macs"] > setup["mednns"]["query"]["image_macs"]  # scoring costs
     methods = methods_of(evaluation["results"], "c")
     for name in ("mednns", "mednns:auc", "tans", "nearest_fid", "random_pick"):
         assert all(r["model"]["source"] != "c" for r in methods[name]["runs"]), name
@@ -357,7 +354,7 @@ def test_equal_compute_brings_every_method_to_the_most_expensive_ones_image_macs
 def test_statistics_pair_runs_by_dataset_and_seed(evaluation):
     results = evaluation["results"]
     stats = results["statistics"][PRIMARY]
-    assert {"mednns", "mednns:auc", "mednns:knn", "mednns_topk", "mednns_topk:auc"} <= set(stats)
+    assert {"mednns", "mednns:auc", "mednns_topk", "mednns_topk:auc"} <= set(stats)
     for other in ("random_init", "mednns:auc"):
         acc = stats["mednns"][other]["test_acc"]
         expected = {}
@@ -471,3 +468,27 @@ def test_evaluate_adds_the_stage_when_the_config_has_none_and_says_what_is_missi
     assert result.exit_code == 2, result.output
     assert "evaluate: no zoo at" in result.output and "build_zoo" in result.output
     assert (tmp_path / "bare" / "stages" / "dataset_summary").is_dir()  # the config's own stages ran first
+
+
+@pipeline
+def test_a_fold_counts_re_ranking_as_query_compute(evaluation):
+    from mednns.config import load_config
+    from mednns.evaluation.candidates import SupernetCache
+    from mednns.evaluation.leave_one_out import Fold
+    from mednns.manager import get_plugin_manager
+    from mednns.runs import prepare_run
+    from mednns.transfer.rerank import RerankSettings
+
+    manager = get_plugin_manager()
+    run = prepare_run(manager, load_config(manager, evaluation["config"]))
+    stage = manager.create("stages", "evaluate", **{**EVALUATE, "train_images": None, "budgets": None})
+    zoo = run.directory / "stages" / "build_zoo" / "zoo.sqlite"
+    fold = Fold(run, stage.settings, "c", evaluation["stage"] / "c", zoo, SupernetCache(manager), {})
+    meta = fold.meta_space(stage.settings.meta_space)  # the fold's default meta-space, fitted already
+    plain, plain_cost = fold.query(meta, "predicted", 2)
+    settings = RerankSettings({"name": "logme", "args": {}}, candidates=3, images=40, calibration_images=32)
+    reranked, cost = fold.query(meta, "predicted", 2, settings)
+    facts = reranked["rerank"]
+    assert facts["candidates"] == 3 and facts["image_macs"] > 0
+    assert cost["image_macs"] == plain_cost["image_macs"] + facts["image_macs"]
+    assert reranked["meta_space_order"][:2] == [r["zoo_id"] for r in plain["results"]]

@@ -103,7 +103,7 @@ class Variant:
         """The :class:`~mednns.transfer.rerank.RerankSettings` of the query (``None``: no re-ranking)."""
         from mednns.transfer.rerank import RerankSettings
 
-        return RerankSettings.from_dict(self.rerank) if self.rerank else None
+        return RerankSettings.from_dict(self.rerank) if self.rerank is not None else None
 
     def method(self, base: str) -> str:
         return f"{base}{VARIANT_SEPARATOR}{self.name}" if self.name else base
@@ -159,8 +159,13 @@ class EvaluationSettings:
                 raise UsageError(f"variant {name}: meta_space must not set {', '.join(fixed)} (set per fold)")
             if "top_k" in variant and int(variant["top_k"]) < 1:
                 raise UsageError(f"variant {name}: top_k must be >= 1")
-        for variant in self.variant_list():
-            variant.settings()  # a bad rerank mapping fails before any work
+        reranking = [v.name or "the default" for v in self.variant_list() if v.settings() is not None]
+        if reranking and any(n is not None for n in self.train_images):
+            raise UsageError(f"re-ranking ({', '.join(reranking)}) reads labelled images of the target's whole "
+                             f"training split, more than the fine-tuning subsets of train_images "
+                             f"{self.train_images}: the comparison would not be fair",
+                             hint="evaluate re-ranking with train_images left out (all training images); "
+                                  "re-ranking on each condition's own subset is not implemented yet")
 
     # --- what runs ------------------------------------------------------------------------
     def variant_list(self) -> list[Variant]:
