@@ -84,7 +84,7 @@ class Evaluate(Stage):
                  meta_space: dict[str, Any] | None = None,
                  tans_losses: list[mednns.ComponentSpec["losses"]] | None = None, timm_model: str = "resnet18",
                  search_budget: int = 100, zoo: str | None = None, report: bool = True, progress: bool = True):
-        from mednns.evaluation.leave_one_out import DEFAULT_TANS_LOSSES, EvaluationSettings
+        from mednns.evaluation.settings import DEFAULT_TANS_LOSSES, EvaluationSettings
         from mednns.finetune import FinetuneConfig
 
         chosen = list(dict.fromkeys(["mednns", *(methods or DEFAULT_METHODS)]))

@@ -114,7 +114,7 @@ def test_a_condition_view_is_the_shape_the_report_reads():
 
 
 def test_settings_name_conditions_and_variant_methods():
-    from mednns.evaluation.leave_one_out import EvaluationSettings
+    from mednns.evaluation.settings import EvaluationSettings
 
     def settings(**changes: Any) -> EvaluationSettings:
         base = dict(datasets=None, methods=["mednns", "mednns_topk", "random_init"], seeds=[0, 1, 2],

@@ -1,0 +1,170 @@
+"""What the ``evaluate`` stage is asked to do: its settings, the conditions every method runs under
+and the variants of the mednns method (no torch here: the stage validates them before any work).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mednns.errors import UsageError
+from mednns.evaluation.methods import VARIANT_SEPARATOR
+from mednns.evaluation.results import report_epochs
+
+DEFAULT_TANS_LOSSES: list[dict[str, Any]] = [{"name": "contrastive", "args": {}}, {"name": "performance", "args": {}}]
+BUDGETS = ("equal_epochs", "equal_compute")
+#: Methods that start from a query of a meta-space (they have variants).
+QUERY_METHODS = ("mednns", "mednns_topk")
+#: What a variant may change.
+VARIANT_KEYS = ("meta_space", "by", "top_k", "rerank", "source_gate")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One budget at one training-set size: every method runs under it with every listed seed.
+
+    :param budget: ``equal_epochs`` (every method the same epochs) or ``equal_compute`` (every
+        method the same target-side image-MACs).
+    :param train_images: training images per target (``None``: all).
+    :param batch_size: the fine-tuning batch: a smaller training set than the primary condition's
+        gets a smaller batch, so that it makes as many optimizer steps per epoch (with a fixed batch,
+        100 images would train for one step per epoch and every method would end where it started).
+    """
+
+    id: str
+    budget: str
+    train_images: int | None
+    seeds: tuple[int, ...]
+    batch_size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seeds": list(self.seeds)}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """The settings of one mednns variant (the default one has the name ``""``)."""
+
+    name: str
+    meta_space: dict[str, Any]
+    by: str
+    top_k: int
+    rerank: dict[str, Any] | None = None
+    source_gate: bool = False
+
+    def settings(self):
+        """The :class:`~mednns.transfer.rerank.RerankSettings` of the query (``None``: no re-ranking)."""
+        from mednns.transfer.rerank import RerankSettings
+
+        return RerankSettings.from_dict(self.rerank) if self.rerank is not None else None
+
+    def method(self, base: str) -> str:
+        return f"{base}{VARIANT_SEPARATOR}{self.name}" if self.name else base
+
+
+@dataclass
+class EvaluationSettings:
+    """What the ``evaluate`` stage was asked to do (see :class:`mednns.plugins.evaluate.Evaluate`)."""
+
+    datasets: list[str] | None
+    methods: list[str]
+    seeds: list[int]
+    finetune: dict[str, Any]
+    top_k: int
+    by: str
+    meta_space: dict[str, Any]
+    tans_losses: list[dict[str, Any]]
+    timm_model: str
+    search_budget: int
+    rerank: dict[str, Any] | None = None
+    source_gate: bool = False
+    train_images: list[int | None] = field(default_factory=lambda: [None])
+    budgets: list[str] = field(default_factory=lambda: ["equal_epochs"])
+    equal_compute_seeds: list[int] | None = None
+    max_epochs: int = 200
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    zoo: str | None = None
+    progress: bool = True
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.budgets) - set(BUDGETS))
+        if unknown or not self.budgets:
+            raise UsageError(f"budgets must be a non-empty list of {', '.join(BUDGETS)} (got {self.budgets})")
+        if not self.train_images or len(set(self.train_images)) != len(self.train_images):
+            raise UsageError("train_images must be a non-empty list of distinct sizes")
+        if any(n is not None and n < 2 for n in self.train_images):
+            raise UsageError("every train_images size must be >= 2")
+        extra = sorted(set(self.equal_compute_seeds or []) - set(self.seeds))
+        if extra:
+            raise UsageError(f"equal_compute_seeds {extra} are not among the seeds {self.seeds}")
+        if self.max_epochs < self.finetune["epochs"]:
+            raise UsageError(f"max_epochs ({self.max_epochs}) is below epochs ({self.finetune['epochs']})")
+        for name, variant in self.variants.items():
+            if not name or not name.replace("_", "").replace("-", "").isalnum():
+                raise UsageError(f"variant name {name!r}: use letters, digits, '_' and '-'")
+            wrong = sorted(set(variant) - set(VARIANT_KEYS))
+            if wrong:
+                raise UsageError(f"variant {name}: unknown key(s) {', '.join(wrong)}",
+                                 hint=f"a variant may set {', '.join(VARIANT_KEYS)}")
+            fixed = sorted({"held_out", "zoo"} & set(variant.get("meta_space") or {}))
+            if fixed:
+                raise UsageError(f"variant {name}: meta_space must not set {', '.join(fixed)} (set per fold)")
+            if "top_k" in variant and int(variant["top_k"]) < 1:
+                raise UsageError(f"variant {name}: top_k must be >= 1")
+        reranking = [v.name or "the default" for v in self.variant_list() if v.settings() is not None]
+        if reranking and any(n is not None for n in self.train_images):
+            raise UsageError(f"re-ranking ({', '.join(reranking)}) reads labelled images of the target's whole "
+                             f"training split, more than the fine-tuning subsets of train_images "
+                             f"{self.train_images}: the comparison would not be fair",
+                             hint="evaluate re-ranking with train_images left out (all training images); "
+                                  "re-ranking on each condition's own subset is not implemented yet")
+
+    # --- what runs ------------------------------------------------------------------------
+    def variant_list(self) -> list[Variant]:
+        """The default settings first, then every named variant."""
+        default = Variant("", dict(self.meta_space), self.by, self.top_k, self.rerank, self.source_gate)
+        return [default, *(Variant(name, {**self.meta_space, **(v.get("meta_space") or {})}, v.get("by", self.by),
+                                   int(v.get("top_k", self.top_k)), v.get("rerank", self.rerank),
+                                   bool(v.get("source_gate", self.source_gate)))
+                           for name, v in self.variants.items())]
+
+    def method_names(self) -> list[str]:
+        """Every method row of the results: the chosen methods, each query method once per variant."""
+        names = []
+        for method in self.methods:
+            names.append(method)
+            if method in QUERY_METHODS:
+                names += [v.method(method) for v in self.variant_list()[1:]]
+        return names
+
+    def conditions(self) -> list[Condition]:
+        """``equal_epochs`` at every training-set size (the first is the primary condition), then
+        ``equal_compute`` at the first size (the only condition when it is the only budget)."""
+        def size_id(n: int | None) -> str:
+            return "all" if n is None else str(n)
+
+        seeds, batch, primary = tuple(self.seeds), self.finetune["batch_size"], self.train_images[0]
+
+        def batch_for(n: int | None) -> int:
+            if n is None or primary is None or n >= primary or primary < batch:
+                return batch
+            return max(2, min(batch, n // (primary // batch)))  # the primary's steps per epoch
+
+        found = [Condition(f"equal_epochs@{size_id(n)}", "equal_epochs", n, seeds, batch_for(n))
+                 for n in self.train_images]
+        if "equal_compute" in self.budgets:
+            found.append(Condition(f"equal_compute@{size_id(primary)}", "equal_compute", primary,
+                                   tuple(self.equal_compute_seeds or self.seeds), batch))
+        return found if "equal_epochs" in self.budgets else found[len(self.train_images):]
+
+    def protocol(self) -> dict[str, Any]:
+        epochs = self.finetune["epochs"]
+        return {"epochs": epochs, "seeds": list(self.seeds), "report_epochs": report_epochs(epochs),
+                "top_k": self.top_k, "by": self.by, "search_budget": self.search_budget, "timm_model": self.timm_model,
+                "finetune": {k: v for k, v in self.finetune.items() if k != "epochs"}, "methods": self.method_names(),
+                "meta_space": self.meta_space, "rerank": self.rerank, "source_gate": self.source_gate,
+                "variants": self.variants,
+                "tans_losses": self.tans_losses,
+                "train_images": self.train_images, "budgets": self.budgets, "max_epochs": self.max_epochs,
+                "conditions": [c.to_dict() for c in self.conditions()]}
