@@ -38,7 +38,8 @@ def _history(rng: np.random.Generator, level: float) -> list[dict[str, Any]]:
         acc = level - 0.25 / epoch + float(rng.normal(0, 0.01))
         auc = min(0.99, acc + 0.08 + float(rng.normal(0, 0.01)))
         rows.append({"epoch": epoch, "train_loss": 1.0 / epoch, "val_acc": acc + 0.01, "val_auc": auc,
-                     "test_acc": acc, "test_auc": auc, "seconds": 1.5 * epoch, "target_seconds": 1.0 * epoch})
+                     "test_acc": acc, "test_auc": auc, "seconds": 1.5 * epoch, "target_seconds": 1.0 * epoch,
+                     "image_macs": epoch * 10**8})
     return rows
 
 
@@ -49,7 +50,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     epochs = list(range(1, K + 1))
     curve: dict[str, Any] = {"epochs": epochs}
-    for metric in ("test_acc", "test_auc", "target_seconds"):
+    for metric in ("test_acc", "test_auc", "target_seconds", "image_macs"):
         curve[f"{metric}_mean"] = [stat(metric, e)["mean"] for e in epochs]
         curve[f"{metric}_std"] = [stat(metric, e)["std"] for e in epochs]
     return {"test_acc": {str(e): stat("test_acc", e) for e in (1, 3, K)},
@@ -85,7 +86,8 @@ def _condition(rng: np.random.Generator, seeds: list[int], shift: float) -> dict
                              "finetune_seconds": 6.0,
                              "compute": {"setup": setup, "finetune": {"seconds": history[-1]["target_seconds"],
                                                                       "image_macs": 10**9},
-                                         "offset_seconds": 2.0 * (method == "mednns"), "total_seconds": total,
+                                         "offset_seconds": 2.0 * (method == "mednns"),
+                                         "offset_image_macs": 1000 * (method == "mednns"), "total_seconds": total,
                                          "total_image_macs": 10**9 + 1000 * (method == "mednns"), "capped": False}})
             compute = {"setup": setup, "finetune": {"seconds": 4.0, "image_macs": 1e9},
                        "total_seconds": float(np.mean([r["compute"]["total_seconds"] for r in runs])),

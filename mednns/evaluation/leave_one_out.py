@@ -426,7 +426,9 @@ class Fold:
             finetune = _phase(sum(r["history"][-1]["target_seconds"] for r in options),
                               sum(r["history"][-1]["image_macs"] for r in options))
             others = finetune["seconds"] - options[best]["history"][-1]["target_seconds"]
+            other_macs = finetune["image_macs"] - options[best]["history"][-1]["image_macs"]
             chosen["compute"] = {"setup": setup, "finetune": finetune, "offset_seconds": round(setup_seconds + others, 3),
+                                 "offset_image_macs": int((_total(setup, "image_macs") or 0) + other_macs),
                                  "total_seconds": round(setup_seconds + finetune["seconds"], 3),
                                  "total_image_macs": (None if _total(setup, "image_macs") is None
                                                       else int(_total(setup, "image_macs") + finetune["image_macs"])),

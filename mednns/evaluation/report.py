@@ -1098,10 +1098,11 @@ def _ours_colors(ours: list[str]) -> dict[str, Any]:
 
 
 def plot_compute_curves(results: dict[str, Any], dataset: str, path: str | Path) -> Path:
-    """Test ACC against cumulative target-side seconds for every method on ``dataset``: each curve
-    starts after what the method spent before fine-tuning (own supernet and search, query; for
-    best-of-top-k the other candidates' fine-tuning). Drawn from the equal-compute condition when
-    the protocol has one, else from the primary condition.
+    """Test ACC against cumulative target-side compute for every method on ``dataset``, in seconds
+    (left) and image-MACs (right, independent of the machine and of what else ran on it): each
+    curve starts after what the method spent before fine-tuning (own supernet and search, query;
+    for best-of-top-k the other candidates' fine-tuning). Drawn from the equal-compute condition
+    when the protocol has one, else from the primary condition.
 
     :param results: evaluation results (all conditions). :param dataset: the dataset.
     :param path: the PNG file to write.
@@ -1115,28 +1116,32 @@ def plot_compute_curves(results: dict[str, Any], dataset: str, path: str | Path)
     if not methods:
         raise UsageError(f"no method ran on {dataset!r}: nothing to plot")
     colors = _colors(results)
-    figure = _figure(8.5, 4.8)
-    axes = figure.add_subplot()
-    for method in methods:
-        entry = entries[method]
-        seconds = (entry.get("summary") or {}).get("curve", {}).get("target_seconds_mean")
-        _, mean, _ = curve(entry, "test_acc")
-        if not seconds or len(seconds) != len(mean):
-            continue
-        offset = float(np.mean([r["compute"]["offset_seconds"] for r in entry["runs"]]))
-        xs = [offset + x for x in seconds]
-        ours = is_ours(results, method)
-        axes.plot(xs, mean, "-o", color=colors.get(method, "#d62728" if ours else None), linewidth=2.4 if ours else 1.2,
-                  markersize=3, zorder=10 if ours else 3, label=label(results, method))
-        if offset > 0:
-            axes.plot([offset], [mean[0]], "|", color=colors.get(method), markersize=10)
-    axes.set_xscale("log")
-    axes.set_xlabel("cumulative target-side seconds (log scale)")
-    axes.set_ylabel("test ACC (mean over seeds)")
-    axes.set_title(f"{dataset}: test ACC against compute spent on the target ({condition_label(chosen)})", fontsize=10)
-    axes.grid(alpha=0.3, which="both")
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
-    figure.tight_layout()
+    figure = _figure(12.0, 4.8)
+    panels = figure.subplots(1, 2)
+    for axes, key, scale, name in ((panels[0], "seconds", 1.0, "cumulative target-side seconds"),
+                                   (panels[1], "image_macs", 1e-9, "cumulative target-side image-GMACs")):
+        for method in methods:
+            entry = entries[method]
+            spent = (entry.get("summary") or {}).get("curve", {}).get(
+                "target_seconds_mean" if key == "seconds" else "image_macs_mean")
+            _, mean, _ = curve(entry, "test_acc")
+            offsets = [r["compute"].get(f"offset_{key}") for r in entry["runs"]]
+            if not spent or len(spent) != len(mean) or any(o is None for o in offsets):
+                continue
+            offset = float(np.mean(offsets))
+            ours = is_ours(results, method)
+            axes.plot([(offset + x) * scale for x in spent], mean, "-o", color=colors.get(method),
+                      linewidth=2.4 if ours else 1.2, markersize=3, zorder=10 if ours else 3,
+                      label=label(results, method))
+        axes.set_xscale("log")
+        axes.set_xlabel(f"{name} (log scale)")
+        axes.set_ylabel("test ACC (mean over seeds)")
+        axes.grid(alpha=0.3, which="both")
+    handles, labels = panels[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=8, frameon=False)
+    figure.suptitle(f"{dataset}: test ACC against compute spent on the target ({condition_label(chosen)})",
+                    fontsize=10)
+    figure.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / 4) + 0.02, 1, 1))
     return _save(figure, path)
 
 

@@ -42,7 +42,8 @@ def summarize_runs(runs: list[dict[str, Any]], epochs: Sequence[int]) -> dict[st
     for metric in metrics:
         summary[metric] = {str(e): _mean_std([r[axis.index(e)][metric] for r in rows]) for e in epochs if e in axis}
     curve: dict[str, Any] = {"epochs": axis}
-    for metric in [*metrics, *(c for c in ("target_seconds",) if all("target_seconds" in row for row in rows[0]))]:
+    spent = [c for c in ("target_seconds", "image_macs") if all(row.get(c) is not None for r in rows for row in r)]
+    for metric in [*metrics, *spent]:
         points = [_mean_std([r[i][metric] for r in rows]) for i in range(length)]
         curve[f"{metric}_mean"] = [p["mean"] for p in points]
         curve[f"{metric}_std"] = [p["std"] for p in points]
