@@ -821,10 +821,11 @@ def _save(figure: Any, path: str | Path) -> Path:
 def _colors(results: dict[str, Any]) -> dict[str, Any]:
     from matplotlib import colormaps
 
-    palette = colormaps["tab10"].colors
     others = [m for m in method_order(results) if m != REFERENCE]
+    palette = colormaps["tab10" if len(others) <= 9 else "tab20"].colors
     colors = {REFERENCE: "#d62728"}
-    free = [c for i, c in enumerate(palette) if i != 3]  # tab10's red is mednns's
+    red = (3,) if len(others) <= 9 else (6, 7)  # the reds are mednns's
+    free = [c for i, c in enumerate(palette) if i not in red]
     colors.update({m: free[i % len(free)] for i, m in enumerate(others)})
     return colors
 
@@ -1054,7 +1055,7 @@ def plot_forest(view: dict[str, Any], path: str | Path, metric: str = "test_acc"
     others = [m for m in method_order(view) if not is_ours(view, m) and any(_gain_stats(view, o, m, metric) for o in ours)]
     if not ours or not others:
         raise UsageError("no paired statistics in these results: nothing to plot")
-    colors = _ours_colors(ours)
+    colors = _colors(view)
     figure = _figure(8.0, 1.0 + 0.42 * len(others) * max(1, len(ours)) ** 0.5 + 0.6)
     axes = figure.add_subplot()
     step = 0.7 / max(1, len(ours))
@@ -1067,10 +1068,10 @@ def plot_forest(view: dict[str, Any], path: str | Path, metric: str = "test_acc"
             y = row - 0.35 + step * (i + 0.5)
             interval = stats.get("ci")
             if interval:
-                axes.plot(interval, [y, y], "-", color=colors[mine], linewidth=1.6)
+                axes.plot(interval, [y, y], "-", color=colors.get(mine), linewidth=1.6)
             excludes_zero = bool(interval) and (interval[0] > 0 or interval[1] < 0)
-            axes.plot([stats["mean"]], [y], "o", color=colors[mine], markersize=6,
-                      markerfacecolor=colors[mine] if excludes_zero else "white", label=legend)
+            axes.plot([stats["mean"]], [y], "o", color=colors.get(mine), markersize=6,
+                      markerfacecolor=colors.get(mine) if excludes_zero else "white", label=legend)
             legend = None
             p = _finite(stats.get("p_wilcoxon"))
             if p is not None:
@@ -1090,13 +1091,6 @@ def plot_forest(view: dict[str, Any], path: str | Path, metric: str = "test_acc"
     return _save(figure, path)
 
 
-def _ours_colors(ours: list[str]) -> dict[str, Any]:
-    from matplotlib import colormaps
-
-    reds = colormaps["Reds"]
-    return {m: ("#d62728" if m == REFERENCE else reds(0.35 + 0.5 * i / max(1, len(ours)))) for i, m in enumerate(ours)}
-
-
 def plot_compute_curves(results: dict[str, Any], dataset: str, path: str | Path) -> Path:
     """Test ACC against cumulative target-side compute for every method on ``dataset``, in seconds
     (left) and image-MACs (right, independent of the machine and of what else ran on it): each
@@ -1107,6 +1101,8 @@ def plot_compute_curves(results: dict[str, Any], dataset: str, path: str | Path)
     :param results: evaluation results (all conditions). :param dataset: the dataset.
     :param path: the PNG file to write.
     """
+    from matplotlib.ticker import NullFormatter
+
     from mednns.evaluation.results import condition_view
 
     chosen = next((c for c in conditions(results) if c["budget"] == "equal_compute"), conditions(results)[0])
@@ -1134,6 +1130,7 @@ def plot_compute_curves(results: dict[str, Any], dataset: str, path: str | Path)
                       linewidth=2.4 if ours else 1.2, markersize=3, zorder=10 if ours else 3,
                       label=label(results, method))
         axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(NullFormatter())  # major ticks only: minor labels overlap
         axes.set_xlabel(f"{name} (log scale)")
         axes.set_ylabel("test ACC (mean over seeds)")
         axes.grid(alpha=0.3, which="both")
@@ -1183,6 +1180,7 @@ def plot_sizes(results: dict[str, Any], path: str | Path) -> Path:
     axes.axhline(0.0, color="black", linewidth=0.8)
     axes.set_xscale("log")
     axes.set_xticks(sizes, labels=[f"{s:,}" for s in sizes])
+    axes.set_xticks([], minor=True)
     axes.set_xlabel("training images of the target")
     axes.set_ylabel(f"{label(results, REFERENCE)} gain in final test ACC")
     axes.set_title("Gain against target size (equal epochs; mean over datasets, 95% bootstrap CI)", fontsize=10)

@@ -60,16 +60,21 @@ def nested_bootstrap_ci(groups: Sequence[Sequence[float]], *, confidence: float 
     means = np.array([a.mean() for a in arrays])
     if np.ptp(means) == 0 and all(np.ptp(a) == 0 for a in arrays):
         return float(means[0]), float(means[0])  # no variation at all: the interval is a point
+    lengths = np.array([len(a) for a in arrays])
+    values = np.zeros((len(arrays), lengths.max()))
+    for i, a in enumerate(arrays):
+        values[i, : len(a)] = a
     inner = np.random.default_rng(seed + 1)
 
-    def statistic(indices: np.ndarray) -> float:
-        total = 0.0
-        for i in indices.astype(int):
-            values = arrays[i]
-            total += values[inner.integers(0, len(values), len(values))].mean() if len(values) > 1 else values[0]
-        return total / len(indices)
+    def statistic(indices: np.ndarray, axis: int = -1) -> np.ndarray:
+        drawn = np.moveaxis(indices, axis, -1).astype(int)  # (..., groups drawn)
+        size = lengths[drawn][..., None]
+        picks = np.floor(inner.random((*drawn.shape, values.shape[1])) * size).astype(int)  # seeds redrawn
+        present = np.arange(values.shape[1]) < size
+        group_means = np.where(present, values[drawn[..., None], picks], 0.0).sum(-1) / lengths[drawn]
+        return group_means.mean(-1)
 
-    result = bootstrap((np.arange(len(arrays), dtype=float),), statistic, vectorized=False, n_resamples=resamples,
+    result = bootstrap((np.arange(len(arrays), dtype=float),), statistic, vectorized=True, n_resamples=resamples,
                        confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
