@@ -43,11 +43,10 @@ def results_table(result: dict[str, Any]) -> Table:
     notes = [f"left out the models of {escape(q['dataset'])} ({escape(q['space'])}): its largest subnet reaches "
              f"validation ACC {q['largest_val_acc']:.3f}, not above the majority-class rate "
              f"{q['val_majority_rate']:.3f}" for q in result.get("gated_sources") or []]
-    if notes:
-        table.caption = "; ".join(notes)
     if reranked:
-        table.caption = ((table.caption + "; ") if notes else "") + (f"re-ranked {reranked['candidates']} candidates on {reranked['images']} training images in "
-                         f"{reranked['seconds']:.1f} s ({reranked['candidates_per_second']:.2f} candidates/s)")
+        notes.append(f"re-ranked {reranked['candidates']} candidates on {reranked['images']} training images in "
+                     f"{reranked['seconds']:.1f} s ({reranked['candidates_per_second']:.2f} candidates/s)")
+    table.caption = "; ".join(notes) or None
     return table
 
 

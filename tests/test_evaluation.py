@@ -180,11 +180,23 @@ def invoke(*args: Any):
     return CliRunner().invoke(cli, [str(a) for a in args], env={"COLUMNS": "300"})
 
 
+def without_imagenet_weights(patch: pytest.MonkeyPatch) -> None:
+    """No internet in tests: timm's pretrained weights fail to load, so the ImageNet baseline is skipped."""
+    import timm
+
+    original = timm.create_model
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("no internet here")
+        return original(name, pretrained=False, **kwargs)
+
+    patch.setattr(timm, "create_model", offline)
+
+
 @pytest.fixture(scope="module")
 def evaluation(tmp_path_factory) -> dict[str, Any]:
     """Three zoo datasets a, b, c and one dataset d without a supernet; c and d are the targets."""
-    import timm
-
     root = tmp_path_factory.mktemp("evaluation")
     datasets = []
     for seed, name in enumerate("abcd"):
@@ -196,18 +208,11 @@ def evaluation(tmp_path_factory) -> dict[str, Any]:
                          {"name": "build_zoo", "args": ZOO}, {"name": "evaluate", "args": EVALUATE}]}
     path = root / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    original = timm.create_model
-
-    def offline(name, pretrained=False, **kwargs):  # no internet in tests: the ImageNet baseline is skipped
-        if pretrained:
-            raise OSError("no internet here")
-        return original(name, pretrained=False, **kwargs)
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(timm, "create_model", offline)
+            without_imagenet_weights(patch)
             result = invoke("evaluate", path)
     finally:
         torch.set_num_threads(threads)
@@ -398,11 +403,7 @@ def test_results_hold_the_fid_matrix_embeddings_overall_numbers_and_the_report(e
 
 @pipeline
 def test_an_interrupted_evaluation_resumes_from_its_saved_runs(evaluation, monkeypatch):
-    import timm
-
-    original = timm.create_model
-    monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kw: (
-        (_ for _ in ()).throw(OSError("no internet here")) if pretrained else original(name, **kw)))
+    without_imagenet_weights(monkeypatch)
     stage = evaluation["stage"]
     runs = sorted((stage / "c" / "runs").glob("*.json"))
     before = {p: p.stat().st_mtime_ns for p in runs}
@@ -419,11 +420,7 @@ def test_an_interrupted_evaluation_resumes_from_its_saved_runs(evaluation, monke
 
 @pipeline
 def test_adding_a_seed_trains_only_the_new_seeds_runs(evaluation, monkeypatch):
-    import timm
-
-    original = timm.create_model
-    monkeypatch.setattr(timm, "create_model", lambda name, pretrained=False, **kw: (
-        (_ for _ in ()).throw(OSError("no internet here")) if pretrained else original(name, **kw)))
+    without_imagenet_weights(monkeypatch)
     stage = evaluation["stage"]
     before = {p: p.stat().st_mtime_ns for p in stage.glob("*/runs/*.json")}
     meta = {p: p.stat().st_mtime_ns for p in stage.glob("*/meta_spaces/*/metaspace.json")}

@@ -159,7 +159,6 @@ class SupernetTrainer:
         self._resume_state: dict[str, Any] | None = None
         self._train_x: torch.Tensor | None = None
         self._train_y: torch.Tensor | None = None
-        self._macs: dict[str, int] = {}
 
     @property
     def data(self) -> TrainingData:
@@ -386,11 +385,8 @@ class SupernetTrainer:
                 for m in ("loss", "acc", "auc")}
 
     def macs(self, arch: dict) -> int:
-        """Forward MACs of one image through ``arch`` (from the space's cost model; memoized)."""
-        key = self.space.arch_to_json(arch)
-        if key not in self._macs:
-            self._macs[key] = int(self.space.cost(arch, self.info.image_size)["macs"])
-        return self._macs[key]
+        """Forward MACs of one image through ``arch`` (the space's cost model: no forward pass)."""
+        return int(self.space.cost(arch, self.info.image_size)["macs"])
 
     # -- checkpoints ----------------------------------------------------------------
     def _metadata(self, phase: Phase | None) -> dict[str, Any]:
