@@ -206,7 +206,7 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
             row = {"epoch": epoch, "train_loss": running / steps, "val_acc": val["acc"], "val_auc": val["auc"],
                    "val_bal_acc": val["bal_acc"], "val_loss": val["loss"], "test_acc": test["acc"],
                    "test_auc": test["auc"], "test_bal_acc": test["bal_acc"], "test_loss": test["loss"],
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 2),
+                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 3),
                    "target_seconds": round(target_seconds, 3), "image_macs": image_macs if macs else None}
             history.append(row)
             if metrics_csv is not None:
