@@ -38,7 +38,7 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -387,8 +387,7 @@ class Fold:
         data = self.finetune_data(seed, condition)
         start = time.perf_counter()
         model = candidate.build(config.seed)
-        info = self.dataset.info
-        macs = count_macs(model, (info.n_channels, *info.image_size))
+        macs = self.candidate_macs(candidate)
         model_info = {**candidate.model, "params": sum(p.numel() for p in model.parameters()), "macs": macs}
         prepare = time.perf_counter() - start
         trained = train_model(model, data, config, device=self.run.device, console=self.run.console,
@@ -406,13 +405,13 @@ class Fold:
                    condition: Condition, budget: dict[int, dict[str, Any]]) -> dict[str, Any]:
         """Every seed of one method under one condition: its runs, summary and compute."""
         runs = []
-        setup_seconds = _total(setup, "seconds") or 0.0
+        setup_seconds, setup_macs = _total(setup, "seconds") or 0.0, _total(setup, "image_macs")
         for seed in condition.seeds:
             candidates = plan(seed)
             epochs: list[int | None] = [None] * len(candidates)
             capped = False
             if condition.budget == "equal_compute":
-                share = (budget[seed]["image_macs"] - (_total(setup, "image_macs") or 0)) / len(candidates)
+                share = (budget[seed]["image_macs"] - (setup_macs or 0)) / len(candidates)
                 chosen_epochs = [self.compute_epochs(c, share, seed, condition) for c in candidates]
                 epochs = [e for e, _ in chosen_epochs]
                 capped = any(c for _, c in chosen_epochs)
@@ -428,10 +427,10 @@ class Fold:
             others = finetune["seconds"] - options[best]["history"][-1]["target_seconds"]
             other_macs = finetune["image_macs"] - options[best]["history"][-1]["image_macs"]
             chosen["compute"] = {"setup": setup, "finetune": finetune, "offset_seconds": round(setup_seconds + others, 3),
-                                 "offset_image_macs": int((_total(setup, "image_macs") or 0) + other_macs),
+                                 "offset_image_macs": int((setup_macs or 0) + other_macs),
                                  "total_seconds": round(setup_seconds + finetune["seconds"], 3),
-                                 "total_image_macs": (None if _total(setup, "image_macs") is None
-                                                      else int(_total(setup, "image_macs") + finetune["image_macs"])),
+                                 "total_image_macs": (None if setup_macs is None
+                                                      else int(setup_macs + finetune["image_macs"])),
                                  "capped": capped}
             runs.append(chosen)
             last = chosen["history"][-1]
@@ -545,8 +544,7 @@ def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, An
     names = settings.method_names()
     results: dict[str, Any] = {
         "format": FORMAT, "run": run.config.name, "protocol": {**settings.protocol(), "datasets": targets},
-        "methods": {m: {"label": describe(m).label, "kind": describe(m).kind, "description": describe(m).description}
-                    for m in names},
+        "methods": {m: asdict(describe(m)) for m in names},
         "zoo": {"path": str(zoo_path), "datasets": in_zoo}, "datasets": {}}
     supernets = SupernetCache(run.manager)
     imagenet_errors: dict[str, str] = {}
