@@ -36,6 +36,14 @@ def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
     setattr(parent, attribute, module)
 
 
+def head_module(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The classifier of ``model``: its last ``nn.Linear`` (path and module)."""
+    linears = _named(model, nn.Linear)
+    if not linears:
+        raise UsageError("the model has no nn.Linear layer to serve as its classifier head")
+    return linears[-1]
+
+
 def adapt_network(model: nn.Module, *, num_classes: int | None = None, in_channels: int | None = None,
                   seed: int = 0) -> dict[str, Any]:
     """Adapt ``model`` in place to a target's classes and input channels; returns what was changed.
@@ -46,10 +54,7 @@ def adapt_network(model: nn.Module, *, num_classes: int | None = None, in_channe
     """
     changes: dict[str, Any] = {}
     if num_classes is not None:
-        linears = _named(model, nn.Linear)
-        if not linears:
-            raise UsageError("cannot give the model a new head: it has no nn.Linear layer")
-        path, head = linears[-1]  # always a new head: the target's classes mean something else
+        path, head = head_module(model)  # always a new head: the target's classes mean something else
         generator = torch.Generator().manual_seed(seed)
         new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
         with torch.no_grad():

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mednns.data import MedicalDataset, dataset_tensors
 from mednns.errors import UsageError
-from mednns.export import ARCH, METADATA, WEIGHTS, load_model
+from mednns.export import ARCH, METADATA, WEIGHTS, head_module, load_model
 from mednns.files import read_json, write_json
 from mednns.seeding import derive_seed, torch_generator
 from mednns.training.augment import random_crop, random_hflip
@@ -38,9 +38,25 @@ COLUMNS = ("epoch", "lr", "train_loss", "val_acc", "val_auc", "val_bal_acc", "va
            "test_bal_acc", "test_loss", "seconds", "target_seconds", "image_macs")
 
 
+#: The transfer recipe's fields with the values that switch it off (the loop as it was before it).
+RECIPE_OFF = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0}
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Fine-tuning hyper-parameters (the same for a retrieved model and for every baseline)."""
+    """Fine-tuning hyper-parameters (the same for a retrieved model and for every baseline).
+
+    The **transfer recipe** acts only on a model that starts from pretrained weights (inherited
+    from a supernet or ImageNet; ``train_model(..., pretrained=True)``), so that the features it
+    hands over are not thrown away by a random head trained at full rate (Kumar et al., ICLR 2022):
+
+    :param recalibrate_bn: before the first step, re-estimate every BN layer's statistics on the
+        target's training images (the inherited ones describe another dataset).
+    :param head_epochs: the first epochs train the new head only (the body frozen, in eval mode,
+        with those statistics): a linear probe, then full fine-tuning (LP-FT). They count in
+        ``epochs`` (same budget) and cost one forward pass per image.
+    :param body_lr_scale: the body's learning rate relative to ``lr`` (the head keeps ``lr``).
+    """
 
     epochs: int = 10
     lr: float = 0.05
@@ -54,14 +70,43 @@ class FinetuneConfig:
     max_train_images: int | None = None
     eval_batch_size: int = 256
     channels_last: bool = True
+    recalibrate_bn: bool = False
+    head_epochs: int = 0
+    body_lr_scale: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
             raise UsageError("epochs must be >= 1, batch_size >= 2 and lr > 0")
+        if not 0 <= self.head_epochs < self.epochs:
+            raise UsageError(f"head_epochs must be in [0, epochs) = [0, {self.epochs}), got {self.head_epochs}",
+                             hint="the head-only epochs count in the budget; at least one epoch trains the body")
+        if not 0 < self.body_lr_scale <= 1:
+            raise UsageError(f"body_lr_scale must be in (0, 1], got {self.body_lr_scale}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def recipe(self, pretrained: bool) -> dict[str, Any]:
+        """The transfer recipe that applies to a start with (``pretrained``) or without weights."""
+        return {k: getattr(self, k) for k in RECIPE_OFF} if pretrained else dict(RECIPE_OFF)
+
+    def identity(self, pretrained: bool) -> dict[str, Any]:
+        """What decides a run's result besides its start and seed: every field but ``seed``, the
+        recipe's only where it applies and is on (so a run keyed before the recipe existed, or a
+        from-scratch run, keeps its key whatever the recipe)."""
+        recipe = self.recipe(pretrained)
+        return {k: v for k, v in self.to_dict().items()
+                if k != "seed" and not (k in RECIPE_OFF and recipe[k] == RECIPE_OFF[k])}
+
+    def image_passes(self, pretrained: bool, epochs: int | None = None) -> int:
+        """Forward-pass equivalents per trained image over the run (3 per trained epoch: forward
+        and backward; 1 per head-only epoch and for BN recalibration), for ``epochs`` (default
+        ``self.epochs``)."""
+        recipe = self.recipe(pretrained)
+        epochs = self.epochs if epochs is None else epochs
+        head = min(recipe["head_epochs"], epochs)
+        return 3 * (epochs - head) + head + int(recipe["recalibrate_bn"])
 
 
 @dataclass
@@ -113,7 +158,8 @@ def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path
     out_dir.mkdir(parents=True, exist_ok=True)
     result = train_model(model, FinetuneData.from_dataset(dataset, config), config, device=device, console=console,
                          progress=progress, metrics_csv=out_dir / METRICS,
-                         on_best=lambda m, row: _save_best(m, model_dir, out_dir / BEST, export, row))
+                         on_best=lambda m, row: _save_best(m, model_dir, out_dir / BEST, export, row),
+                         pretrained=True)
     final = {"dataset": info.name, "model": str(model_dir), **result}
     write_json(out_dir / FINAL, final)
     return final
@@ -123,7 +169,7 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
                 console: Console | None = None, progress: bool = True, metrics_csv: Path | None = None,
                 on_best: Callable[[torch.nn.Module, dict[str, Any]], None] | None = None,
                 label: str = "fine-tune", macs: int | None = None,
-                eval_epochs: Collection[int] | None = None) -> dict[str, Any]:
+                eval_epochs: Collection[int] | None = None, pretrained: bool = False) -> dict[str, Any]:
     """Train ``model`` (any classifier of the target's classes) on ``data`` for ``config.epochs``.
 
     The same loop serves a retrieved model and every baseline, so they differ only in their
@@ -139,9 +185,14 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
         and MACs are left out of ``target_seconds`` and ``image_macs``.
     :param eval_epochs: evaluate (and record a row) only after these epochs (default: every
         epoch; the last epoch always).
+    :param pretrained: the model starts from pretrained weights: the config's transfer recipe
+        applies (see :class:`FinetuneConfig`; its costs are counted in ``image_macs`` and
+        ``target_seconds``).
     :returns: ``{"config", "best_epoch", "best", "last", "history", "seconds"}``.
     """
     from timm.scheduler import CosineLRScheduler
+
+    from mednns.search_spaces.calibration import recalibrate_bn
 
     model = model.to(device)
     train_x, train_y = data.train_x, data.train_y
@@ -151,15 +202,14 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
     steps = len(train_x) // batch
     torch.manual_seed(config.seed)
     loss_fn = supervised_loss(data.task, config.label_smoothing)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, momentum=config.momentum,
-                                nesterov=True)
-    total = config.epochs * steps
+    recipe = config.recipe(pretrained)
+    head_epochs = recipe["head_epochs"]
+    head = set(head_module(model)[1].parameters()) if pretrained else set()
+    optimizer = _sgd(model, config, head, recipe["body_lr_scale"])
+    total = (config.epochs - head_epochs) * steps
     scheduler = CosineLRScheduler(optimizer, t_initial=total, warmup_t=int(config.warmup_epochs * steps),
                                   warmup_lr_init=config.lr * 0.01, lr_min=0.0, t_in_epochs=False)
+    probe = _sgd(model, config, head, 0.0, only_head=True) if head_epochs else None
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     start = time.perf_counter()
@@ -167,9 +217,19 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
     columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not progress) as bar:
-        task = bar.add_task("finetune", total=total, status="")
+        task = bar.add_task("finetune", total=config.epochs * steps, status="")
+        if recipe["recalibrate_bn"]:
+            calibration_start = time.perf_counter()
+            seen = recalibrate_bn(model, (train_x[i * batch:(i + 1) * batch].to(device).contiguous(memory_format=layout)
+                                          for i in range(steps)))
+            image_macs += (macs or 0) * seen
+            target_seconds += time.perf_counter() - calibration_start
         for epoch in range(1, config.epochs + 1):
-            model.train()
+            head_only = epoch <= head_epochs
+            model.train(not head_only)  # a linear probe sees the body as it is: eval-mode BN, frozen
+            for p in model.parameters():
+                p.requires_grad_(not head_only or p in head)
+            current = probe if head_only else optimizer
             epoch_start = time.perf_counter()
             generator = torch_generator(derive_seed(config.seed, "finetune", epoch))
             order = torch.randperm(len(train_x), generator=generator)[: steps * batch].view(steps, batch)
@@ -185,13 +245,14 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise UsageError(f"fine-tuning diverged at epoch {epoch} (loss {value})", hint="lower lr")
-                optimizer.zero_grad(set_to_none=True)
+                current.zero_grad(set_to_none=True)
                 loss.backward()
-                optimizer.step()
-                scheduler.step_update((epoch - 1) * steps + step + 1)
+                current.step()
+                if not head_only:
+                    scheduler.step_update((epoch - 1 - head_epochs) * steps + step + 1)
                 running += value
                 bar.update(task, advance=1)
-            image_macs += 3 * (macs or 0) * steps * batch
+            image_macs += (1 if head_only else 3) * (macs or 0) * steps * batch
             if eval_epochs is not None and epoch not in eval_epochs and epoch < config.epochs:
                 target_seconds += time.perf_counter() - epoch_start
                 continue
@@ -206,7 +267,7 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
             row = {"epoch": epoch, "train_loss": running / steps, "val_acc": val["acc"], "val_auc": val["auc"],
                    "val_bal_acc": val["bal_acc"], "val_loss": val["loss"], "test_acc": test["acc"],
                    "test_auc": test["auc"], "test_bal_acc": test["bal_acc"], "test_loss": test["loss"],
-                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - start, 3),
+                   "lr": max(g["lr"] for g in current.param_groups), "seconds": round(time.perf_counter() - start, 3),
                    "target_seconds": round(target_seconds, 3), "image_macs": image_macs if macs else None}
             history.append(row)
             if metrics_csv is not None:
@@ -216,8 +277,27 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
                 best = row
                 if on_best is not None:
                     on_best(model, row)
+    for p in model.parameters():
+        p.requires_grad_(True)
     return {"config": config.to_dict(), "best_epoch": best["epoch"], "best": best, "last": history[-1],
             "history": history, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _sgd(model: torch.nn.Module, config: FinetuneConfig, head: set[torch.nn.Parameter], body_lr_scale: float, *,
+         only_head: bool = False) -> torch.optim.SGD:
+    """SGD (Nesterov) with weight decay on weights only; the ``head`` parameters at ``lr``, the rest at
+    ``lr * body_lr_scale`` (or left out with ``only_head``)."""
+    groups = []
+    for part, scale in ((head, 1.0), (None, body_lr_scale)):
+        if part is None and only_head:
+            continue
+        params = [p for p in model.parameters() if (p in head) == (part is not None)]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append({"params": chosen, "lr": config.lr * scale,
+                               "weight_decay": config.weight_decay if decay else 0.0})
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True)
 
 
 def _save_best(model: torch.nn.Module, source: Path, target: Path, export: dict[str, Any], row: dict[str, Any]) -> None:

@@ -34,6 +34,8 @@ class Evaluate(Stage):
     :param epochs: :param lr: :param batch_size: :param weight_decay: :param warmup_epochs:
     :param label_smoothing: :param crop_padding: :param hflip: the one fine-tuning configuration of
         every method (:class:`mednns.finetune.FinetuneConfig`).
+    :param recalibrate_bn: :param head_epochs: :param body_lr_scale: the transfer recipe, applied
+        alike to every method that starts from pretrained weights (inherited or ImageNet).
     :param train_images: training-set sizes per target (a seeded subset, the same for every method;
         default: all images). Each size is a condition of the ``equal_epochs`` budget; the first is
         the primary one (and the size of ``equal_compute``).
@@ -44,8 +46,9 @@ class Evaluate(Stage):
     :param max_epochs: the most epochs ``equal_compute`` gives one run.
     :param variants: named variants of the mednns methods, each run on the same folds, seeds and
         training subsets and reported as its own row (``mednns:<name>``, ``mednns_topk:<name>``):
-        ``{name: {meta_space: {...}, by: ..., top_k: ..., rerank: {...}, source_gate: ...}}``
-        (``meta_space`` entries override the stage's).
+        ``{name: {meta_space: {...}, by: ..., top_k: ..., rerank: {...}, source_gate: ...,
+        finetune: {...}}}`` (``meta_space`` and ``finetune`` entries override the stage's; ``finetune``
+        may not change the shared budget: epochs, batch size, training images).
     :param top_k: models of the query fine-tuned by ``mednns_topk`` (the best validation ACC wins).
     :param by: how the query ranks: ``predicted`` metric, retrieval ``score`` or ``combined``.
     :param rerank: re-rank the query's top candidates on the target's training images
@@ -75,7 +78,8 @@ class Evaluate(Stage):
     def __init__(self, datasets: list[str] | None = None, methods: list[MethodName] | None = None,
                  seeds: list[int] | None = None, epochs: int = 10, lr: float = 0.05, batch_size: int = 128,
                  weight_decay: float = 5e-4, warmup_epochs: float = 1.0, label_smoothing: float = 0.0,
-                 crop_padding: int = 2, hflip: bool = False, train_images: list[int] | None = None,
+                 crop_padding: int = 2, hflip: bool = False, recalibrate_bn: bool = False, head_epochs: int = 0,
+                 body_lr_scale: float = 1.0, train_images: list[int] | None = None,
                  budgets: list[Literal["equal_epochs", "equal_compute"]] | None = None,
                  equal_compute_seeds: list[int] | None = None, max_epochs: int = 200,
                  variants: dict[str, dict[str, Any]] | None = None, top_k: int = 3,
@@ -100,8 +104,11 @@ class Evaluate(Stage):
                              f"evaluation's zoo")
         finetune = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                         warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, crop_padding=crop_padding,
-                        hflip=hflip)
+                        hflip=hflip, recalibrate_bn=recalibrate_bn, head_epochs=head_epochs,
+                        body_lr_scale=body_lr_scale)
         FinetuneConfig(**finetune)  # validate before any work
+        for name, variant in (variants or {}).items():
+            FinetuneConfig(**{**finetune, **((variant or {}).get("finetune") or {})})
         self.settings = EvaluationSettings(
             datasets=datasets, methods=chosen, seeds=seeds, finetune=finetune, top_k=top_k, by=by, rerank=rerank,
             source_gate=source_gate,

@@ -152,8 +152,9 @@ class Finetune(Stage):
 
     :param datasets: which (default: every dataset with an export under ``stages/query``).
     :param epochs: :param lr: :param batch_size: :param weight_decay: :param warmup_epochs:
-    :param label_smoothing: :param crop_padding: :param hflip: :param max_train_images: see
-        :class:`mednns.finetune.FinetuneConfig`.
+    :param label_smoothing: :param crop_padding: :param hflip: :param max_train_images:
+    :param recalibrate_bn: :param head_epochs: :param body_lr_scale: see
+        :class:`mednns.finetune.FinetuneConfig` (the last three: the transfer recipe).
     :param progress: show a progress bar.
     """
 
@@ -162,13 +163,15 @@ class Finetune(Stage):
     def __init__(self, datasets: list[str] | None = None, epochs: int = 10, lr: float = 0.05, batch_size: int = 128,
                  weight_decay: float = 5e-4, warmup_epochs: float = 1.0, label_smoothing: float = 0.0,
                  crop_padding: int = 2, hflip: bool = False, max_train_images: int | None = None,
+                 recalibrate_bn: bool = False, head_epochs: int = 0, body_lr_scale: float = 1.0,
                  progress: bool = True):
         from mednns.finetune import FinetuneConfig
 
         self.datasets = datasets
         self.config_args = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                                 warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                                crop_padding=crop_padding, hflip=hflip, max_train_images=max_train_images)
+                                crop_padding=crop_padding, hflip=hflip, max_train_images=max_train_images,
+                                recalibrate_bn=recalibrate_bn, head_epochs=head_epochs, body_lr_scale=body_lr_scale)
         FinetuneConfig(**self.config_args)
         self.progress = progress
 
@@ -287,12 +290,18 @@ def register_commands(cli):
     @click.option("--lr", type=float, default=0.05, show_default=True)
     @click.option("--batch-size", type=int, default=128, show_default=True)
     @click.option("--max-train-images", type=int)
+    @click.option("--recalibrate-bn/--no-recalibrate-bn", default=False, show_default=True,
+                  help="Re-estimate BN statistics on the target's training images before the first step.")
+    @click.option("--head-epochs", type=int, default=0, show_default=True,
+                  help="First epochs train the new head only (linear probe, then full fine-tuning).")
+    @click.option("--body-lr-scale", type=float, default=1.0, show_default=True,
+                  help="The body's learning rate relative to --lr.")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--device", default="cpu", show_default=True)
     @click.option("--no-progress", is_flag=True)
     def finetune_command(export_dir: str, dataset_spec: str, out_dir: str | None, epochs: int, lr: float,
-                         batch_size: int, max_train_images: int | None, seed: int, device: str,
-                         no_progress: bool) -> None:
+                         batch_size: int, max_train_images: int | None, recalibrate_bn: bool, head_epochs: int,
+                         body_lr_scale: float, seed: int, device: str, no_progress: bool) -> None:
         """Fine-tune an exported model: per-epoch val/test metrics in metrics.csv, the best epoch in best/."""
         from mednns.data.resolve import resolve_dataset
         from mednns.finetune import FinetuneConfig, finetune
@@ -302,6 +311,7 @@ def register_commands(cli):
         dataset = resolve_dataset(manager, dataset_spec)
         out = Path(out_dir) if out_dir else Path(export_dir) / "finetune"
         config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_train_images=max_train_images,
+                                recalibrate_bn=recalibrate_bn, head_epochs=head_epochs, body_lr_scale=body_lr_scale,
                                 seed=seed)
         console = Console(soft_wrap=False)
         final = finetune(export_dir, dataset, out, config, device=device, manager=manager, console=console,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
+from mednns.errors import UsageError
 from mednns.finetune import FinetuneConfig, FinetuneData, train_model
 from mednns.testing import tiny_dataset
 
@@ -40,3 +43,64 @@ def test_without_macs_every_epoch_is_a_row_and_no_macs_are_claimed(one_thread):
     assert [r["epoch"] for r in result["history"]] == [1, 2]
     assert all(r["image_macs"] is None for r in result["history"])
     assert result["best"]["val_acc"] == pytest.approx(max(r["val_acc"] for r in result["history"]))
+
+
+def bn_net(classes: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, classes))
+
+
+def test_transfer_recipe_recalibrates_bn_then_trains_the_head_alone_and_counts_its_passes(one_thread):
+    from mednns.search_spaces.calibration import recalibrate_bn
+
+    dataset = tiny_dataset("t", n_classes=3)
+    config = FinetuneConfig(epochs=3, batch_size=16, max_train_images=40, seed=1, recalibrate_bn=True,
+                            head_epochs=1, body_lr_scale=0.5)
+    data = FinetuneData.from_dataset(dataset, config)
+    model = bn_net(3)
+    start = copy.deepcopy(model)
+    expected_bn = copy.deepcopy(model)
+    recalibrate_bn(expected_bn, [data.train_x[:16], data.train_x[16:32]])  # the run's whole batches
+    after_probe = {}
+
+    def first_epoch(m, row):
+        if row["epoch"] == 1:
+            after_probe.update({k: v.clone() for k, v in m.state_dict().items()})
+
+    result = train_model(model, data, config, progress=False, macs=1000, on_best=first_epoch, pretrained=True,
+                         eval_epochs=[1])
+    assert after_probe, "epoch 1 is evaluated and is the first best"
+    for name, value in start.state_dict().items():
+        if name.startswith("5."):  # the head moved during the linear probe
+            assert not torch.equal(after_probe[name], value)
+        elif "running" in name:  # BN statistics are the target's, and stay so under the frozen body
+            assert torch.allclose(after_probe[name], expected_bn.state_dict()[name], atol=1e-5)
+        elif "num_batches" not in name:  # the body did not move
+            assert torch.equal(after_probe[name], value), name
+    trained, n_val = 32, len(data.val_x)
+    assert config.image_passes(True) == 1 + 1 + 3 * 2  # recalibration, head-only epoch, two full epochs
+    assert result["history"][-1]["image_macs"] == config.image_passes(True) * 1000 * trained + 2 * 1000 * n_val
+    assert all(p.requires_grad for p in model.parameters())  # nothing stays frozen after the run
+
+
+def test_the_recipe_applies_only_to_pretrained_starts_and_off_keeps_the_loop_and_its_run_keys(one_thread):
+    dataset = tiny_dataset("t", n_classes=2)
+    plain = FinetuneConfig(epochs=2, batch_size=16, seed=0)
+    recipe = FinetuneConfig(epochs=2, batch_size=16, seed=0, recalibrate_bn=True, head_epochs=1, body_lr_scale=0.1)
+    data = FinetuneData.from_dataset(dataset, plain)
+    scratch = [train_model(bn_net(2), data, c, progress=False)["history"] for c in (plain, recipe)]
+    strip = [[{k: v for k, v in r.items() if "seconds" not in k} for r in h] for h in scratch]
+    assert strip[0] == strip[1]  # from scratch the recipe changes nothing
+    pretrained_plain = train_model(bn_net(2), data, plain, progress=False, pretrained=True)["history"]
+    assert [{k: v for k, v in r.items() if "seconds" not in k} for r in pretrained_plain] == strip[0]
+    assert plain.identity(True) == plain.identity(False) == {k: v for k, v in plain.to_dict().items()
+                                                              if k not in ("seed", "recalibrate_bn", "head_epochs",
+                                                                           "body_lr_scale")}
+    assert recipe.identity(False) == plain.identity(False)
+    assert recipe.identity(True) == {**plain.identity(True), "recalibrate_bn": True, "head_epochs": 1,
+                                     "body_lr_scale": 0.1}
+    with pytest.raises(UsageError, match="head_epochs"):
+        FinetuneConfig(epochs=2, head_epochs=2)
+    with pytest.raises(UsageError, match="body_lr_scale"):
+        FinetuneConfig(body_lr_scale=0)

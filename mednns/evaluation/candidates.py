@@ -28,11 +28,18 @@ class Candidate:
     """A starting point. :param key: identity of the starting point (equal keys train identically).
     :param model: what the results record about it (name, source, space, weights, arch_hash).
     :param build: a fresh network for a seed (the seed also draws a new head).
+    :param finetune: fine-tuning settings this start overrides (a variant's transfer recipe).
     """
 
     key: str
     model: dict[str, Any]
     build: Callable[[int], nn.Module] = field(repr=False)
+    finetune: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pretrained(self) -> bool:
+        """It starts from trained weights (a supernet's or ImageNet's): the transfer recipe applies."""
+        return self.model.get("weights") in ("inherited", "imagenet")
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:

@@ -38,7 +38,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -179,7 +179,8 @@ class Fold:
             write_json(self.directory / "queries" / f"{variant.name or 'default'}.json", result)
             if not result["results"]:
                 raise UsageError(f"{self.target}: the query returned no zoo model (no other dataset has zoo rows?)")
-            found = [self.from_row(r, f"{r['space']} subnet of {r['dataset']} (rank {r['rank']})")
+            found = [replace(self.from_row(r, f"{r['space']} subnet of {r['dataset']} (rank {r['rank']})"),
+                                         finetune=variant.finetune)
                      for r in result["results"]]
             if not variant.name:
                 top, first, meta_dir = found, result["results"][0], meta
@@ -308,11 +309,11 @@ class Fold:
         return candidate, facts, spent
 
     # --- fine-tuning ----------------------------------------------------------------------------
-    def config(self, seed: int, condition: Condition, epochs: int | None = None):
+    def config(self, seed: int, condition: Condition, epochs: int | None = None, candidate: Candidate | None = None):
         from mednns.finetune import FinetuneConfig
 
-        options = {**self.settings.finetune, "max_train_images": condition.train_images,
-                   "batch_size": condition.batch_size}
+        options = {**self.settings.finetune, **(candidate.finetune if candidate else {}),
+                   "max_train_images": condition.train_images, "batch_size": condition.batch_size}
         if epochs is not None:
             options["epochs"] = epochs
         return FinetuneConfig(**options, seed=derive_seed(seed, "evaluate", self.target))
@@ -342,11 +343,13 @@ class Fold:
 
     def finetune_macs(self, candidate: Candidate, seed: int, condition: Condition, epochs: int,
                       evaluations: int) -> int:
-        """Image-MACs of fine-tuning ``candidate`` for ``epochs`` with ``evaluations`` validation passes."""
+        """Image-MACs of fine-tuning ``candidate`` for ``epochs`` with ``evaluations`` validation passes
+        (what :func:`mednns.finetune.train_model` counts, the transfer recipe's passes included)."""
         data, batch = self.finetune_data(seed, condition), condition.batch_size
         trained = len(data.train_x) // min(batch, len(data.train_x)) * min(batch, len(data.train_x))
         macs = self.candidate_macs(candidate)
-        return 3 * macs * trained * epochs + macs * len(data.val_x) * evaluations
+        passes = self.config(seed, condition, candidate=candidate).image_passes(candidate.pretrained, epochs)
+        return macs * trained * passes + macs * len(data.val_x) * evaluations
 
     def budget_macs(self, plans: dict[str, Callable[[int], list[Candidate]]], setup: dict[str, Any], seed: int,
                     condition: Condition) -> dict[str, Any]:
@@ -363,8 +366,9 @@ class Fold:
         """Epochs that bring ``candidate``'s fine-tuning to ``share`` image-MACs (with as many
         validation passes as the equal-epochs budget has); ``(epochs, capped at max_epochs)``."""
         base = self.settings.finetune["epochs"]
-        per_epoch = self.finetune_macs(candidate, seed, condition, 1, 0)
-        fixed = self.finetune_macs(candidate, seed, condition, 0, base)
+        at_base = self.finetune_macs(candidate, seed, condition, base, base)
+        per_epoch = at_base - self.finetune_macs(candidate, seed, condition, base - 1, base)  # a full epoch
+        fixed = at_base - base * per_epoch  # validation passes and what the recipe saves or adds
         epochs = max(base, int(math.floor((share - fixed) / per_epoch))) if per_epoch else base
         return min(epochs, self.settings.max_epochs), epochs > self.settings.max_epochs
 
@@ -375,11 +379,11 @@ class Fold:
         epochs as the equal-epochs budget has (the same validation compute)."""
         from mednns.finetune import train_model
 
-        config = self.config(seed, condition, epochs)
+        config = self.config(seed, condition, epochs, candidate)
         base = self.settings.finetune["epochs"]
         eval_epochs = (None if config.epochs == base else
                        sorted({max(1, round(config.epochs * i / base)) for i in range(1, base + 1)}))
-        identity = {"start": candidate.key, "finetune": {k: v for k, v in config.to_dict().items() if k != "seed"},
+        identity = {"start": candidate.key, "finetune": config.identity(candidate.pretrained),
                     "eval_epochs": eval_epochs}
         path = self.directory / "runs" / f"{_slug(identity)}-s{seed}.json"
         if path.is_file():
@@ -391,7 +395,8 @@ class Fold:
         model_info = {**candidate.model, "params": sum(p.numel() for p in model.parameters()), "macs": macs}
         prepare = time.perf_counter() - start
         trained = train_model(model, data, config, device=self.run.device, console=self.run.console,
-                              progress=self.settings.progress, label=label, macs=macs, eval_epochs=eval_epochs)
+                              progress=self.settings.progress, label=label, macs=macs, eval_epochs=eval_epochs,
+                              pretrained=candidate.pretrained)
         keep = ("epoch", "train_loss", "val_acc", "val_auc", "val_bal_acc", "test_acc", "test_auc", "test_bal_acc",
                 "seconds", "target_seconds", "image_macs")
         record = {"key": candidate.key, "seed": seed, "model": model_info, "epochs": config.epochs,

@@ -16,7 +16,9 @@ BUDGETS = ("equal_epochs", "equal_compute")
 #: Methods that start from a query of a meta-space (they have variants).
 QUERY_METHODS = ("mednns", "mednns_topk")
 #: What a variant may change.
-VARIANT_KEYS = ("meta_space", "by", "top_k", "rerank", "source_gate")
+VARIANT_KEYS = ("meta_space", "by", "top_k", "rerank", "source_gate", "finetune")
+#: Fine-tuning settings a variant must not change: the budget every method shares.
+FIXED_FINETUNE = ("epochs", "max_train_images", "batch_size", "seed")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class Variant:
     top_k: int
     rerank: dict[str, Any] | None = None
     source_gate: bool = False
+    #: fine-tuning settings of its rows that differ from the protocol's (e.g. the transfer recipe)
+    finetune: dict[str, Any] = field(default_factory=dict)
 
     def settings(self):
         """The :class:`~mednns.transfer.rerank.RerankSettings` of the query (``None``: no re-ranking)."""
@@ -110,6 +114,10 @@ class EvaluationSettings:
             fixed = sorted({"held_out", "zoo"} & set(variant.get("meta_space") or {}))
             if fixed:
                 raise UsageError(f"variant {name}: meta_space must not set {', '.join(fixed)} (set per fold)")
+            fixed = sorted(set(FIXED_FINETUNE) & set(variant.get("finetune") or {}))
+            if fixed:
+                raise UsageError(f"variant {name}: finetune must not set {', '.join(fixed)} (the budget every "
+                                 f"method shares)")
             if "top_k" in variant and int(variant["top_k"]) < 1:
                 raise UsageError(f"variant {name}: top_k must be >= 1")
         reranking = [v.name or "the default" for v in self.variant_list() if v.settings() is not None]
@@ -126,7 +134,7 @@ class EvaluationSettings:
         default = Variant("", dict(self.meta_space), self.by, self.top_k, self.rerank, self.source_gate)
         return [default, *(Variant(name, {**self.meta_space, **(v.get("meta_space") or {})}, v.get("by", self.by),
                                    int(v.get("top_k", self.top_k)), v.get("rerank", self.rerank),
-                                   bool(v.get("source_gate", self.source_gate)))
+                                   bool(v.get("source_gate", self.source_gate)), dict(v.get("finetune") or {}))
                            for name, v in self.variants.items())]
 
     def method_names(self) -> list[str]:
