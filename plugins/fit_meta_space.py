@@ -41,7 +41,8 @@ class FitMetaSpace(Stage):
 
     :param zoo: the zoo store (default: this run's ``stages/build_zoo/zoo.sqlite``).
     :param held_out: datasets whose rows and FIDs stay out of training (they must be run datasets).
-    :param target: the zoo metric to learn.
+    :param target: the zoo metric to learn: ``val_acc``, ``val_auc`` or ``val_lift`` (ACC lift over
+        the validation majority-class rate, comparable across datasets; :func:`mednns.metaspace.table.lift`).
     :param dataset_encoder: per-image feature extractor (``mednns list dataset-encoders``).
     :param model_encoder: zoo-row encoder (``mednns list model-encoders``).
     :param losses: loss terms (``mednns list losses``). :param loss_weights: weight per loss name (default 1).
@@ -55,7 +56,7 @@ class FitMetaSpace(Stage):
     name = STAGE
 
     def __init__(self, zoo: str | None = None, held_out: list[str] | None = None,
-                 target: Literal["val_acc", "val_auc"] = "val_acc",
+                 target: Literal["val_acc", "val_auc", "val_lift"] = "val_acc",
                  dataset_encoder: mednns.ComponentSpec["dataset-encoders"] | None = None,
                  model_encoder: mednns.ComponentSpec["model-encoders"] | None = None,
                  losses: list[mednns.ComponentSpec["losses"]] | None = None,

@@ -24,7 +24,7 @@ TINY_STAGE = {"full_epochs": 1, "shrink_epochs": 1, "batch_size": 16, "num_rando
 ZOO = {"samples": 12, "anchors": 2, "calibration_images": 32, "calibration_batch_size": 16, "progress": False}
 META = {"held_out": ["c"], "images": 64, "steps": 40, "eval_every": 20, "images_per_set": 32,
         "models_per_dataset": 8, "embed_dim": 16, "hidden": 32, "progress": False,
-        "model_encoder": {"name": "arch", "args": {"embed_dim": 16, "hidden": 32}}}
+        "model_encoder": {"name": "arch", "args": {"embed_dim": 16, "hidden": 32, "source": True}}}
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 
@@ -218,3 +218,50 @@ def test_the_source_gate_leaves_out_supernets_that_learned_nothing(pipeline):
     finally:
         with ZooStore(zoo) as store:
             store.update_supernet_metadata(weak_id, val_majority_rate=weak["val_majority_rate"])
+
+
+def test_one_architecture_from_two_supernets_gets_two_embeddings_and_two_predictions(pipeline):
+    """Weights-aware model embeddings: every supernet shares its largest and smallest subnets and
+    anchors, and the query must be able to tell whose weights it hands over."""
+    trained = load_meta_space(pipeline["run"] / "stages" / "fit_meta_space", with_model_encoder=True)
+    table = trained.table
+    by_arch: dict[str, dict[str, int]] = {}
+    for i, (arch, dataset) in enumerate(zip(table.arch, table.dataset)):
+        by_arch.setdefault(arch, {})[dataset] = i
+    shared = [rows for rows in by_arch.values() if {"a", "b"} <= set(rows)]
+    assert shared, "the supernets share at least their largest subnet"
+    pairs = torch.tensor([[rows["a"], rows["b"]] for rows in shared])
+    embeddings = torch.as_tensor(trained.embeddings)
+    assert not torch.allclose(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]])
+    with np.load(pipeline["run"] / "stages" / "fit_meta_space" / "dataset_features.npz") as saved:
+        target = torch.as_tensor(saved["c"])
+    with torch.no_grad():
+        predicted, _ = trained.model.pair(trained.model.embed_datasets([target]),
+                                          embeddings[pairs.reshape(-1)].unsqueeze(0))
+    predicted = predicted.reshape(-1, 2)
+    assert (predicted[:, 0] != predicted[:, 1]).all()
+
+
+def test_the_lift_target_makes_zoo_accuracies_comparable_across_majority_rates(pipeline):
+    from mednns.errors import UsageError
+    from mednns.metaspace.table import lift, load_table
+    from mednns.zoo import ZooStore
+
+    assert lift(0.9, 0.5) == pytest.approx(0.8) and lift(0.4, 0.5) == 0.0 and lift(1.0, 1.0) == 0.0
+    zoo = pipeline["run"] / "stages" / "build_zoo" / "zoo.sqlite"
+    with ZooStore(zoo, readonly=True) as store:
+        acc, lifted = load_table(store, "val_acc"), load_table(store, "val_lift")
+        majority = {s["dataset"]: s["metadata"]["val_majority_rate"] for s in store.supernets()}
+        [supernet_id] = [s["id"] for s in store.supernets() if s["dataset"] == "a"]
+    np.testing.assert_array_equal(acc.ids, lifted.ids)
+    expected = [lift(float(a), majority[d]) for a, d in zip(acc.target, acc.dataset)]
+    np.testing.assert_allclose(lifted.target, expected, atol=1e-6)
+    assert ((lifted.target >= 0) & (lifted.target <= 1)).all()
+    with ZooStore(zoo) as store:
+        store.update_supernet_metadata(supernet_id, val_majority_rate=None)
+    try:
+        with ZooStore(zoo, readonly=True) as store, pytest.raises(UsageError, match="majority-class rate of a"):
+            load_table(store, "val_lift")
+    finally:
+        with ZooStore(zoo) as store:
+            store.update_supernet_metadata(supernet_id, val_majority_rate=majority["a"])

@@ -18,7 +18,7 @@ from mednns.cli import cli
 from mednns.errors import UsageError
 from mednns.metaspace import functional
 from mednns.metaspace.contracts import ModelTable
-from mednns.metaspace.model_encoders import ArchEncoder, ArchFunctionalEncoder, FunctionalEncoder
+from mednns.metaspace.model_encoders import ArchEncoder, ArchFunctionalEncoder, FunctionalEncoder, source_features
 from mednns.training.checkpoint import save_supernet
 from supernet_helpers import make_manager, tiny_mobilenet, tiny_resnet
 
@@ -178,6 +178,31 @@ def test_arch_user_mistakes_are_usage_errors(mixed):
     encoder.setup(mixed, {})
     with pytest.raises(IndexError):
         encoder(torch.tensor([len(mixed)]))
+
+
+def test_source_aware_arch_gives_one_architecture_from_two_sources_two_embeddings(supernets):
+    net = supernets["ofa_resnet"]
+    largest = net.space.arch_to_json(net.space.largest())
+    table = make_table([(net, largest), (net, largest), (net, net.space.arch_to_json(net.space.smallest()))])
+    table.dataset[:] = ["breast", "retina", "breast"]  # rows 0 and 1: one architecture, two supernets' weights
+    rng = np.random.default_rng(0)
+    features = {"breast": rng.normal(0, 1, (40, 6)), "retina": rng.normal(2, 3, (50, 6))}
+    blind = ArchEncoder(embed_dim=8, hidden=16)
+    blind.setup(table, {"seed": 0})
+    out = blind(torch.arange(3)).detach()
+    assert torch.equal(out[0], out[1])  # the architecture alone cannot tell the weights apart
+    aware = ArchEncoder(embed_dim=8, hidden=16, source=True)
+    aware.setup(table, {"seed": 0, "dataset_features": features})
+    out = aware(torch.arange(3)).detach()
+    assert not torch.allclose(out[0], out[1])
+    assert aware.input_dim("ofa_resnet") == net.space.encoding_dim + 2 + 2 * 6  # + mean and std per feature
+    described = source_features(table, {"dataset_features": features})
+    np.testing.assert_array_equal(described[0], described[2])  # one source, one descriptor
+    np.testing.assert_allclose(np.abs(described[0]), 1.0, atol=1e-5)  # two datasets, standardized: +-1
+    with pytest.raises(UsageError, match="lacks retina"):
+        ArchEncoder(source=True).setup(table, {"dataset_features": {"breast": features["breast"]}})
+    with pytest.raises(UsageError, match="one F"):
+        source_features(table, {"dataset_features": {**features, "retina": rng.normal(size=(5, 3))}})
 
 
 # -- functional signatures ----------------------------------------------------------------------------

@@ -103,7 +103,8 @@ class ModelEncoder(nn.Module, abc.ABC):
         """Build per-space layers and precompute inputs for every row of ``table``.
 
         :param context: shared facts: ``device``, ``cache_dir`` (where expensive inputs may be
-            cached), ``seed``.
+            cached), ``seed``, ``dataset_features`` (per dataset name of the table, the frozen
+            dataset encoder's ``(N, F)`` per-image features: what each row's weights learnt from).
         """
 
     @abc.abstractmethod

@@ -1,8 +1,9 @@
 """The built-in model encoders (kind ``model-encoders``): architecture, functional, and both.
 
 * :class:`ArchEncoder` (``arch``): one MLP per search space maps a row's architecture encoding
-  (plus, with ``costs``, its log10 parameters and log10 MACs standardized over the table) into
-  the shared ``embed_dim`` space;
+  (plus, with ``costs``, its log10 parameters and log10 MACs standardized over the table, and with
+  ``source``, a descriptor of the dataset its weights were trained on) into the shared
+  ``embed_dim`` space;
 * :class:`FunctionalEncoder` (``functional``): an MLP maps a row's functional signature (the
   representational similarity of the subnet on a fixed probe batch,
   :mod:`mednns.metaspace.functional`; its length does not depend on the subnet's width or space)
@@ -70,6 +71,29 @@ def cost_features(table: ModelTable) -> np.ndarray:
     params = np.log10(np.maximum(np.asarray(table.params, dtype=np.float64), 1.0))
     macs = np.log10(np.maximum(np.asarray(table.macs, dtype=np.float64), 1.0))
     return standardize(np.stack([params, macs], axis=1))
+
+
+def source_features(table: ModelTable, context: dict[str, Any]) -> np.ndarray:
+    """``(n, 2F)`` float32: per row, the dataset its weights come from, described by the mean and
+    standard deviation of that dataset's per-image features (``context["dataset_features"]``:
+    name → ``(N, F)``, the frozen dataset encoder's), standardized over the table's datasets.
+
+    The same architecture from two supernets thus gets two inputs: what the weights learnt from
+    is part of the model.
+    """
+    given = context.get("dataset_features") or {}
+    names = table.datasets
+    missing = [n for n in names if n not in given]
+    if missing:
+        raise UsageError(f"the model encoder describes each row's source dataset, but context['dataset_features'] "
+                         f"lacks {', '.join(missing)}",
+                         hint="pass every table dataset's per-image features (the meta-space's training does)")
+    arrays = [np.asarray(given[n], dtype=np.float64) for n in names]
+    if len({a.shape[1] if a.ndim == 2 else -1 for a in arrays}) != 1 or any(len(a) == 0 for a in arrays):
+        raise UsageError("context['dataset_features'] must hold non-empty (N, F) arrays with one F for every dataset")
+    described = standardize(np.stack([np.concatenate([a.mean(0), a.std(0)]) for a in arrays]))
+    position = {n: i for i, n in enumerate(names)}
+    return described[[position[d] for d in table.dataset]]
 
 
 def _positive(name: str, value: int, minimum: int = 1) -> None:
@@ -141,10 +165,13 @@ class ArchEncoder(_IndexedEncoder):
     :param layers: linear layers per MLP (1: a linear map).
     :param dropout: dropout after each hidden activation.
     :param costs: append log10 params and log10 MACs (standardized over the table) to the encoding.
+    :param source: append the descriptor of each row's source dataset (:func:`source_features`;
+        needs ``context["dataset_features"]``): weights-aware, so that the query's choice of which
+        supernet's weights to hand over is not arbitrary.
     """
 
     def __init__(self, embed_dim: int = 64, hidden: int = 128, layers: int = 2, dropout: float = 0.0,
-                 costs: bool = True):
+                 costs: bool = True, source: bool = False):
         super().__init__()
         _positive("embed_dim", embed_dim)
         _positive("hidden", hidden)
@@ -152,6 +179,7 @@ class ArchEncoder(_IndexedEncoder):
         if not 0.0 <= dropout < 1.0:
             raise UsageError(f"model encoder argument dropout must be in [0, 1), got {dropout!r}")
         self.embed_dim, self.hidden, self.layers, self.dropout, self.costs = embed_dim, hidden, layers, dropout, costs
+        self.source = source
         self.spaces: list[str] = []
         self.nets = nn.ModuleDict()
         self.inputs = nn.ModuleDict()
@@ -162,10 +190,13 @@ class ArchEncoder(_IndexedEncoder):
         """Build one MLP per space of ``table`` and store every row's input.
 
         :param table: every model this encoder will embed.
-        :param context: ``seed`` (layer initialization; default 0) and ``device`` (optional).
+        :param context: ``seed`` (layer initialization; default 0), ``device`` (optional) and, with
+            ``source``, ``dataset_features``.
         """
         n = _check_table(table)
         extra = cost_features(table) if self.costs else np.zeros((n, 0), dtype=np.float32)
+        if self.source:
+            extra = np.concatenate([extra, source_features(table, context)], axis=1)
         seed = int(context.get("seed", 0))
         self.spaces = sorted(set(table.space))
         row_space = np.zeros(n, dtype=np.int64)
@@ -193,7 +224,7 @@ class ArchEncoder(_IndexedEncoder):
             self.to(device)
 
     def input_dim(self, space: str) -> int:
-        """Length of the MLP input of ``space`` (encoding, plus 2 with costs)."""
+        """Length of the MLP input of ``space`` (encoding, plus 2 with costs, plus 2F with source)."""
         return self.inputs[_module_key(space)].values.shape[1]
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:

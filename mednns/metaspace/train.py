@@ -39,8 +39,8 @@ from mednns.zoo.store import ZooStore
 
 log = logging.getLogger("mednns.metaspace")
 FORMAT = "mednns-metaspace/1"
-WEIGHTS_FILE, METADATA_FILE, EMBEDDINGS_FILE, REPORT_FILE = (
-    "metaspace.safetensors", "metaspace.json", "model_embeddings.npy", "report.json")
+WEIGHTS_FILE, METADATA_FILE, EMBEDDINGS_FILE, REPORT_FILE, FEATURES_FILE = (
+    "metaspace.safetensors", "metaspace.json", "model_embeddings.npy", "report.json", "dataset_features.npz")
 
 
 def normalized_fid(matrix: np.ndarray) -> np.ndarray:
@@ -103,7 +103,8 @@ def train_meta_space(run, stage, directory: Path | None = None) -> dict[str, Any
 
     model_spec = stage.model_encoder
     model_encoder = run.manager.create("model-encoders", model_spec["name"], **model_spec["args"])
-    model_encoder.setup(table, {"device": run.device, "cache_dir": cache, "seed": seed, "progress": stage.progress})
+    model_encoder.setup(table, {"device": run.device, "cache_dir": cache, "seed": seed, "progress": stage.progress,
+                                "dataset_features": features})
     stacked = np.concatenate([features[n] for n in train_names])
     config = FitConfig(**stage.fit_args, seed=seed)
     torch.manual_seed(seed)
@@ -122,6 +123,9 @@ def train_meta_space(run, stage, directory: Path | None = None) -> dict[str, Any
     buffer = io.BytesIO()
     np.save(buffer, embeddings)
     atomic_write_bytes(directory / EMBEDDINGS_FILE, buffer.getvalue())
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{n: np.asarray(f, dtype=np.float32) for n, f in features.items()})
+    atomic_write_bytes(directory / FEATURES_FILE, buffer.getvalue())  # the model encoder's setup reads them
     save_weights(directory / WEIGHTS_FILE, model)
     metadata = {
         "format": FORMAT, "zoo": str(zoo_path.resolve()), "target": stage.target, "row_ids": table.ids.tolist(),
@@ -193,8 +197,13 @@ def load_meta_space(directory: str | Path, *, manager: Any = None, device: str =
     if with_model_encoder:
         spec = metadata["model_encoder"]
         model_encoder = manager.create("model-encoders", spec["name"], **spec["args"])
+        features_path = directory / FEATURES_FILE
+        features = {}
+        if features_path.is_file():
+            with np.load(features_path, allow_pickle=False) as saved:
+                features = {n: saved[n] for n in saved.files}
         model_encoder.setup(table, {"device": device, "cache_dir": cache_dir(), "seed": config["seed"],
-                                    "progress": False})
+                                    "progress": False, "dataset_features": features})
     else:
         model_encoder = _SavedEmbeddingsOnly(metadata["model_embed_dim"])
     model = MetaSpace(metadata["feature_dim"], model_encoder, config["embed_dim"], config["hidden"]).to(device)
