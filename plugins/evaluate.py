@@ -49,6 +49,11 @@ class Evaluate(Stage):
         ``{name: {meta_space: {...}, by: ..., top_k: ..., rerank: {...}, source_gate: ...,
         finetune: {...}}}`` (``meta_space`` and ``finetune`` entries override the stage's; ``finetune``
         may not change the shared budget: epochs, batch size, training images).
+    :param ranking: measure ranking quality (:mod:`mednns.evaluation.ranking`): ``{candidates: 10,
+        scores: [knn, ridge, logme], images: 500}`` fine-tunes a seeded random sample of transfer
+        candidates per target (primary condition, first seed) and reports Kendall's tau of every
+        ranking (meta-space, each score on the fine-tuning subset, both combined) against their
+        test ACC.
     :param top_k: models of the query fine-tuned by ``mednns_topk`` (the best validation ACC wins).
     :param by: how the query ranks: ``predicted`` metric, retrieval ``score`` or ``combined``.
     :param rerank: re-rank the query's top candidates on the target's training images
@@ -82,7 +87,8 @@ class Evaluate(Stage):
                  body_lr_scale: float = 1.0, train_images: list[int] | None = None,
                  budgets: list[Literal["equal_epochs", "equal_compute"]] | None = None,
                  equal_compute_seeds: list[int] | None = None, max_epochs: int = 200,
-                 variants: dict[str, dict[str, Any]] | None = None, top_k: int = 3,
+                 variants: dict[str, dict[str, Any]] | None = None, ranking: dict[str, Any] | None = None,
+                 top_k: int = 3,
                  by: Literal["predicted", "score", "combined"] = "predicted",
                  rerank: dict[str, Any] | None = None, source_gate: bool = False,
                  meta_space: dict[str, Any] | None = None,
@@ -116,7 +122,8 @@ class Evaluate(Stage):
                                                 for s in (tans_losses or DEFAULT_TANS_LOSSES)],
             timm_model=timm_model, search_budget=search_budget, train_images=list(train_images or [None]),
             budgets=list(budgets or ["equal_epochs"]), equal_compute_seeds=equal_compute_seeds, max_epochs=max_epochs,
-            variants={name: dict(v or {}) for name, v in (variants or {}).items()}, zoo=zoo, progress=progress,
+            variants={name: dict(v or {}) for name, v in (variants or {}).items()}, ranking=ranking, zoo=zoo,
+            progress=progress,
             report=report)
 
     def outputs(self, run) -> list[Path]:
@@ -131,6 +138,9 @@ class Evaluate(Stage):
             rerank = variant.settings()
             if rerank is not None:
                 run.manager.create("transfer-scores", rerank.score["name"], **rerank.score["args"])
+        if self.settings.ranking is not None:
+            for spec in self.settings.ranking_settings().score_specs():
+                run.manager.create("transfer-scores", spec["name"], **spec["args"])
         results = evaluate(run, self.settings, run.stage_dir(self.name))
         return {"datasets": list(results["datasets"]), **results["overall"]}
 

@@ -142,6 +142,32 @@ def test_settings_name_conditions_and_variant_methods():
             settings(**bad)
 
 
+def test_ranking_quality_helpers_correlate_rank_and_average_as_documented():
+    from mednns.evaluation.ranking import RankingSettings, assess, draw_sample, overall, rank_sum_key
+
+    candidates = [{"zoo_id": i, "test_acc": acc} for i, acc in enumerate([0.5, 0.7, 0.6, 0.9])]
+    result = assess(candidates, {"perfect": [1, 3, 2, 4], "reversed": [4, 2, 3, 1], "flat": [1, 1, 1, 1]})
+    assert result.rankings["perfect"] == {"kendall": pytest.approx(1.0), "top1_regret": 0.0}
+    assert result.rankings["reversed"]["kendall"] == pytest.approx(-1.0)
+    assert result.rankings["reversed"]["top1_regret"] == pytest.approx(0.4)  # picks the 0.5 one
+    assert np.isnan(result.rankings["flat"]["kendall"])
+    assert result.candidates[1]["values"] == {"perfect": 3, "reversed": 2, "flat": 1}
+    # rank sum: ranks (1 = best) 4+1, 2+3, 3+2, 1+4 tie at 5; higher is better, so the key is minus the mean
+    assert rank_sum_key([1, 3, 2, 4], [4, 2, 3, 1]) == [-2.5] * 4
+    assert rank_sum_key([3, 2, 1], [3, 1, 2]) == [-1.0, -2.5, -2.5]
+    read_back = json.loads(json.dumps(result.to_dict()).replace("NaN", "null"))  # as results.json stores it
+    summary = overall({"x": read_back, "y": assess(candidates, {"perfect": [4, 3, 2, 1]}).to_dict()})
+    assert summary["perfect"]["mean_kendall"] == pytest.approx((1.0 - 2 / 3) / 2)  # 1 concordant pair of 6
+    assert summary["perfect"]["targets"] == 2 and summary["flat"]["targets"] == 0
+    rows = [{"id": i} for i in range(50)]
+    assert draw_sample(rows, 10, "t") == draw_sample(rows, 10, "t") != draw_sample(rows, 10, "u")
+    assert [r["id"] for r in draw_sample(rows[:4], 10, "t")] == [0, 1, 2, 3]
+    with pytest.raises(UsageError, match="candidates >= 3"):
+        RankingSettings(candidates=2)
+    with pytest.raises(UsageError, match="unknown key"):
+        RankingSettings.from_dict({"sample": 3})
+
+
 def test_macs_are_counted_from_the_network():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1, bias=False), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 8 * 8, 2, bias=False))
@@ -172,7 +198,10 @@ META = {"images": 64, "steps": 30, "eval_every": 15, "images_per_set": 32, "mode
         "hidden": 32, "progress": False, "model_encoder": {"name": "arch", "args": {"embed_dim": 16, "hidden": 32}}}
 EVALUATE = {"datasets": ["c", "d"], "seeds": [0, 1], "epochs": 3, "batch_size": 16, "top_k": 2, "search_budget": 5,
             "train_images": [64, 32], "budgets": ["equal_epochs", "equal_compute"], "equal_compute_seeds": [0],
-            "max_epochs": 9, "variants": {"auc": {"meta_space": {"target": "val_auc"}}},
+            "max_epochs": 9, "recalibrate_bn": True, "head_epochs": 1,
+            "variants": {"auc": {"meta_space": {"target": "val_auc"}},
+                         "plain": {"finetune": {"recalibrate_bn": False, "head_epochs": 0}, "top_k": 1}},
+            "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40},
             "meta_space": META, "report": True, "progress": False}
 
 
@@ -250,6 +279,9 @@ def test_every_method_runs_for_every_seed_of_every_condition_on_the_same_subsets
                     continue
                 if name == "own_supernet_search" and target == "d":
                     assert method["status"] == "skipped" and "no supernet trained on d" in method["reason"]
+                    continue
+                if name == "mednns_topk:plain":  # the variant asks for its top-1 only
+                    assert method["status"] == "skipped" and "top_k is 1" in method["reason"]
                     continue
                 assert method["status"] == "ok", (target, name)
                 assert [r["seed"] for r in method["runs"]] == condition["seeds"]
@@ -399,6 +431,43 @@ def test_results_hold_the_fid_matrix_embeddings_overall_numbers_and_the_report(e
         assert (report / name).is_file(), name
     text = (report / "report.md").read_text()
     assert "## Paired statistics" in text and "## Target-side compute" in text and "## Budgets side by side" in text
+
+
+@pipeline
+def test_the_transfer_recipe_applies_to_every_pretrained_start_and_a_variant_can_turn_it_off(evaluation):
+    methods = methods_of(evaluation["results"], "c")
+    first = {name: methods[name]["runs"][0] for name in ("mednns", "mednns:plain", "random_init", "nearest_fid",
+                                                           "tans", "random_pick", "own_supernet_search",
+                                                           "timm_scratch")}
+    assert first["mednns"]["key"] == first["mednns:plain"]["key"]  # one start, two recipes, two runs
+    assert first["mednns"]["history"] != first["mednns:plain"]["history"]
+    trained = first["mednns"]["train_images"]
+    val = evaluation["results"]["datasets"]["c"]["info"]["val"]
+    for name, run in first.items():
+        macs, epoch1 = run["model"]["macs"], run["history"][0]["image_macs"]
+        recipe = name not in ("random_init", "timm_scratch", "mednns:plain")  # pretrained, recipe on
+        # BN recalibration and the head-only epoch cost one forward pass per image each; a full epoch three
+        passes = 2 if recipe else 3
+        assert epoch1 == macs * (passes * (trained // 16 * 16) + val), name
+
+
+@pipeline
+def test_ranking_quality_fine_tunes_a_candidate_sample_and_correlates_every_ranking(evaluation):
+    results = evaluation["results"]
+    expected = {"meta-space", "meta-space:auc", "knn", "ridge", "meta-space+knn", "meta-space+ridge",
+                "source val ACC"}
+    assert set(results["ranking"]) == expected
+    for target in ("c", "d"):
+        entry = results["datasets"][target]["ranking"]
+        assert entry["condition"] == PRIMARY and entry["seed"] == 0 and len(entry["candidates"]) == 3
+        assert all(c["dataset"] != target for c in entry["candidates"])
+        for name, facts in entry["rankings"].items():
+            truth = [c["test_acc"] for c in entry["candidates"]]
+            values = [c["values"][name] for c in entry["candidates"]]
+            assert facts["top1_regret"] == pytest.approx(max(truth) - truth[int(np.argmax(values))])
+            assert facts["kendall"] is None or -1 <= facts["kendall"] <= 1  # None: a constant ranking or truth
+    report = (evaluation["stage"] / "report" / "report.md").read_text()
+    assert "## Ranking quality" in report and "meta-space+knn" in report
 
 
 @pipeline

@@ -48,7 +48,7 @@ import torch
 from mednns.data.metrics import majority_rate
 from mednns.errors import UsageError
 from mednns.evaluation import results as summary
-from mednns.evaluation import statistics
+from mednns.evaluation import ranking, statistics
 from mednns.evaluation.candidates import Candidate, SupernetCache, count_macs, inherited, random_init, timm_network
 from mednns.evaluation.methods import describe
 from mednns.evaluation.settings import Condition, EvaluationSettings
@@ -478,6 +478,64 @@ class Fold:
                 "setup_compute": setup, "conditions": conditions, **facts,
                 "seconds": round(time.perf_counter() - start, 2)}
 
+    def ranking_quality(self) -> dict[str, Any]:
+        """Fine-tune a seeded random sample of transfer candidates and correlate every ranking with
+        their test ACC (:mod:`mednns.evaluation.ranking`)."""
+        from mednns.export import adapt_network
+        from mednns.metaspace.query import predict_all, rank_key
+        from mednns.transfer.rerank import TargetSample, candidate_outputs
+        from mednns.zoo.store import ZooStore
+
+        chosen = self.settings.ranking_settings()
+        condition = self.settings.conditions()[0]
+        seed = condition.seeds[0]
+        with ZooStore(self.zoo_path, readonly=True) as store:
+            folders = {s["id"]: str(Path(s["path"]).parent) for s in store.supernets()}
+            rows = [r for r in store.models(["id", "dataset", "space", "arch", "supernet_id", "val_acc"])
+                    if r["dataset"] != self.target]
+        sample = ranking.draw_sample(rows, chosen.candidates, self.target)
+        candidates = []
+        for row in sample:
+            candidate = self.from_row({**row, "supernet": folders[row["supernet_id"]]},
+                                      f"{row['space']} subnet of {row['dataset']} (zoo id {row['id']})")
+            run = self.train(candidate, seed, condition, f"{self.target} ranking sample {row['id']}")
+            candidates.append({"zoo_id": row["id"], "dataset": row["dataset"], "arch": row["arch"],
+                               "source_val_acc": row["val_acc"], "test_acc": run["history"][-1]["test_acc"]})
+        values: dict[str, list[float]] = {}
+        seen: set[str] = set()
+        for variant in self.settings.variant_list():
+            identity = _slug([variant.meta_space, variant.by])
+            if identity in seen:
+                continue
+            seen.add(identity)
+            predictions = predict_all(self.meta_space(variant.meta_space), self.dataset, manager=self.run.manager,
+                                      device=self.run.device)
+            key = rank_key(predictions.predicted, predictions.score, variant.by)
+            position = {int(i): k for k, i in enumerate(predictions.table.ids)}
+            values[variant.method(ranking.META)] = [float(key[position[c["zoo_id"]]]) for c in candidates]
+        data, batch = self.finetune_data(seed, condition), condition.batch_size
+        size = min(batch, len(data.train_x))
+        target_sample = TargetSample([data.train_x[i: i + size] for i in range(0, len(data.train_x) - size + 1, size)],
+                                     data.train_x[: chosen.images], data.train_y[: chosen.images].numpy(),
+                                     str(self.dataset.info.task))
+        scorers = {spec["name"]: self.run.manager.create("transfer-scores", spec["name"], **spec["args"])
+                   for spec in chosen.score_specs()}
+        for name in scorers:
+            values[name] = []
+        for row in sample:
+            space, _ = self.supernets(folders[row["supernet_id"]])
+            network = space.extract(space.arch_from_json(row["arch"])).cpu()
+            adapt_network(network, in_channels=self.dataset.info.n_channels)  # the source head stays: LEEP reads it
+            features, probabilities = candidate_outputs(network, target_sample, device=self.run.device)
+            for name, scorer in scorers.items():
+                values[name].append(float(scorer.score(features, target_sample.y, target_sample.task,
+                                                       source_probabilities=probabilities)))
+        for name in scorers:
+            values[f"{ranking.META}+{name}"] = ranking.rank_sum_key(values[ranking.META], values[name])
+        values[ranking.SOURCE] = [c["source_val_acc"] for c in candidates]
+        result = ranking.assess(candidates, values).to_dict()
+        return {"condition": condition.id, "seed": seed, **result}
+
     def save_embeddings(self, path: Path, dataset_names: list[str]) -> None:
         """The fold's meta-space embeddings of zoo models (a sample) and of datasets, for t-SNE."""
         from mednns.metaspace.features import dataset_features
@@ -558,10 +616,14 @@ def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, An
     for target in targets:
         fold = Fold(run, settings, target, directory / target, zoo_path, supernets, imagenet_errors, zoo_key)
         entry = fold.evaluate()
+        if settings.ranking is not None:
+            entry["ranking"] = fold.ranking_quality()
         embeddings = Path("embeddings") / f"{target}.npz"
         fold.save_embeddings(directory / embeddings, [*[n for n in in_zoo if n != target], target])
         results["datasets"][target] = {**entry, "embeddings": str(embeddings)}
         results["overall"], results["statistics"] = {}, {}
+        if settings.ranking is not None:
+            results["ranking"] = ranking.overall({d: e["ranking"] for d, e in results["datasets"].items()})
         for condition in settings.conditions():
             view = summary.condition_view(results, condition.id)
             results["overall"][condition.id] = summary.overall(view["datasets"], names)

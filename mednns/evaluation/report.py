@@ -586,6 +586,31 @@ def compute_table(results: dict[str, Any]) -> Table:
     return table
 
 
+def ranking_table(results: dict[str, Any]) -> Table | None:
+    """Ranking quality (the ``ranking`` option): per ranking of the fine-tuned candidate sample,
+    Kendall's tau against their test ACC (mean, range, per dataset) and the top-1 regret."""
+    from mednns.evaluation.ranking import overall
+
+    per_target = {d: e["ranking"] for d, e in results.get("datasets", {}).items() if e.get("ranking")}
+    if not per_target:
+        return None
+    names = dataset_order(results)
+    names = [d for d in names if d in per_target] + [d for d in per_target if d not in names]
+    table = Table(["ranking", "mean tau", "range", "mean top-1 regret", *names], align=["l"] + ["r"] * (3 + len(names)))
+    for name, entry in overall(per_target).items():
+        taus = [per_target[d]["rankings"].get(name, {}).get("kendall") for d in names]
+        table.rows.append(Row([name, fmt(_finite(entry["mean_kendall"])),
+                               f"{fmt(_finite(entry['min_kendall']))} to {fmt(_finite(entry['max_kendall']))}",
+                               fmt(_finite(entry["mean_top1_regret"])), *(fmt(_finite(t)) for t in taus)],
+                              ours=name.startswith("meta-space")))
+    first = next(iter(per_target.values()))
+    table.footnote = (f"{len(first['candidates'])} random transfer candidates per target, each fine-tuned under "
+                      f"{first['condition']} (seed {first['seed']}); Kendall's tau of each ranking against their "
+                      f"final test ACC (— where a ranking or the truth is constant); regret: the sample's best "
+                      f"test ACC minus that of the ranking's first. Scores see only the fine-tuning subset.")
+    return table
+
+
 def dataset_heading(results: dict[str, Any], dataset: str) -> str:
     """``<dataset> (<modality>, <task>, <n> classes, <train> train images)``, leaving out what is unknown.
 
@@ -767,6 +792,9 @@ def report_sections(results: dict[str, Any], figures: Collection[str]) -> list[t
     if len(conditions(results)) > 1:
         blocks += [("h2", "Budgets side by side"), ("table", budgets_table(results))]
     blocks += [("h2", "Target-side compute"), ("table", compute_table(results))]
+    ranked = ranking_table(results)
+    if ranked is not None:
+        blocks += [("h2", "Ranking quality"), ("table", ranked)]
     blocks += figure("sizes.png", "mednns's gain against the target's training-set size")
     blocks += figure("fid_heatmap.png", "FID between datasets")
     blocks += [("h2", f"Per dataset ({condition_label(primary, k)})")]

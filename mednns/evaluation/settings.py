@@ -87,6 +87,7 @@ class EvaluationSettings:
     equal_compute_seeds: list[int] | None = None
     max_epochs: int = 200
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ranking: dict[str, Any] | None = None
     zoo: str | None = None
     progress: bool = True
     report: bool = True
@@ -120,6 +121,8 @@ class EvaluationSettings:
                                  f"method shares)")
             if "top_k" in variant and int(variant["top_k"]) < 1:
                 raise UsageError(f"variant {name}: top_k must be >= 1")
+        if self.ranking is not None:
+            self.ranking_settings()  # checks it
         reranking = [v.name or "the default" for v in self.variant_list() if v.settings() is not None]
         if reranking and any(n is not None for n in self.train_images):
             raise UsageError(f"re-ranking ({', '.join(reranking)}) reads labelled images of the target's whole "
@@ -127,6 +130,12 @@ class EvaluationSettings:
                              f"{self.train_images}: the comparison would not be fair",
                              hint="evaluate re-ranking with train_images left out (all training images); "
                                   "re-ranking on each condition's own subset is not implemented yet")
+
+    def ranking_settings(self):
+        """The :class:`~mednns.evaluation.ranking.RankingSettings` of the ``ranking`` option."""
+        from mednns.evaluation.ranking import RankingSettings
+
+        return RankingSettings.from_dict(self.ranking or {})
 
     # --- what runs ------------------------------------------------------------------------
     def variant_list(self) -> list[Variant]:
@@ -172,7 +181,7 @@ class EvaluationSettings:
                 "top_k": self.top_k, "by": self.by, "search_budget": self.search_budget, "timm_model": self.timm_model,
                 "finetune": {k: v for k, v in self.finetune.items() if k != "epochs"}, "methods": self.method_names(),
                 "meta_space": self.meta_space, "rerank": self.rerank, "source_gate": self.source_gate,
-                "variants": self.variants,
+                "variants": self.variants, "ranking": self.ranking,
                 "tans_losses": self.tans_losses,
                 "train_images": self.train_images, "budgets": self.budgets, "max_epochs": self.max_epochs,
                 "conditions": [c.to_dict() for c in self.conditions()]}

@@ -112,6 +112,41 @@ class LatencyMeter:
         return self.cache[key]
 
 
+@dataclass
+class Predictions:
+    """A trained meta-space's outputs for one dataset and every zoo row it knows (``table``'s order).
+
+    :param seconds: the pairing's time (after the dataset's features are encoded).
+    """
+
+    metadata: dict[str, Any]
+    table: Any
+    predicted: np.ndarray
+    score: np.ndarray
+    seconds: float
+
+
+def predict_all(meta_dir: str | Path, dataset: MedicalDataset, *, manager: Any = None, device: str = "cpu",
+                progress: bool = False) -> Predictions:
+    """The predicted metric and retrieval score of every zoo row of the meta-space in ``meta_dir``
+    for ``dataset`` (its training images encoded with the meta-space's dataset encoder, cached)."""
+    from mednns.manager import get_plugin_manager
+
+    trained = load_meta_space(meta_dir, manager=manager, device=device, with_model_encoder=False)
+    model, metadata = trained.model, trained.metadata
+    spec = metadata["dataset_encoder"]
+    encoder = (manager or get_plugin_manager()).create("dataset-encoders", spec["name"], **spec["args"]).to(device)
+    features = dataset_features(encoder, dataset, images=metadata["images"], seed=metadata["image_seed"],
+                                cache_dir=cache_dir(), progress=progress)
+    start = time.perf_counter()
+    with torch.no_grad():
+        d = model.embed_datasets([torch.as_tensor(features, device=device)])
+        m = torch.as_tensor(trained.embeddings, device=device).unsqueeze(0)
+        predicted, score = model.pair(d, m)
+    return Predictions(metadata, trained.table, predicted[0].cpu().numpy(), score[0].cpu().numpy(),
+                       time.perf_counter() - start)
+
+
 def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by: RankBy = "predicted",
           constraints: Constraints = Constraints(), exclude_sources: Sequence[str] | None = None,
           manager: Any = None, device: str = "cpu", latency: LatencyMeter | None = None,
@@ -136,20 +171,10 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
     """
     if top_k < 1:
         raise UsageError("top_k must be >= 1")
-    trained = load_meta_space(meta_dir, manager=manager, device=device, with_model_encoder=False)
-    model, metadata, embeddings, table = trained.model, trained.metadata, trained.embeddings, trained.table
-    spec = metadata["dataset_encoder"]
-    from mednns.manager import get_plugin_manager
-
-    encoder = (manager or get_plugin_manager()).create("dataset-encoders", spec["name"], **spec["args"]).to(device)
-    features = dataset_features(encoder, dataset, images=metadata["images"], seed=metadata["image_seed"],
-                                cache_dir=cache_dir(), progress=progress)
-    start = time.perf_counter()
-    with torch.no_grad():
-        d = model.embed_datasets([torch.as_tensor(features, device=device)])
-        m = torch.as_tensor(embeddings, device=device).unsqueeze(0)
-        predicted_t, score_t = model.pair(d, m)
-    predicted, score = predicted_t[0].cpu().numpy(), score_t[0].cpu().numpy()
+    predictions = predict_all(meta_dir, dataset, manager=manager, device=device, progress=progress)
+    metadata, table = predictions.metadata, predictions.table
+    predicted, score = predictions.predicted, predictions.score
+    start = time.perf_counter() - predictions.seconds
     excluded = set(metadata.get("held_out", []) if exclude_sources is None else exclude_sources)
     keep = np.array([d not in excluded for d in table.dataset], dtype=bool)
     gated = weak_sources(metadata["zoo"]) if source_gate else []
