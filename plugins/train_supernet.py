@@ -63,6 +63,8 @@ class TrainSupernet(Stage):
     :param crop_padding: random-crop padding in pixels (0: no crop).
     :param hflip: random horizontal flips (off: laterality matters in many medical images).
     :param max_train_images: train on a seeded random subset of this many images.
+    :param min_steps_per_epoch: an epoch is at least this many optimizer steps (small datasets
+        get more than one pass per epoch instead of a handful of steps).
     :param calibration_images: training images that recalibrate BN before each evaluation.
     :param calibration_batch_size: their batch size (the set is a whole number of batches).
     :param eval_batch_size: evaluation batch size.
@@ -98,6 +100,7 @@ class TrainSupernet(Stage):
         crop_padding: int = _D.crop_padding,
         hflip: bool = _D.hflip,
         max_train_images: int | None = _D.max_train_images,
+        min_steps_per_epoch: int = _D.min_steps_per_epoch,
         calibration_images: int = _D.calibration_images,
         calibration_batch_size: int = _D.calibration_batch_size,
         eval_batch_size: int = _D.eval_batch_size,
@@ -121,7 +124,8 @@ class TrainSupernet(Stage):
             label_weight=label_weight, kd_temperature=kd_temperature, label_smoothing=label_smoothing,
             optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
             warmup_lr_ratio=warmup_lr_ratio, min_lr=min_lr, grad_clip=grad_clip, crop_padding=crop_padding,
-            hflip=hflip, max_train_images=max_train_images, calibration_images=calibration_images,
+            hflip=hflip, max_train_images=max_train_images, min_steps_per_epoch=min_steps_per_epoch,
+            calibration_images=calibration_images,
             calibration_batch_size=calibration_batch_size, eval_batch_size=eval_batch_size,
             final_samples=final_samples, checkpoint_every_steps=checkpoint_every_steps, amp=amp,
             channels_last=channels_last, progress=progress)

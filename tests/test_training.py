@@ -187,6 +187,21 @@ def test_batch_order_is_sharded_by_rank_and_calibration_is_fixed():
     assert capped.train_x.shape == (50, 3, 12, 12) and capped.steps_per_epoch == 3
 
 
+def test_min_steps_per_epoch_makes_more_than_one_pass_over_a_small_training_set():
+    dataset = tiny_dataset(sizes=(40, 16, 16))
+    plain = TrainingData(dataset, channels=None, seed=5, batch_size=16)
+    longer = TrainingData(dataset, channels=None, seed=5, batch_size=16, min_steps_per_epoch=5)
+    assert plain.steps_per_epoch == 2 and longer.steps_per_epoch == 5
+    order = longer.epoch_order("full", 1)
+    assert order.shape == (5, 16)
+    assert torch.equal(order[:2], plain.epoch_order("full", 1))  # the first pass is the plain epoch's
+    passes = order.flatten().split(32)  # two whole batches per pass over 40 images
+    assert all(len(set(p.tolist())) == len(p) for p in passes)  # each pass draws an image at most once
+    assert not torch.equal(passes[0], passes[1])  # and each pass is a fresh permutation
+    big = TrainingData(tiny_dataset(sizes=(96, 16, 16)), channels=None, seed=5, batch_size=16, min_steps_per_epoch=2)
+    assert big.steps_per_epoch == 6  # a large set keeps its own epoch
+
+
 def test_random_crop_shifts_each_image_reproducibly():
     x = torch.arange(2 * 1 * 5 * 5, dtype=torch.float32).view(2, 1, 5, 5) + 1
     a = random_crop(x, 2, torch.Generator().manual_seed(0))

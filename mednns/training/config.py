@@ -61,6 +61,7 @@ class TrainConfig:
     crop_padding: int = 2
     hflip: bool = False
     max_train_images: int | None = None
+    min_steps_per_epoch: int = 0
     calibration_images: int = 512
     calibration_batch_size: int = 128
     eval_batch_size: int = 256
@@ -77,7 +78,7 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("full_epochs", "shrink_epochs", "num_random", "crop_padding"):
+        for name in ("full_epochs", "shrink_epochs", "num_random", "crop_padding", "min_steps_per_epoch"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("full_lr", "shrink_lr", "kd_weight", "label_weight", "weight_decay", "warmup_epochs",

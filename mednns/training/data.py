@@ -37,13 +37,15 @@ class TrainingData:
     :param seed: the training seed.
     :param batch_size: images per step *per rank*.
     :param max_train_images: use a seeded random subset of this many training images.
+    :param min_steps_per_epoch: an epoch is at least this many steps (more than one pass over a
+        small training set).
     :param calibration_images: images of the fixed BN-calibration set (taken from the training images used).
     :param calibration_batch_size: its batch size; the set is a whole number of equal-size batches.
     :param rank: this process's rank; :param world_size: the number of processes.
     """
 
     def __init__(self, dataset: MedicalDataset, *, channels: int | None, seed: int, batch_size: int,
-                 max_train_images: int | None = None, calibration_images: int = 512,
+                 max_train_images: int | None = None, min_steps_per_epoch: int = 0, calibration_images: int = 512,
                  calibration_batch_size: int = 128, rank: int = 0, world_size: int = 1):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
@@ -67,7 +69,7 @@ class TrainingData:
         if len(self.val_x) == 0:
             raise UsageError(f"{self.info.name}: the validation split is empty; training validates on it")
         size = min(batch_size, per_rank)
-        self.shard = Shard(per_rank // size, size)
+        self.shard = Shard(max(per_rank // size, min_steps_per_epoch), size)
         self.calibration = self._calibration_batches(calibration_images, calibration_batch_size)
 
     # -- training batches --------------------------------------------------------
@@ -80,13 +82,20 @@ class TrainingData:
 
         The permutation depends only on the seed, the phase and the epoch (the same on every
         rank); rank ``r`` takes every ``world_size``-th image from ``r`` on; the tail that does not
-        fill a batch is dropped.
+        fill a batch is dropped. An epoch longer than one pass (``min_steps_per_epoch``) goes on
+        with further permutations, each one whole pass.
         """
-        generator = torch_generator(derive_seed(self.seed, "order", phase, epoch))
-        order = torch.randperm(len(self.train_x), generator=generator)
-        mine = order[self.rank :: self.world_size]
         used = self.shard.steps * self.shard.batch_size
-        return mine[:used].view(self.shard.steps, self.shard.batch_size)
+        passes, mine, have = 0, [], 0
+        while have < used:
+            key = (phase, epoch) if passes == 0 else (phase, epoch, passes)
+            order = torch.randperm(len(self.train_x), generator=torch_generator(derive_seed(self.seed, "order", *key)))
+            part = order[self.rank :: self.world_size]
+            part = part[: len(part) // self.shard.batch_size * self.shard.batch_size]  # whole batches per pass
+            mine.append(part)
+            have += len(part)
+            passes += 1
+        return torch.cat(mine)[:used].view(self.shard.steps, self.shard.batch_size)
 
     def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.train_x[indices], self.train_y[indices]

@@ -168,6 +168,7 @@ class SupernetTrainer:
             config = self.config
             self._data = TrainingData(self.dataset, channels=channels, seed=self.seed, batch_size=config.batch_size,
                                       max_train_images=config.max_train_images,
+                                      min_steps_per_epoch=config.min_steps_per_epoch,
                                       calibration_images=config.calibration_images,
                                       calibration_batch_size=config.calibration_batch_size,
                                       rank=self.rank, world_size=self.world_size)
