@@ -56,9 +56,10 @@ class Evaluate(Stage):
         test ACC.
     :param top_k: models of the query fine-tuned by ``mednns_topk`` (the best validation ACC wins).
     :param by: how the query ranks: ``predicted`` metric, retrieval ``score`` or ``combined``.
-    :param rerank: re-rank the query's top candidates on the target's training images
-        (:class:`mednns.transfer.rerank.RerankSettings`: ``{score: NAME or {name, args}, candidates,
-        images, calibration_images, combine}``); its cost counts as the query's.
+    :param rerank: re-rank the query's top candidates on each run's own fine-tuning subset (the
+        labelled images that run may use; :class:`mednns.transfer.rerank.RerankSettings`:
+        ``{score: NAME or {name, args}, candidates, images, calibration_images, combine}``); its
+        cost counts as the run's ``rerank`` setup phase.
     :param source_gate: the query leaves out source supernets that learned nothing.
     :param meta_space: ``fit_meta_space`` arguments of every fold's meta-space (``held_out`` and
         ``zoo`` are set per fold).

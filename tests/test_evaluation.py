@@ -131,13 +131,12 @@ def test_settings_name_conditions_and_variant_methods():
     variant = chosen.variant_list()[1]
     assert variant.meta_space == {"steps": 10, "target": "val_auc"} and variant.top_k == 3
     assert [c.id for c in settings(budgets=["equal_compute"]).conditions()] == ["equal_compute@all"]
-    # re-ranking reads labelled training images: only with every training image in every condition
     assert settings(variants={"knn": {"rerank": {"score": "knn"}}}).variant_list()[1].settings().score == {
         "name": "knn", "args": {}}
     for bad in ({"budgets": ["equal_money"]}, {"train_images": [100, 100]}, {"equal_compute_seeds": [7]},
                 {"max_epochs": 4}, {"variants": {"x": {"lr": 1}}}, {"variants": {"x": {"meta_space": {"zoo": "z"}}}},
                 {"variants": {"a b": {}}}, {"variants": {"x": {"rerank": {"score": "knn", "k": 3}}}},
-                {"rerank": {"combine": "vote"}}, {"train_images": [100], "variants": {"x": {"rerank": {}}}}):
+                {"rerank": {"combine": "vote"}}, {"variants": {"x": {"finetune": {"epochs": 3}}}}):
         with pytest.raises(UsageError):
             settings(**bad)
 
@@ -200,7 +199,9 @@ EVALUATE = {"datasets": ["c", "d"], "seeds": [0, 1], "epochs": 3, "batch_size": 
             "train_images": [64, 32], "budgets": ["equal_epochs", "equal_compute"], "equal_compute_seeds": [0],
             "max_epochs": 9, "recalibrate_bn": True, "head_epochs": 1,
             "variants": {"auc": {"meta_space": {"target": "val_auc"}},
-                         "plain": {"finetune": {"recalibrate_bn": False, "head_epochs": 0}, "top_k": 1}},
+                         "plain": {"finetune": {"recalibrate_bn": False, "head_epochs": 0}, "top_k": 1},
+                         "knn": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16},
+                                 "top_k": 1}},
             "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40},
             "meta_space": META, "report": True, "progress": False}
 
@@ -280,7 +281,7 @@ def test_every_method_runs_for_every_seed_of_every_condition_on_the_same_subsets
                 if name == "own_supernet_search" and target == "d":
                     assert method["status"] == "skipped" and "no supernet trained on d" in method["reason"]
                     continue
-                if name == "mednns_topk:plain":  # the variant asks for its top-1 only
+                if name in ("mednns_topk:plain", "mednns_topk:knn"):  # the variants ask for their top-1 only
                     assert method["status"] == "skipped" and "top_k is 1" in method["reason"]
                     continue
                 assert method["status"] == "ok", (target, name)
@@ -362,7 +363,9 @@ def test_compute_is_counted_per_phase_on_the_target(evaluation):
             options = len(run.get("chosen_from") or [1])
             last = run["history"][-1]["image_macs"]
             assert (spent["finetune"]["image_macs"] == last) if options == 1 else spent["finetune"]["image_macs"] > last
-            setup_macs = sum(p["image_macs"] for p in setup[name].values())
+            phases = {**setup[name], **({"rerank": spent["setup"]["rerank"]} if "rerank" in spent["setup"] else {})}
+            assert spent["setup"] == phases  # the method's setup, and the run's own re-ranking
+            setup_macs = sum(p["image_macs"] for p in phases.values())
             assert spent["total_image_macs"] == setup_macs + spent["finetune"]["image_macs"]
 
 
@@ -537,24 +540,22 @@ def test_evaluate_adds_the_stage_when_the_config_has_none_and_says_what_is_missi
 
 
 @pipeline
-def test_a_fold_counts_re_ranking_as_query_compute(evaluation):
-    from mednns.config import load_config
-    from mednns.evaluation.candidates import SupernetCache
-    from mednns.evaluation.leave_one_out import Fold
-    from mednns.manager import get_plugin_manager
-    from mednns.runs import prepare_run
-    from mednns.transfer.rerank import RerankSettings
-
-    manager = get_plugin_manager()
-    run = prepare_run(manager, load_config(manager, evaluation["config"]))
-    stage = manager.create("stages", "evaluate", **{**EVALUATE, "train_images": None, "budgets": None})
-    zoo = run.directory / "stages" / "build_zoo" / "zoo.sqlite"
-    fold = Fold(run, stage.settings, "c", evaluation["stage"] / "c", zoo, SupernetCache(manager), {})
-    meta = fold.meta_space(stage.settings.meta_space)  # the fold's default meta-space, fitted already
-    plain, plain_cost = fold.query(meta, "predicted", 2)
-    settings = RerankSettings({"name": "logme", "args": {}}, candidates=3, images=40, calibration_images=32)
-    reranked, cost = fold.query(meta, "predicted", 2, settings)
-    facts = reranked["rerank"]
-    assert facts["candidates"] == 3 and facts["image_macs"] > 0
-    assert cost["image_macs"] == plain_cost["image_macs"] + facts["image_macs"]
-    assert reranked["meta_space_order"][:2] == [r["zoo_id"] for r in plain["results"]]
+def test_re_ranking_reads_each_runs_own_fine_tuning_subset_and_counts_as_its_setup(evaluation):
+    results, stage = evaluation["results"], evaluation["stage"]
+    query = json.loads((stage / "c" / "queries" / "knn.json").read_text())
+    top = [r["zoo_id"] for r in query["results"][:3]]  # the meta-space's candidates
+    for condition in (PRIMARY, SMALL, COMPUTE):
+        for run in methods_of(results, "c", condition)["mednns:knn"]["runs"]:
+            saved = json.loads((stage / "c" / "queries" / f"knn@{run['train_subset']}.json").read_text())
+            assert sorted(saved["order"]) == sorted(top)  # the same candidates, in the re-ranked order
+            first = next(r for r in saved["results"] if r["rank"] == 1)
+            assert run["model"]["arch"] == first["arch"] and run["model"]["source"] == first["dataset"]
+            facts = saved["rerank"]
+            assert facts["images"] == min(24, run["train_images"])  # labelled images of this run's subset only
+            assert run["compute"]["setup"]["rerank"] == {"seconds": facts["seconds"],
+                                                         "image_macs": facts["image_macs"]}
+            assert run["compute"]["total_image_macs"] == (run["compute"]["setup"]["query"]["image_macs"]
+                                                          + facts["image_macs"]
+                                                          + run["compute"]["finetune"]["image_macs"])
+    plain = methods_of(results, "c")["mednns"]["runs"][0]["compute"]["setup"]
+    assert "rerank" not in plain

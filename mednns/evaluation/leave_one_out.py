@@ -51,12 +51,14 @@ from mednns.evaluation import results as summary
 from mednns.evaluation import ranking, statistics
 from mednns.evaluation.candidates import Candidate, SupernetCache, count_macs, inherited, random_init, timm_network
 from mednns.evaluation.methods import describe
-from mednns.evaluation.settings import Condition, EvaluationSettings
+from mednns.evaluation.settings import QUERY_METHODS, Condition, EvaluationSettings
 from mednns.files import read_json, write_json
 from mednns.seeding import derive_seed
 
 FORMAT = "mednns-evaluation/2"
 RESULTS_FILE = "results.json"
+#: A method's starting points for one seed and condition (several: the best by validation ACC wins).
+Plan = Callable[[int, Condition], list[Candidate]]
 #: Zoo models whose embeddings a fold keeps for the t-SNE figure.
 EMBEDDING_SAMPLE = 1500
 
@@ -80,6 +82,21 @@ def _phase(seconds: float | None, image_macs: int | float | None) -> dict[str, A
             "image_macs": None if image_macs is None else int(image_macs)}
 
 
+def _mean_phases(setups: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per phase, the mean seconds and image-MACs over runs (a phase some runs lack counts 0 there);
+    the setup itself when every run shares it."""
+    if all(setup == setups[0] for setup in setups):
+        return setups[0]
+    names = list(dict.fromkeys(name for setup in setups for name in setup))
+    out = {}
+    for name in names:
+        values = [s.get(name) or {} for s in setups]
+        out[name] = {k: (None if any(v.get(k) is None for v in values if v) else
+                         float(np.mean([v.get(k) or 0 for v in values])))
+                     for k in ("seconds", "image_macs")}
+    return out
+
+
 def _total(phases: dict[str, dict[str, Any]], key: str) -> float | None:
     values = [p[key] for p in phases.values()]
     return None if any(v is None for v in values) else float(sum(values))
@@ -100,6 +117,8 @@ class Fold:
     data: dict[tuple[int, int | None], Any] = field(default_factory=dict)
     encodings: dict[str, dict[str, Any]] = field(default_factory=dict)
     macs: dict[str, int] = field(default_factory=dict)
+    #: (method, seed, condition id) -> the re-ranking's cost of that run
+    rerank_spent: dict[tuple[str, int, str], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def dataset(self):
@@ -119,19 +138,50 @@ class Fold:
             write_json(directory / "arguments.json", args)
         return directory
 
-    def query(self, meta_dir: Path, by: str, top_k: int, rerank: Any = None,
-              source_gate: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    def query(self, meta_dir: Path, by: str, top_k: int, source_gate: bool = False
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The query's result and what it spent on the target: encoding its images (measured once per
-        dataset encoder, without the feature cache), ranking the zoo and re-ranking on its images."""
+        dataset encoder, without the feature cache) and ranking the zoo."""
         from mednns.metaspace.query import query
 
         start = time.perf_counter()
         result = query(meta_dir, self.dataset, top_k=top_k, by=by, manager=self.run.manager,  # type: ignore[arg-type]
-                       device=self.run.device, rerank=rerank, load=self.supernets, source_gate=source_gate)
+                       device=self.run.device, source_gate=source_gate)
         ranking = time.perf_counter() - start
         encoding = self.encoding(read_json(meta_dir / "metaspace.json"))
-        reranking = (result.get("rerank") or {}).get("image_macs", 0)
-        return result, _phase(encoding["seconds"] + ranking, encoding["image_macs"] + reranking)
+        return result, _phase(encoding["seconds"] + ranking, encoding["image_macs"])
+
+    def reranked(self, variant: Any, rows: list[dict[str, Any]], candidates: tuple[Candidate, ...], seed: int,
+                 condition: Condition) -> list[Candidate]:
+        """``candidates`` (the meta-space's top rows ``rows``) re-ranked on the fine-tuning subset of
+        ``(seed, condition)``: the labelled images that run may use, nothing else. Saved (with its
+        first-measured cost) in ``queries/<variant>@<subset digest>.json`` (conditions that share a
+        subset share it); the cost is recorded for the variant's methods as the run's ``rerank``
+        setup phase."""
+        from mednns.transfer.rerank import TargetSample, rerank
+
+        settings = variant.settings()
+        path = self.directory / "queries" / f"{variant.name or 'default'}@{self.subset_digest(seed, condition)}.json"
+        if path.is_file():
+            saved = read_json(path)
+        else:
+            data = self.finetune_data(seed, condition)
+            sample = TargetSample.from_tensors(data.train_x, data.train_y, str(self.dataset.info.task), settings,
+                                               batch_size=condition.batch_size)
+            results, facts = rerank(rows, self.dataset, settings, manager=self.run.manager, device=self.run.device,
+                                    load=self.supernets, sample=sample)
+            saved = {"order": [r["zoo_id"] for r in results], "results": results, "rerank": facts}
+            write_json(path, saved)
+        spent = _phase(saved["rerank"]["seconds"], saved["rerank"]["image_macs"])
+        for base in QUERY_METHODS:
+            self.rerank_spent[(variant.method(base), seed, condition.id)] = spent
+        by_id = {r["zoo_id"]: c for r, c in zip(rows, candidates)}
+        return [by_id[i] for i in saved["order"]]
+
+    def plan_setup(self, name: str, setup: dict[str, Any], seed: int, condition: Condition) -> dict[str, Any]:
+        """A method's setup phases for one run: its own, plus the re-ranking of that (seed, condition)."""
+        spent = self.rerank_spent.get((name, seed, condition.id))
+        return {**setup, "rerank": spent} if spent is not None else setup
 
     def encoding(self, trained: dict[str, Any]) -> dict[str, Any]:
         """Seconds and forward MACs of encoding the target's images with a meta-space's dataset
@@ -157,7 +207,7 @@ class Fold:
                          label=label)
 
     # --- the methods: seed -> starting points (several: the best by validation ACC wins) -------
-    def plans(self) -> tuple[dict[str, Callable[[int], list[Candidate]]], dict[str, str], dict[str, Any],
+    def plans(self) -> tuple[dict[str, Plan], dict[str, str], dict[str, Any],
                              dict[str, dict[str, Any]]]:
         """Each method's planner, the reasons of skipped methods, facts for the results, and each
         method's target-side compute before fine-tuning (phase -> seconds and image-MACs)."""
@@ -166,7 +216,7 @@ class Fold:
 
         settings, info = self.settings, self.dataset.info
         wanted = set(settings.methods)
-        plans: dict[str, Callable[[int], list[Candidate]]] = {}
+        plans: dict[str, Plan] = {}
         skipped: dict[str, str] = {}
         facts: dict[str, Any] = {}
         setup: dict[str, dict[str, Any]] = {}
@@ -175,38 +225,44 @@ class Fold:
         meta_dir = self.directory
         for variant in settings.variant_list():
             meta = self.meta_space(variant.meta_space)
-            result, spent = self.query(meta, variant.by, max(variant.top_k, 1), variant.settings(), variant.source_gate)
+            rerank = variant.settings()
+            result, spent = self.query(meta, variant.by, max(variant.top_k, rerank.candidates if rerank else 1),
+                                       variant.source_gate)
             write_json(self.directory / "queries" / f"{variant.name or 'default'}.json", result)
             if not result["results"]:
                 raise UsageError(f"{self.target}: the query returned no zoo model (no other dataset has zoo rows?)")
-            found = [replace(self.from_row(r, f"{r['space']} subnet of {r['dataset']} (rank {r['rank']})"),
-                                         finetune=variant.finetune)
-                     for r in result["results"]]
+            found = tuple(replace(self.from_row(r, f"{r['space']} subnet of {r['dataset']} (rank {r['rank']})"),
+                                  finetune=variant.finetune)
+                          for r in result["results"])
             if not variant.name:
-                top, first, meta_dir = found, result["results"][0], meta
+                top, first, meta_dir = list(found), result["results"][0], meta
+
+            def order(seed: int, condition: Condition, v=variant, rows=result["results"], cs=found) -> list[Candidate]:
+                return list(cs) if v.rerank is None else self.reranked(v, rows, cs, seed, condition)
+
             name = variant.method("mednns")
-            plans[name], setup[name] = (lambda seed, c=found[0]: [c]), {"query": spent}
+            plans[name], setup[name] = (lambda seed, condition, o=order: o(seed, condition)[:1]), {"query": spent}
             if "mednns_topk" in wanted:
                 name = variant.method("mednns_topk")
                 if variant.top_k < 2:
                     skipped[name] = "top_k is 1 (the same as mednns top-1)"
                 else:
-                    plans[name] = lambda seed, cs=tuple(found[: variant.top_k]): list(cs)
+                    plans[name] = lambda seed, condition, o=order, k=variant.top_k: o(seed, condition)[:k]
                     setup[name] = {"query": spent}
         if "random_init" in wanted:
             space_spec = self.supernets(first["supernet"])[1]["space"]
             candidate = random_init(self.run.manager, space_spec, first["arch"], top[0].model["arch_hash"], info,
                                     label=f"{first['space']} subnet (mednns's top-1), random init")
-            plans["random_init"] = lambda seed, c=candidate: [c]
+            plans["random_init"] = lambda seed, condition, c=candidate: [c]
         if "timm_scratch" in wanted:
             scratch = timm_network(settings.timm_model, info, pretrained=False)
-            plans["timm_scratch"] = lambda seed, c=scratch: [c]
+            plans["timm_scratch"] = lambda seed, condition, c=scratch: [c]
         if "imagenet" in wanted:
             name = settings.timm_model
             if name not in self.imagenet_errors:
                 try:
                     pretrained = timm_network(name, info, pretrained=True)
-                    plans["imagenet"] = lambda seed, c=pretrained: [c]
+                    plans["imagenet"] = lambda seed, condition, c=pretrained: [c]
                 except UsageError as exc:
                     self.imagenet_errors[name] = exc.message
             if name in self.imagenet_errors:
@@ -231,23 +287,22 @@ class Fold:
             space = self.supernets(folder)[0]
             largest = inherited(self.supernets, folder, space.arch_to_json(space.largest()), info, source=nearest,
                                 label=f"largest subnet of {nearest} (FID {facts['fid'][nearest]:.3g})")
-            plans["nearest_fid"] = lambda seed, c=largest: [c]
+            plans["nearest_fid"] = lambda seed, condition, c=largest: [c]
             encoding = self.encoding(trained)
             setup["nearest_fid"] = {"query": _phase(encoding["seconds"] + fid_seconds, encoding["image_macs"])}
         if "tans" in wanted:
-            tans, spent = self.query(self.meta_space({**settings.meta_space, "losses": settings.tans_losses}),
-                                     "score", 1)
+            tans, spent = self.query(self.meta_space({**settings.meta_space, "losses": settings.tans_losses}), "score", 1)
             write_json(self.directory / "queries" / "tans.json", tans)
             row = tans["results"][0]
             tans_top = self.from_row(row, f"{row['space']} subnet of {row['dataset']} (TANS-style top-1)")
-            plans["tans"], setup["tans"] = (lambda seed, c=tans_top: [c]), {"query": spent}
+            plans["tans"], setup["tans"] = (lambda seed, condition, c=tans_top: [c]), {"query": spent}
         if "random_pick" in wanted:
             with ZooStore(self.zoo_path, readonly=True) as store:
                 folders = {s["id"]: str(Path(s["path"]).parent) for s in store.supernets()}
                 rows = [r for r in store.models(["id", "dataset", "space", "arch", "supernet_id"])
                         if r["dataset"] != self.target]
 
-            def pick(seed: int) -> list[Candidate]:
+            def pick(seed: int, condition: Condition) -> list[Candidate]:
                 row = random.Random(derive_seed(seed, "random_pick", self.target)).choice(rows)
                 return [self.from_row({**row, "supernet": folders[row["supernet_id"]]},
                                       f"{row['space']} subnet of {row['dataset']} (zoo id {row['id']})")]
@@ -259,7 +314,7 @@ class Fold:
                 skipped["own_supernet_search"] = search
             else:
                 found_own, facts["own_supernet_search"], setup["own_supernet_search"] = search
-                plans["own_supernet_search"] = lambda seed, c=found_own: [c]
+                plans["own_supernet_search"] = lambda seed, condition, c=found_own: [c]
         order = settings.method_names()
         return ({m: plans[m] for m in order if m in plans}, skipped, facts,
                 self.first_measurement({m: setup.get(m, {}) for m in order if m in plans}))
@@ -351,14 +406,16 @@ class Fold:
         passes = self.config(seed, condition, candidate=candidate).image_passes(candidate.pretrained, epochs)
         return macs * trained * passes + macs * len(data.val_x) * evaluations
 
-    def budget_macs(self, plans: dict[str, Callable[[int], list[Candidate]]], setup: dict[str, Any], seed: int,
+    def budget_macs(self, plans: dict[str, Plan], setup: dict[str, Any], seed: int,
                     condition: Condition) -> dict[str, Any]:
         """The equal-compute budget: the largest total target-side image-MACs of any method at the
         equal-epochs budget (setup + fine-tuning every candidate it fine-tunes), and that method."""
         epochs = self.settings.finetune["epochs"]
-        totals = {m: (_total(setup[m], "image_macs") or 0)
-                  + sum(self.finetune_macs(c, seed, condition, epochs, epochs) for c in plan(seed))
-                  for m, plan in plans.items()}
+        totals = {}
+        for m, plan in plans.items():
+            candidates = plan(seed, condition)  # first: a re-ranking records its cost
+            totals[m] = (_total(self.plan_setup(m, setup[m], seed, condition), "image_macs") or 0) + sum(
+                self.finetune_macs(c, seed, condition, epochs, epochs) for c in candidates)
         method = max(totals, key=totals.get)
         return {"image_macs": int(totals[method]), "method": method}
 
@@ -406,13 +463,15 @@ class Fold:
         write_json(path, record)
         return record
 
-    def run_method(self, name: str, plan: Callable[[int], list[Candidate]], setup: dict[str, Any],
+    def run_method(self, name: str, plan: Plan, setup: dict[str, Any],
                    condition: Condition, budget: dict[int, dict[str, Any]]) -> dict[str, Any]:
         """Every seed of one method under one condition: its runs, summary and compute."""
         runs = []
-        setup_seconds, setup_macs = _total(setup, "seconds") or 0.0, _total(setup, "image_macs")
+        method_setup = setup
         for seed in condition.seeds:
-            candidates = plan(seed)
+            candidates = plan(seed, condition)
+            setup = self.plan_setup(name, method_setup, seed, condition)
+            setup_seconds, setup_macs = _total(setup, "seconds") or 0.0, _total(setup, "image_macs")
             epochs: list[int | None] = [None] * len(candidates)
             capped = False
             if condition.budget == "equal_compute":
@@ -442,7 +501,7 @@ class Fold:
             self.run.console.print(f"[bold]{self.target}[/] {name} seed {seed} [{condition.id}]: test acc "
                                    f"{last['test_acc']:.4f} auc {last['test_auc']:.4f} after {chosen['epochs']} epochs "
                                    f"({chosen['model']['name']})")
-        compute = {"setup": setup,
+        compute = {"setup": _mean_phases([r["compute"]["setup"] for r in runs]),
                    "finetune": {k: float(np.mean([r["compute"]["finetune"][k] for r in runs]))
                                 for k in ("seconds", "image_macs")},
                    "total_seconds": float(np.mean([r["compute"]["total_seconds"] for r in runs])),

@@ -121,15 +121,10 @@ class EvaluationSettings:
                                  f"method shares)")
             if "top_k" in variant and int(variant["top_k"]) < 1:
                 raise UsageError(f"variant {name}: top_k must be >= 1")
+        for variant in self.variant_list():
+            variant.settings()  # checks the re-ranking settings
         if self.ranking is not None:
             self.ranking_settings()  # checks it
-        reranking = [v.name or "the default" for v in self.variant_list() if v.settings() is not None]
-        if reranking and any(n is not None for n in self.train_images):
-            raise UsageError(f"re-ranking ({', '.join(reranking)}) reads labelled images of the target's whole "
-                             f"training split, more than the fine-tuning subsets of train_images "
-                             f"{self.train_images}: the comparison would not be fair",
-                             hint="evaluate re-ranking with train_images left out (all training images); "
-                                  "re-ranking on each condition's own subset is not implemented yet")
 
     def ranking_settings(self):
         """The :class:`~mednns.evaluation.ranking.RankingSettings` of the ``ranking`` option."""

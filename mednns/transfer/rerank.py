@@ -82,18 +82,27 @@ class TargetSample:
     @classmethod
     def draw(cls, dataset: "MedicalDataset", settings: RerankSettings, batch_size: int = 128) -> "TargetSample":
         """A seeded sample of ``dataset``'s training split, normalized as fine-tuning normalizes it."""
-        import torch
-
         from mednns.data import dataset_tensors
-        from mednns.seeding import torch_generator
 
         x, y = dataset_tensors(dataset, "train", channels=dataset.info.n_channels)
+        return cls.from_tensors(x, y, str(dataset.info.task), settings, batch_size=batch_size)
+
+    @classmethod
+    def from_tensors(cls, x: "torch.Tensor", y: "torch.Tensor", task: str, settings: RerankSettings,
+                     batch_size: int = 128) -> "TargetSample":
+        """A seeded sample of given training images (normalized as fine-tuning normalizes them):
+        at most ``settings.images`` labelled ones and ``settings.calibration_images`` for BN, in
+        whole batches of at most ``batch_size``."""
+        import torch
+
+        from mednns.seeding import torch_generator
+
         order = torch.randperm(len(x), generator=torch_generator(settings.seed))
         sample = order[: settings.images].sort().values
         calibration = x[order[: settings.calibration_images]]
         size = min(batch_size, len(calibration))
         batches = [calibration[i: i + size] for i in range(0, len(calibration) - size + 1, size)]
-        return cls(batches, x[sample], y[sample].numpy(), str(dataset.info.task))
+        return cls(batches, x[sample], y[sample].numpy(), task)
 
 
 def candidate_outputs(network: "torch.nn.Module", sample: TargetSample, *, device: str = "cpu",
