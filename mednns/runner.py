@@ -12,12 +12,15 @@ from typing import Any
 
 from mednns.errors import MednnsError, UsageError
 from mednns.files import read_json, write_json
+from mednns.locks import held
 from mednns.runs import Run, write_run_metadata
 from mednns.seeding import derive_seed, seed_everything
 
 log = logging.getLogger("mednns")
 
 STAGE_STATE = "stage.json"
+#: The run directory's lock file (:mod:`mednns.locks`): one process at a time runs it.
+LOCK_FILE = ".mednns.lock"
 
 
 def stage_fingerprint(run: Run, spec: dict[str, Any], previous: str) -> tuple[str, dict[str, Any]]:
@@ -51,8 +54,14 @@ def execute(run: Run, *, restart: bool = False) -> dict[str, Any]:
     config is refused (its partial state belongs to the old config) unless
     ``restart`` is set, which discards that partial state. A stage whose
     :attr:`~mednns.stages.Stage.keeps_state` is true keeps its directory when its
-    config changes (``restart`` still discards it).
+    config changes (``restart`` still discards it). The run directory is locked
+    for the whole run: a second process on it gets a usage error naming the first.
     """
+    with held(run.directory / LOCK_FILE, f"the run directory {run.directory}"):
+        return _execute(run, restart)
+
+
+def _execute(run: Run, restart: bool) -> dict[str, Any]:
     write_run_metadata(run)
     handler = _attach_log_file(run.directory)
     results: dict[str, Any] = {"run": run.config.name, "directory": str(run.directory), "status": "running",

@@ -108,18 +108,22 @@ class BuildZoo(Stage):
     # -- work --------------------------------------------------------------------------
     def run(self, run) -> dict[str, Any]:
         from mednns.files import write_json
+        from mednns.locks import held
         from mednns.zoo import ZooStore, build_zoo
 
         settings = BuildSettings(**self.settings_args, seed=run.seed)
         protocol = ZooProtocol(**self.protocol_args, seed=run.seed)
-        targets = self.targets(run)
         summaries = {}
-        with ZooStore(self.store_path(run)) as store:
-            for name, folder in targets:
-                summaries[name] = build_zoo(store, folder, run.dataset(name), settings=settings, protocol=protocol,
-                                            device=run.device, manager=run.manager, console=run.console)
-            results = {"store": str(self.store_path(run)), "shard": str(self.shard), "rows": store.count(),
-                       "datasets": summaries}
+        path = self.store_path(run)
+        with held(path.with_name(path.name + ".lock"), f"the zoo store {path}"):  # one builder per store
+            targets = self.targets(run)
+            with ZooStore(path) as store:
+                for name, folder in targets:
+                    summaries[name] = build_zoo(store, folder, run.dataset(name), settings=settings,
+                                                protocol=protocol, device=run.device, manager=run.manager,
+                                                console=run.console)
+                results = {"store": str(path), "shard": str(self.shard), "rows": store.count(),
+                           "datasets": summaries}
         write_json(self.summary_path(run), results)
         return results
 
