@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mednns
-from mednns.errors import MednnsError
+from mednns.errors import MednnsError, environment_error
 from mednns.manager import get_plugin_manager, plugin_manager_pinned, set_plugin_manager
 from mednns.registry import KIND_HOOKS
 
@@ -107,6 +107,10 @@ class MednnsCLI(click.Group):
         except Exception as exc:
             if debug():
                 raise
+            known = environment_error(exc)
+            if known is not None:
+                _error(known.message, known.hint)
+                ctx.exit(known.exit_code)
             _error(f"{type(exc).__name__}: {exc}", "this looks like a bug; rerun with --debug for the traceback")
             ctx.exit(1)
 

@@ -2,7 +2,8 @@
 
 Every error a user can cause derives from :class:`MednnsError`. The CLI prints
 these as one message (plus a hint) without a traceback and exits with
-``exit_code``; anything else is a bug and is reported as such.
+``exit_code``. Errors of the machine or of the user's files (:func:`environment_error`) are
+reported the same way; anything else is a bug and is reported as such.
 """
 
 from __future__ import annotations
@@ -69,3 +70,27 @@ class ConfigError(UsageError):
         count = len(self.issues)
         head = f"{count} configuration error{'s' if count != 1 else ''}{where}:"
         super().__init__("\n".join([head, *(f"  {issue}" for issue in self.issues)]))
+
+
+def environment_error(exc: BaseException) -> UsageError | None:
+    """The user error an exception from the environment stands for (a path that is not what it
+    should be, a full disk, a file in another encoding, input nested too deeply, no memory left, a
+    damaged database), or ``None`` when it comes from mednns's own code."""
+    import sqlite3
+
+    if isinstance(exc, UnicodeDecodeError):
+        return UsageError(f"a file is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                          hint="save text files (configs, labels, JSON) as UTF-8")
+    if isinstance(exc, OSError) and (exc.filename is not None or exc.strerror):
+        where = "" if exc.filename is None else f": {exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        return UsageError(f"{exc.strerror or type(exc).__name__}{where}",
+                          hint="check that the path exists and is what is expected there (a folder or a file), "
+                               "that it is writable, and that the disk has space")
+    if isinstance(exc, RecursionError):
+        return UsageError("the input is nested too deeply to read", hint="flatten the nesting of the YAML or JSON")
+    if isinstance(exc, MemoryError):
+        return UsageError("out of memory", hint="lower batch sizes, image counts or samples, or use a larger machine")
+    if isinstance(exc, sqlite3.DatabaseError):
+        return UsageError(f"a SQLite database is damaged or not a database ({exc})",
+                          hint="a zoo store: build it again, or restore it from a copy")
+    return None

@@ -121,6 +121,33 @@ def test_run_output_dir_and_device_validation(config, tmp_path):
     assert result.exit_code == 2 and "device: invalid device 'tpu'" in result.output
 
 
+def test_errors_of_the_environment_are_user_errors_with_the_path(config, tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(config.read_text().replace("tiny-run", "caf\u00e9").encode("latin-1"))
+    result = invoke("validate", str(latin))
+    assert result.exit_code == 2 and f"{latin} is not UTF-8 text" in result.output
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    in_a_file = tmp_path / "in_a_file.yaml"
+    in_a_file.write_text(config.read_text().replace(str(tmp_path / "runs"), str(blocker)))  # output_dir: a file
+    result = invoke("run", str(in_a_file))
+    assert result.exit_code == 2 and "Not a directory" in result.output and str(blocker) in result.output
+    assert "looks like a bug" not in result.output and "Traceback" not in result.output
+
+
+def test_environment_error_maps_what_the_machine_raises():
+    import sqlite3
+
+    from mednns.errors import environment_error
+
+    assert "No space left on device: /x" in environment_error(OSError(28, "No space left on device", "/x")).message
+    assert environment_error(RecursionError("deep")).message == "the input is nested too deeply to read"
+    assert environment_error(MemoryError()).message == "out of memory"
+    assert "damaged" in environment_error(sqlite3.DatabaseError("file is not a database")).message
+    assert environment_error(ValueError("a bug")) is None
+    assert environment_error(OSError()) is None  # no path, no reason: not known to be the environment's
+
+
 def run_mednns(*args, env_extra=None, cwd=None):
     env = {**os.environ, **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "mednns", *args], capture_output=True, text=True, env=env,
