@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mednns.errors import ConfigError, ConfigIssue, MednnsError, UsageError
+from mednns.paths import name_problem
 from mednns.typecheck import ComponentSpec, check_args, check_value, describe, suggest, with_defaults
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -232,6 +233,9 @@ def validate_config(manager: "PluginManager", data: dict[str, Any], source: str 
             issues += check_value(data[name], annotations[name], name, on_component)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             issues.append(ConfigIssue(name, "missing required key", hints.get(name)))
+    if isinstance(data.get("name"), str) and name_problem(data["name"]):
+        issues.append(ConfigIssue("name", f"the run name {name_problem(data['name'])}",
+                                  "the run directory is output_dir/name"))
     device = data.get("device", "auto")
     if isinstance(device, str) and not DEVICE_PATTERN.match(device):
         issues.append(ConfigIssue("device", f"invalid device {device!r}", "use auto, cpu, cuda or cuda:N"))
@@ -267,6 +271,10 @@ def load_config(
     config = validate_config(manager, data, source=str(path))
     if config.name is None:
         config.name = Path(path).stem
+        problem = name_problem(config.name)
+        if problem:
+            raise ConfigError(ConfigIssue("name", f"the run name (the config file's stem) {problem}",
+                                          "set 'name' in the config"), source=str(path))
     return config
 
 

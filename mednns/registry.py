@@ -7,7 +7,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from mednns.errors import DuplicateComponentError, UnknownComponentError
+from mednns.errors import DuplicateComponentError, UnknownComponentError, UsageError
+from mednns.paths import name_problem
 from mednns.typecheck import suggest
 
 # kind (as typed on the command line) -> (hook that fills it, singular noun for messages)
@@ -88,7 +89,12 @@ class Registry:
         self._conflicts: dict[str, list[str]] = {}
 
     def add(self, component: Component) -> None:
-        """Add ``component``; raise :class:`DuplicateComponentError` when its name is taken."""
+        """Add ``component``; raise :class:`DuplicateComponentError` when its name is taken, and a
+        usage error when it cannot be a folder name (stages get folders named after them; runs
+        keep files per dataset, supernet and component)."""
+        problem = name_problem(component.name)
+        if problem:
+            raise UsageError(f"{self.noun} name {problem}", hint=f"registered by {component.provider}")
         existing = self._components.get(component.name)
         if existing is not None:
             providers = self._conflicts.setdefault(component.name, [existing.provider])

@@ -13,6 +13,7 @@ from typing import Any
 from mednns.errors import MednnsError, UsageError
 from mednns.files import read_json, write_json
 from mednns.locks import held
+from mednns.paths import inside
 from mednns.runs import Run, write_run_metadata
 from mednns.seeding import derive_seed, seed_everything
 
@@ -94,6 +95,12 @@ def _execute(run: Run, restart: bool) -> dict[str, Any]:
     return results
 
 
+def _discard(run: Run, name: str) -> Path:
+    """Delete a stage's folder (checked to lie inside the run's ``stages/``) and make it again."""
+    shutil.rmtree(inside(run.stage_dir(name), run.directory / "stages"))
+    return run.stage_dir(name)
+
+
 def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[str, Any],
                restart: bool) -> dict[str, Any]:
     directory = run.stage_dir(name)
@@ -120,11 +127,9 @@ def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[s
         log.info("stage %s: config changed (%s), running again%s", name, ", ".join(changed) or "unknown",
                  " on its kept files" if keep else "")
         if not keep:
-            shutil.rmtree(directory)
-            directory = run.stage_dir(name)
+            directory = _discard(run, name)
     elif restart and state is not None and state.get("status") != "complete":
-        shutil.rmtree(directory)
-        directory = run.stage_dir(name)
+        directory = _discard(run, name)
 
     seed_everything(derive_seed(run.seed, name))
     write_json(state_path, {"stage": name, "fingerprint": fingerprint, "inputs": inputs, "status": "running"})

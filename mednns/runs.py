@@ -30,6 +30,7 @@ from mednns.data import MedicalDataset
 from mednns.errors import ConfigError, ConfigIssue, MednnsError, UsageError
 from mednns.files import atomic_write_text, write_json
 from mednns.manager import PluginManager
+from mednns.paths import check_name, name_problem
 from mednns.stages import Stage
 
 log = logging.getLogger("mednns")
@@ -56,7 +57,7 @@ class Run:
         return log
 
     def stage_dir(self, name: str) -> Path:
-        path = self.directory / "stages" / name
+        path = self.directory / "stages" / check_name(name, "the stage name")
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -92,6 +93,11 @@ def prepare_run(manager: PluginManager, config: RunConfig, directory: str | os.P
     issues: list[ConfigIssue] = []
     datasets: dict[str, MedicalDataset] = {}
     for i, _, dataset in _build(manager, "datasets", config.datasets, issues):
+        problem = name_problem(dataset.name)
+        if problem:
+            issues.append(ConfigIssue(f"datasets[{i}]", f"the dataset name {problem}",
+                                      "its folders are named after it: give it another 'name' argument"))
+            continue
         if dataset.name in datasets:
             issues.append(ConfigIssue(f"datasets[{i}]", f"a second dataset named '{dataset.name}'",
                                       "give one of them another 'name' argument"))
