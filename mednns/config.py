@@ -62,9 +62,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that rejects duplicate keys instead of keeping the last one."""
 
 
+#: Bounds on what a config may be: a few kilobytes are typical; these stop inputs that would take
+#: minutes or gigabytes (an alias bomb expands 10 lines into 9^10 values).
+MAX_CONFIG_BYTES = 2 * 2**20
+MAX_CONFIG_VALUES = 200_000
+MAX_CONFIG_DEPTH = 64
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:  # '<<: *base' merges; the keys written here win (YAML's rule)
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -82,6 +92,10 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"Config file not found: {path}", hint="check the path, or start from examples/configs/")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise UsageError(f"{path} is {size / 2**20:.1f} MB; a config is at most {MAX_CONFIG_BYTES // 2**20} MB",
+                         hint="is it the right file? Put data in files that a dataset reads, not in the config")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -95,6 +109,8 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(ConfigIssue("", f"invalid YAML at {where}: {exc.problem}"), source=str(path)) from None
     except yaml.YAMLError as exc:
         raise ConfigError(ConfigIssue("", f"invalid YAML: {exc}"), source=str(path)) from None
+    except RecursionError:
+        raise ConfigError(ConfigIssue("", "nested too deeply to read"), source=str(path)) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -148,12 +164,20 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def expand_env(data: Any, environ: dict[str, str] | os._Environ = os.environ, path: str = "") -> Any:
     """Replace ``${VAR}`` / ``${VAR:-default}`` in every string; unset variables without default are errors."""
     issues: list[ConfigIssue] = []
+    visited = 0
 
-    def walk(value: Any, where: str) -> Any:
+    def walk(value: Any, where: str, depth: int = 0) -> Any:
+        nonlocal visited
+        visited += 1
+        if visited > MAX_CONFIG_VALUES:
+            raise ConfigError(ConfigIssue("", f"the config expands to more than {MAX_CONFIG_VALUES:,} values",
+                                          "YAML aliases (*name) that repeat aliases multiply; write it out"))
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(ConfigIssue(where, f"nested deeper than {MAX_CONFIG_DEPTH} levels"))
         if isinstance(value, dict):
-            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+            return {k: walk(v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items()}
         if isinstance(value, list):
-            return [walk(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            return [walk(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
         if isinstance(value, str):
             def substitute(match: re.Match) -> str:
                 name, default = match.group(1), match.group(2)
@@ -267,7 +291,10 @@ def load_config(
     """Read, override, expand and validate a config file; name defaults to the file's stem."""
     data = read_yaml(path)
     data = apply_overrides(data, list(overrides))
-    data = expand_env(data, environ)
+    try:
+        data = expand_env(data, environ)
+    except ConfigError as exc:
+        raise ConfigError(exc.issues, source=str(path)) from None
     config = validate_config(manager, data, source=str(path))
     if config.name is None:
         config.name = Path(path).stem

@@ -215,3 +215,46 @@ def test_search_space_inputs_from_the_dataset_are_not_missing_arguments():
     assert "in_channels" not in messages and "num_classes" not in messages  # the stage supplies these
     data["stages"][0]["args"]["space"]["args"]["depth"] = 2
     validate_config(manager, data)
+
+
+def test_an_alias_bomb_is_refused_quickly_and_nesting_is_bounded(manager, tmp_path):
+    import time
+
+    lines = ["stages: [{name: dataset_summary}]", "name: bomb",
+             "a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9^10 values
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to more than 200,000 values") as error:
+        load_config(manager, path)
+    assert time.perf_counter() - start < 10 and str(path) in error.value.message
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("stages: " + "[" * 100 + "]" * 100 + "\n")
+    with pytest.raises(ConfigError, match="nested deeper than 64 levels"):
+        load_config(manager, deep)
+    deeper = tmp_path / "deeper.yaml"
+    deeper.write_text("stages: " + "[" * 100_000 + "]" * 100_000 + "\n")  # deeper than the parser recurses
+    with pytest.raises(ConfigError, match="nested too deeply|nested deeper"):
+        load_config(manager, deeper)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("stages: [{name: dataset_summary}]\n# " + "x" * (3 * 2**20) + "\n")
+    with pytest.raises(UsageError, match="a config is at most 2 MB"):
+        load_config(manager, huge)
+
+
+def test_yaml_merge_keys_are_allowed_and_keys_written_beside_them_win(manager, tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("""
+stages: [{name: dataset_summary}]
+datasets:
+  - &base {name: npz, args: {path: a.npz, modality: CT}}
+  - <<: *base
+    args: {path: b.npz}
+""")
+    config = load_config(manager, path)
+    assert [d["args"]["path"] for d in config.datasets] == ["a.npz", "b.npz"]
+    duplicate = tmp_path / "duplicate.yaml"
+    duplicate.write_text("stages: [{name: dataset_summary}]\nseed: 1\nseed: 2\n")
+    with pytest.raises(ConfigError, match="duplicate key 'seed'"):
+        load_config(manager, duplicate)
