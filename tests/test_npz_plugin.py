@@ -71,3 +71,44 @@ def test_every_shared_npz_file(shared_data, npz_factory):
         test = ds.split("test")  # loads and checks pixels and label range
         assert test.images.shape == (entry["counts"]["test"], entry["size"], entry["size"], entry["n_channels"])
         assert set(np.unique(test.labels)) == set(range(len(entry["classes"])))
+
+
+def test_a_huge_label_value_is_refused_before_building_class_names(tmp_path):
+    import time
+
+    path = write_npz(tmp_path / "a.npz")
+    with np.load(path) as archive:
+        arrays = dict(archive)
+    arrays["train_labels"][0, 0] = 2**31 - 1  # a missing-value code
+    np.savez(path, **arrays)
+    start = time.perf_counter()
+    with pytest.raises(DatasetError, match="train_labels holds 2147483647") as error:
+        NpzDataset(path)
+    assert time.perf_counter() - start < 5 and "label_names" in error.value.hint
+    with pytest.raises(DatasetError, match="outside \\[0, 2\\] for the 3 label_names"):
+        NpzDataset(path, label_names=["a", "b", "c"])
+
+
+def test_members_that_would_inflate_past_memory_or_lie_about_their_size_are_refused(tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    from mednns.data import npz as npz_module
+
+    path = write_npz(tmp_path / "a.npz")
+    monkeypatch.setattr(npz_module, "memory_limit", lambda: 1000)  # as if the machine had 2 kB
+    with pytest.raises(DatasetError, match=r"key 'train_images' inflates to .* more than half"):
+        NpzDataset(path)
+    monkeypatch.undo()
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (10**6, 28, 28)})
+    damaged = tmp_path / "damaged.npz"
+    with zipfile.ZipFile(damaged, "w") as archive, np.load(path) as source:
+        for key in source.files:
+            buffer = io.BytesIO()
+            np.save(buffer, source[key])
+            data = header.getvalue() + b"\0" * 64 if key == "train_images" else buffer.getvalue()
+            archive.writestr(f"{key}.npy", data)
+    with pytest.raises(DatasetError, match=r"declares shape \(1000000, 28, 28\).*damaged"):
+        NpzDataset(damaged)

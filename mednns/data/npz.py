@@ -22,6 +22,9 @@ from mednns.data.info import SPLITS, DatasetInfo, Task
 from mednns.errors import DatasetError
 
 KINDS = ("images", "labels")
+#: The most classes a label array may imply without ``label_names`` (a typo or a missing-value code
+#: such as 2^31-1 would otherwise build billions of class names).
+MAX_CLASSES = 10_000
 
 
 @dataclass(frozen=True)
@@ -42,22 +45,39 @@ def read_npz_headers(path: str | os.PathLike[str]) -> dict[str, ArrayHeader]:
     headers: dict[str, ArrayHeader] = {}
     try:
         with zipfile.ZipFile(path) as archive:
-            for member in archive.namelist():
+            for info in archive.infolist():
+                member = info.filename
                 if not member.endswith(".npy"):
                     continue  # np.savez writes only .npy members; anything else is not an array
                 key = member[:-4]
+                if info.file_size > memory_limit():
+                    raise DatasetError(f"{path}: key {key!r} inflates to {info.file_size / 2**30:.1f} GiB "
+                                       f"({info.compress_size / 2**20:.1f} MiB compressed), more than half of "
+                                       f"this machine's memory ({memory_limit() * 2 / 2**30:.1f} GiB)")
                 try:
                     with archive.open(member) as handle:
                         version = npy_format.read_magic(handle)
                         shape, _, dtype = _read_header(handle, version)
                 except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
                     raise DatasetError(f"{path}: key {key!r} is not a readable .npy array ({exc})") from None
-                headers[key] = ArrayHeader(tuple(int(s) for s in shape), np.dtype(dtype))
+                header = ArrayHeader(tuple(int(s) for s in shape), np.dtype(dtype))
+                if int(np.prod(header.shape, dtype=np.float64)) * header.dtype.itemsize > info.file_size:
+                    raise DatasetError(f"{path}: key {key!r} declares shape {header.shape} ({header.dtype}), more "
+                                       f"than the {info.file_size} bytes it holds: the file is damaged")
+                headers[key] = header
     except zipfile.BadZipFile:
         raise DatasetError(f"{path}: not an .npz (zip) file") from None
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return headers
+
+
+def memory_limit() -> int:
+    """The most bytes one array may inflate to: half of this machine's physical memory."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: no bound known
+        return 2**62
 
 
 def _read_header(handle, version: tuple[int, int]):
@@ -285,6 +305,11 @@ class NpzDataset(MedicalDataset):
                 )
         else:
             n_classes = top + 1
+            if n_classes > MAX_CLASSES:
+                raise DatasetError(f"{self.path}: {top_key} holds {top}; class labels are 0..K-1, and K above "
+                                   f"{MAX_CLASSES:,} classes is not a classification dataset mednns can train",
+                                   hint="check the labels (a missing-value code such as 2^31-1?) or pass "
+                                        "label_names")
         if task is Task.BINARY:
             if top_key is not None and top > 1:
                 raise DatasetError(f"{self.path}: {top_key} holds {top}; a binary task takes labels 0 and 1")
