@@ -66,8 +66,12 @@ def plan_architectures(space: Supernet, *, space_name: str, dataset: str, sample
                 plan.append(Planned(arch, digest, "extreme"))
     total = space.count()
     if samples + anchors + len(plan) > total:
-        log.warning("%s has %d distinct subnets; the zoo of %s takes all of them", space_name, total, dataset)
+        log.warning("%s has %d distinct subnets; the zoo of %s asks for %d and takes what random draws find",
+                    space_name, total, dataset, samples + anchors + len(plan))
+    # never ask for more than the space holds: a huge 'samples' on a small space would draw forever
+    anchors = min(anchors, total - len(seen))
     plan += _draw(space, random.Random(derive_seed(seed, "zoo-anchors", space_name)), anchors, seen, "anchor")
+    samples = min(samples, total - len(seen))
     plan += _draw(space, random.Random(derive_seed(seed, "zoo-samples", space_name, dataset)), samples, seen,
                   "sample")
     return plan
