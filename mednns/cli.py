@@ -76,7 +76,8 @@ class MednnsCLI(click.Group):
         for name in list(self.commands):
             if name not in self.builtin_commands:
                 del self.commands[name]
-        manager.hooks.hook.register_commands(cli=self)
+        for plugin, message in manager.notify("register_commands", cli=self):  # one broken plugin breaks none
+            click.echo(click.style("Warning: ", fg="yellow") + f"plugin '{plugin}': {message}", err=True)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands()
@@ -161,6 +162,14 @@ def plugins(as_json: bool) -> None:
     for r in records:
         for error in r.errors:
             console.print(f"[red]error[/] {escape(r.label)}: {escape(error)}", soft_wrap=True)
+        if (r.import_seconds or 0) > SLOW_IMPORT_SECONDS:
+            console.print(f"[yellow]slow[/] {escape(r.label)}: its import takes {r.import_seconds:.1f} s, which "
+                          f"every mednns command pays (import heavy modules inside the factories, or use "
+                          f"mednns.lazy)", soft_wrap=True)
+
+
+#: A plugin import slower than this is reported by ``mednns plugins``.
+SLOW_IMPORT_SECONDS = 1.0
 
 
 @cli.command("list")

@@ -163,7 +163,7 @@ def run_started(run: "Run") -> None:
     """Observe the start of a run, after validation and before the first stage.
 
     :param run: the :class:`mednns.runs.Run` (directory, resolved config, datasets).
-    :returns: nothing. Exceptions abort the run.
+    :returns: nothing. An exception aborts the run; the error names the plugin.
     """
 
 
@@ -175,7 +175,7 @@ def stage_finished(run: "Run", stage: str, results: dict[str, Any], skipped: boo
     :param stage: the stage's registered name.
     :param results: what the stage returned (or the stored results when skipped).
     :param skipped: ``True`` when the stage was complete for an unchanged config.
-    :returns: nothing.
+    :returns: nothing. An exception is logged as a warning naming the plugin; the run goes on.
     """
 
 
@@ -186,5 +186,5 @@ def run_finished(run: "Run", results: dict[str, Any], error: BaseException | Non
     :param run: the :class:`mednns.runs.Run`.
     :param results: the content of ``results.json``.
     :param error: the exception that ended the run, or ``None`` on success.
-    :returns: nothing.
+    :returns: nothing. An exception is logged as a warning naming the plugin.
     """

@@ -20,17 +20,21 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import pluggy
 
 from mednns import hookspecs
-from mednns.errors import ConfigError, PluginLoadError
+from mednns.errors import ConfigError, MednnsError, PluginLoadError
 from mednns.registry import KIND_HOOKS, Component, Registry
 from mednns.typecheck import suggest
+
+log = logging.getLogger("mednns")
 
 ENTRY_POINT_GROUP = "mednns"
 BUILTIN_DISTRIBUTION = "mednns"
@@ -66,6 +70,8 @@ class PluginRecord:
     components: dict[str, list[str]] = field(default_factory=dict)
     load_errors: list[str] = field(default_factory=list)
     registration_errors: list[str] = field(default_factory=list)
+    #: seconds its import took (entry points only): every command pays them
+    import_seconds: float | None = None
 
     @property
     def errors(self) -> list[str]:
@@ -138,11 +144,14 @@ class PluginManager:
                 record.status = "not-allowed"
                 self.records.setdefault(record.name, record)
                 continue
+            start = time.perf_counter()
             try:
                 plugin = ep.load()
-            except Exception as exc:  # any import-time failure of a plugin is reported, not fatal
+            except (Exception, SystemExit) as exc:  # any import-time failure (even sys.exit) is reported
                 self._fail(record, f"import of '{record.target}' failed: {type(exc).__name__}: {exc}")
                 continue
+            finally:
+                record.import_seconds = round(time.perf_counter() - start, 3)
             self._add(plugin, record)
         self._ensure_registries()
 
@@ -211,6 +220,29 @@ class PluginManager:
         if problems:
             lines = "; ".join(f"{r.label}: {e}" for r, e in problems)
             raise PluginLoadError(f"Plugin errors (strict mode): {lines}")
+
+    def notify(self, hook: str, *, abort: bool = False, **kwargs: Any) -> list[tuple[str, str]]:
+        """Call every implementation of the lifecycle or command hook ``hook`` on its own, so that a
+        failure names its plugin. By default one that raises is logged as a warning and the others
+        still run (a notification must not end a long run); with ``abort`` (``run_started``, which
+        may refuse a run) the first failure is raised again as a :class:`MednnsError` naming the
+        plugin (a deliberate :class:`MednnsError` keeps its exit code and hint). Returns
+        ``(plugin, message)`` for each failure."""
+        failures = []
+        for impl in reversed(getattr(self.hooks.hook, hook).get_hookimpls()):  # pluggy's order: last first
+            try:
+                impl.function(*[kwargs[name] for name in impl.argnames])
+            except Exception as exc:
+                if abort:
+                    if isinstance(exc, MednnsError):
+                        raise type(exc)(f"plugin '{impl.plugin_name}' ({hook}): {exc.message}", exc.hint) from exc
+                    raise MednnsError(f"plugin '{impl.plugin_name}': its {hook} hook failed: "
+                                      f"{type(exc).__name__}: {exc}",
+                                      hint="fix or disable the plugin (MEDNNS_DISABLE_PLUGINS=<name>)") from exc
+                message = f"its {hook} hook failed: {type(exc).__name__}: {exc}"
+                log.warning("plugin '%s': %s", impl.plugin_name, message)
+                failures.append((impl.plugin_name, message))
+        return failures
 
     def plugin_names(self) -> list[str]:
         return [r.name for r in self.records.values() if r.status == "loaded"]

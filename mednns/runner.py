@@ -70,7 +70,7 @@ def _execute(run: Run, restart: bool) -> dict[str, Any]:
     error: BaseException | None = None
     try:
         log.info("run %s in %s (device %s, seed %d)", run.config.name, run.directory, run.device, run.seed)
-        run.manager.hooks.hook.run_started(run=run)
+        run.manager.notify("run_started", run=run, abort=True)  # a plugin may refuse the run
         previous = ""
         for spec, stage in run.stages:
             name = spec["name"]
@@ -88,7 +88,7 @@ def _execute(run: Run, restart: bool) -> dict[str, Any]:
     finally:
         write_json(run.directory / "results.json", results)
         try:
-            run.manager.hooks.hook.run_finished(run=run, results=results, error=error)
+            run.manager.notify("run_finished", run=run, results=results, error=error)
         finally:
             log.removeHandler(handler)
             handler.close()
@@ -111,7 +111,7 @@ def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[s
         if not missing:
             log.info("stage %s: complete for this config, skipped", name)
             record = {"status": "skipped", "seconds": state.get("seconds"), "results": state.get("results", {})}
-            run.manager.hooks.hook.stage_finished(run=run, stage=name, results=record["results"], skipped=True)
+            run.manager.notify("stage_finished", run=run, stage=name, results=record["results"], skipped=True)
             return record
         log.info("stage %s: outputs missing (%s), running again", name, ", ".join(missing))
     elif state is not None and state.get("fingerprint") != fingerprint:
@@ -152,5 +152,5 @@ def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[s
     write_json(state_path, {"stage": name, "fingerprint": fingerprint, "inputs": inputs, "status": "complete",
                             "seconds": seconds, "results": stage_results})
     log.info("stage %s: complete in %.1f s", name, seconds)
-    run.manager.hooks.hook.stage_finished(run=run, stage=name, results=stage_results, skipped=False)
+    run.manager.notify("stage_finished", run=run, stage=name, results=stage_results, skipped=False)
     return {"status": "complete", "seconds": seconds, "results": stage_results}

@@ -195,6 +195,44 @@ def test_subprocess_broken_plugin_warns_but_commands_work(tmp_path):
     assert "Traceback" not in strict.stderr
 
 
+def test_subprocess_a_plugin_that_exits_raises_in_its_hooks_or_imports_slowly_is_named_and_contained(
+        tmp_path, config):
+    site = make_distribution(tmp_path / "site", "mednns-rude", {
+        "exitplugin": "import sys\nsys.exit(3)\n",
+        "slowplugin": "import time\ntime.sleep(1.2)\n",
+        "loudplugin": """
+            import mednns
+
+            @mednns.hookimpl
+            def register_commands(cli):
+                raise RuntimeError("no commands today")
+
+            @mednns.hookimpl
+            def stage_finished(run, stage, results, skipped):
+                raise RuntimeError("no news today")
+
+            @mednns.hookimpl
+            def run_started(run):
+                if run.config.name == "refused":
+                    raise RuntimeError("no runs today")
+            """}, {"exits": "exitplugin", "slow": "slowplugin", "loud": "loudplugin"})
+    env = {"PYTHONPATH": str(site)}
+    listed = run_mednns("plugins", env_extra=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "import of 'exitplugin' failed: SystemExit: 3" in listed.stdout
+    assert "its import takes 1." in listed.stdout and "'slow'" in listed.stdout
+    assert "plugin 'loud': its register_commands hook failed: RuntimeError: no commands today" in listed.stderr
+    ran = run_mednns("run", str(config), "--output-dir", str(tmp_path / "out"), env_extra=env)
+    assert ran.returncode == 0, ran.stderr  # a notification hook does not end the run
+    logged = " ".join(ran.stderr.split())  # the log wraps long lines
+    assert "plugin 'loud': its stage_finished hook failed: RuntimeError: no news" in logged
+    assert (tmp_path / "out" / "tiny-run" / "results.json").is_file()
+    refused = run_mednns("run", str(config), "--set", "name=refused", "--output-dir", str(tmp_path / "out"),
+                         env_extra=env)  # run_started may refuse a run: the error names the plugin
+    assert refused.returncode == 1 and "plugin 'loud': its run_started hook failed" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
 def test_plugins_can_add_commands(tmp_path, monkeypatch):
     site = make_distribution(tmp_path / "site", "mednns-cmd", {"cmdplugin": """
         import click
