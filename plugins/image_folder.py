@@ -123,7 +123,7 @@ def read_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            image = _to_8bit(ImageOps.exif_transpose(image))
+            image = _to_8bit(ImageOps.exif_transpose(image), path)
             if image.size != (size, size):
                 image = image.resize((size, size), Image.Resampling.BICUBIC)
             array = np.asarray(image, dtype=np.uint8)
@@ -134,10 +134,16 @@ def read_image(path: Path, size: int) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """An ``L`` or ``RGB`` image; higher bit depths min-max scaled per image; alpha dropped."""
+def _to_8bit(image: Image.Image, path: object = "") -> Image.Image:
+    """An ``L`` or ``RGB`` image; higher bit depths min-max scaled per image; alpha dropped. An image
+    with non-finite pixels (NaN, inf: float TIFFs) is refused: a min-max scaling through them makes
+    the whole image black, and mednns does not guess the missing values."""
     if image.mode in _SCALED_MODES:
         values = np.asarray(image, dtype=np.float64)
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise DatasetError(f"{path}: {bad} non-finite pixel(s) (NaN or inf) in a {image.mode} image",
+                               hint="fill or mask them when exporting the image, or leave the file out")
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
         return Image.fromarray(np.round(scaled).astype(np.uint8))

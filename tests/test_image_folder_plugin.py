@@ -129,6 +129,20 @@ def test_16bit_images_are_min_max_scaled(tmp_path, factory):
     assert np.all(images.reshape(len(images), -1).max(axis=1) == 255)
 
 
+def test_a_float_image_with_non_finite_pixels_is_refused_by_name(tmp_path, factory):
+    root = tmp_path / "tiff"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            values = np.linspace(0.0, 1.0 + i, 28 * 28, dtype=np.float32).reshape(28, 28)
+            if name == "b" and i == 1:
+                values[3, 4] = np.nan  # one missing value
+            Image.fromarray(values, mode="F").save(root / name / f"{i}.tif")
+    ds = factory(path=root, test_fraction=0.0, val_fraction=0.0)
+    with pytest.raises(DatasetError, match=r"b/1\.tif: 1 non-finite pixel\(s\) \(NaN or inf\) in a F image"):
+        ds.split("train").images
+
+
 def test_resize(flat, factory):
     ds = factory(path=flat, image_size=16, channels=1)
     assert ds.info.image_size == (16, 16)

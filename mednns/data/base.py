@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import abc
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 
 from mednns.data.info import SPLITS, DatasetInfo, Task
 from mednns.errors import DatasetError
+
+log = logging.getLogger("mednns.data")
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,31 @@ class MedicalDataset(abc.ABC):
         if split not in self._splits:
             raw = self.load_split(split)
             self._splits[split] = check_split(raw.images, raw.labels, self.info, split=split)
+            self._check_classes(split)
         return self._splits[split]
+
+    def _check_classes(self, split: str) -> None:
+        """A training split with one class has nothing to learn (it trains to ACC 1, loss 0); a class
+        that validation or test holds and training lacks can only be guessed wrong: said once, when
+        the training split has been read before."""
+        info = self.info
+        if info.task is Task.MULTI_LABEL:
+            return
+        present = set(np.unique(self._splits[split].labels).tolist())
+        if split == "train":
+            if len(present) < 2 and len(self._splits[split].labels):
+                only = info.label_names[min(present)]
+                raise DatasetError(f"{info.name}: the training split holds one class only ({only}): there is "
+                                   f"nothing to learn", hint="check the labels or the folder layout")
+            return
+        train = self._splits.get("train")  # compared once training has read it (reading it here costs)
+        if train is None:
+            return
+        missing = sorted(present - set(np.unique(train.labels).tolist()))
+        if missing:
+            names = ", ".join(info.label_names[k] for k in missing)
+            log.warning("%s: the %s split holds class(es) %s that the training split lacks; no model can learn "
+                        "them", info.name, split, names)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
