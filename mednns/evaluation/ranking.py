@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from mednns.errors import UsageError
+from mednns.transfer.rerank import check_keys, component_spec
 
 META, SOURCE = "meta-space", "source val ACC"
 
@@ -47,15 +48,13 @@ class RankingSettings:
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "RankingSettings":
-        known = set(cls.__dataclass_fields__)
-        wrong = sorted(set(spec) - known)
-        if wrong:
-            raise UsageError(f"ranking: unknown key(s) {', '.join(wrong)}", hint=f"known: {', '.join(sorted(known))}")
+        """From a config mapping; unknown keys are an error."""
+        check_keys(cls, spec, "ranking")
         return cls(**{**spec, **({"scores": tuple(spec["scores"])} if "scores" in spec else {})})
 
     def score_specs(self) -> list[dict[str, Any]]:
-        return [{"name": s, "args": {}} if isinstance(s, str) else {"name": s["name"], "args": dict(s.get("args") or {})}
-                for s in self.scores]
+        """Each score as ``{name, args}``."""
+        return [component_spec(s) for s in self.scores]
 
 
 def draw_sample(rows: list[dict[str, Any]], count: int, target: str) -> list[dict[str, Any]]:

@@ -60,14 +60,23 @@ class RerankSettings:
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "RerankSettings":
         """From a config mapping (``score`` may be a name or ``{name, args}``); unknown keys are an error."""
-        known = set(cls.__dataclass_fields__)
-        wrong = sorted(set(spec) - known)
-        if wrong:
-            raise UsageError(f"rerank: unknown key(s) {', '.join(wrong)}", hint=f"known: {', '.join(sorted(known))}")
-        score = spec.get("score", {"name": "knn"})
-        score = {"name": score, "args": {}} if isinstance(score, str) else {"name": score["name"],
-                                                                            "args": dict(score.get("args") or {})}
-        return cls(**{**spec, "score": score})
+        check_keys(cls, spec, "rerank")
+        return cls(**{**spec, "score": component_spec(spec.get("score", "knn"))})
+
+
+def check_keys(settings: type, spec: dict[str, Any], what: str) -> None:
+    """A usage error naming the keys of ``spec`` that the dataclass ``settings`` does not have."""
+    known = set(settings.__dataclass_fields__)  # type: ignore[attr-defined]
+    wrong = sorted(set(spec) - known)
+    if wrong:
+        raise UsageError(f"{what}: unknown key(s) {', '.join(wrong)}", hint=f"known: {', '.join(sorted(known))}")
+
+
+def component_spec(value: str | dict[str, Any]) -> dict[str, Any]:
+    """A component given as a name or as ``{name, args}``, as ``{name, args}``."""
+    if isinstance(value, str):
+        return {"name": value, "args": {}}
+    return {"name": value["name"], "args": dict(value.get("args") or {})}
 
 
 @dataclass
