@@ -24,9 +24,15 @@ STAGE_STATE = "stage.json"
 LOCK_FILE = ".mednns.lock"
 
 
-def stage_fingerprint(run: Run, spec: dict[str, Any], previous: str) -> tuple[str, dict[str, Any]]:
-    """Hash of what a stage's results depend on: its spec, the datasets, the seed and the stage before it."""
-    inputs = {"stage": spec, "datasets": run.config.datasets, "seed": run.config.seed, "previous": previous}
+def stage_fingerprint(run: Run, spec: dict[str, Any], previous: str,
+                      omits: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """Hash of what a stage's results depend on: its spec, the datasets, the seed and the stage before it.
+
+    :param omits: arguments left out while they hold these values (:attr:`Stage.fingerprint_omits`).
+    """
+    args = {k: v for k, v in (spec.get("args") or {}).items() if not (k in (omits or {}) and omits[k] == v)}
+    inputs = {"stage": {**spec, "args": args}, "datasets": run.config.datasets, "seed": run.config.seed,
+              "previous": previous}
     text = json.dumps(inputs, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16], inputs
 
@@ -74,7 +80,7 @@ def _execute(run: Run, restart: bool) -> dict[str, Any]:
         previous = ""
         for spec, stage in run.stages:
             name = spec["name"]
-            fingerprint, inputs = stage_fingerprint(run, spec, previous)
+            fingerprint, inputs = stage_fingerprint(run, spec, previous, getattr(stage, "fingerprint_omits", None))
             previous = fingerprint
             results["stages"][name] = _run_stage(run, name, stage, fingerprint, inputs, restart)
             write_json(run.directory / "results.json", results)
@@ -93,6 +99,13 @@ def _execute(run: Run, restart: bool) -> dict[str, Any]:
             log.removeHandler(handler)
             handler.close()
     return results
+
+
+def _describe(directory: Path) -> str:
+    """``<dir> (N files, X MB)``: what deleting a stage folder would lose."""
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    size = sum(p.stat().st_size for p in files)
+    return f"{directory} ({len(files)} files, {size / 2**20:.1f} MB)"
 
 
 def _discard(run: Run, name: str) -> Path:
@@ -124,6 +137,11 @@ def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[s
                 f"(changed: {', '.join(changed) or 'unknown'}); refusing to resume it",
                 hint="restore the old config, pass --restart to discard its partial state, or use --output-dir",
             )
+        if not keep and not restart and state.get("status") == "complete" and getattr(stage, "expensive", False):
+            raise UsageError(
+                f"stage '{name}' finished in {run.directory} under another config (changed: "
+                f"{', '.join(changed) or 'unknown'}); running it again would delete {_describe(directory)}",
+                hint="restore the old config to keep them, pass --restart to discard them, or use --output-dir")
         log.info("stage %s: config changed (%s), running again%s", name, ", ".join(changed) or "unknown",
                  " on its kept files" if keep else "")
         if not keep:

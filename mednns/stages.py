@@ -28,6 +28,13 @@ class Stage(abc.ABC):
     #: it first): for stages whose files stay valid and that check them themselves, such as a
     #: model zoo keyed by supernet weights and evaluation protocol. ``--restart`` still discards.
     keeps_state: bool = False
+    #: Arguments added after runs existed, each with the value that computes what the stage computed
+    #: before it: left out of the fingerprint while they hold that value, so that a finished stage
+    #: stays finished when mednns gains an option (``{"min_steps_per_epoch": 0}``).
+    fingerprint_omits: dict[str, Any] = {}
+    #: Its files take long to make again (trained supernets, a zoo): a config change never deletes
+    #: them without ``--restart``; the runner says what it would discard and stops.
+    expensive: bool = False
 
     def keeps_state_for(self, changed: list[str]) -> bool:
         """Whether the stage's files stay valid after these inputs changed (dotted keys of the stage's

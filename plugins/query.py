@@ -159,6 +159,7 @@ class Finetune(Stage):
     """
 
     name = FINETUNE_STAGE
+    fingerprint_omits = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0}  # the recipe, added later
 
     def __init__(self, datasets: list[str] | None = None, epochs: int = 10, lr: float = 0.05, batch_size: int = 128,
                  weight_decay: float = 5e-4, warmup_epochs: float = 1.0, label_smoothing: float = 0.0,

@@ -75,6 +75,9 @@ class TrainSupernet(Stage):
     :param progress: show a progress bar.
     """
 
+    expensive = True  # trained supernets: never deleted by a config change without --restart
+    fingerprint_omits = {"min_steps_per_epoch": 0}
+
     def __init__(
         self,
         space: mednns.ComponentSpec["search-spaces"] | None = None,

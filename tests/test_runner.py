@@ -175,6 +175,34 @@ def test_a_stage_may_keep_its_state_for_some_changes_only(setup, monkeypatch):
     assert not marker.exists()
 
 
+def test_an_expensive_finished_stage_is_never_deleted_by_a_config_change_without_restart(setup, monkeypatch):
+    run, _, directory = setup
+    monkeypatch.setattr(CountingStage, "expensive", True)
+    run(first_args={"value": 1})
+    marker = directory / "stages" / "first" / "supernet.safetensors"
+    marker.write_text("hours of training")
+    with pytest.raises(UsageError, match=r"stage 'first' finished .* under another config \(changed: "
+                                         r"stage.args.value\); running it again would delete .*first \(4 files"):
+        run(first_args={"value": 2})
+    assert marker.exists() and CALLS == ["first", "second"]
+    run(first_args={"value": 1})  # the old config: complete, nothing lost
+    assert CALLS == ["first", "second"]
+    run(first_args={"value": 2}, restart=True)  # --restart: discarded, as asked
+    assert not marker.exists() and CALLS[-2:] == ["first", "second"]
+
+
+def test_an_option_added_with_its_neutral_value_keeps_finished_stages_finished(setup, monkeypatch):
+    run, _, directory = setup
+    monkeypatch.setattr(CountingStage, "fingerprint_omits", {"fail": False})  # 'fail' is new, off by default
+    run(first_args={"value": 1})
+    state = json.loads((directory / "stages" / "first" / "stage.json").read_text())
+    assert "fail" not in state["inputs"]["stage"]["args"]  # the fingerprint of a run made before 'fail' existed
+    run(first_args={"value": 1, "fail": False})
+    assert CALLS == ["first", "second"]  # nothing ran again
+    with pytest.raises(RuntimeError, match="on purpose"):
+        run(first_args={"value": 1, "fail": True})  # a value that changes the work still counts
+
+
 def test_the_evaluate_stage_keeps_its_runs_only_for_changes_of_its_own_arguments():
     from mednns.manager import get_plugin_manager
 
@@ -182,3 +210,19 @@ def test_the_evaluate_stage_keeps_its_runs_only_for_changes_of_its_own_arguments
     assert stage.keeps_state_for(["stage.args.seeds", "stage.args.variants.auc"])
     assert not stage.keeps_state_for(["stage.args.seeds", "previous"])
     assert not stage.keeps_state_for(["datasets.0.args.size"])
+
+
+def test_every_omitted_fingerprint_argument_is_a_real_argument_at_its_default():
+    import inspect
+
+    from mednns.manager import get_plugin_manager
+
+    registry = get_plugin_manager().registry("stages")
+    checked = 0
+    for name in registry.names():
+        factory = registry.get(name).factory
+        for key, value in getattr(factory, "fingerprint_omits", {}).items():
+            parameter = inspect.signature(factory).parameters.get(key)
+            assert parameter is not None and parameter.default == value, (name, key)
+            checked += 1
+    assert checked >= 4  # train_supernet's min_steps_per_epoch, finetune's transfer recipe
