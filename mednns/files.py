@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from mednns.errors import UsageError
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename it over ``path``."""
@@ -37,7 +39,15 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """The JSON value in ``path``; a damaged file (truncated by a crash, edited by hand, not UTF-8)
+    is a usage error that names it and says what to do, not a bare ``JSONDecodeError``."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise UsageError(f"{path} is damaged: not valid JSON ({exc})",
+                         hint="restore it from a copy, or delete it (or the stage folder holding it) so that mednns "
+                              "makes it again; a run's stage folders are rebuilt by running with --restart") from None
 
 
 def _finite(value: Any) -> Any:

@@ -279,8 +279,11 @@ def test_checkpoint_round_trip_and_latest_pointer(tmp_path):
         for p in space.parameters():
             p.add_(1.0)
     save_checkpoint(tmp_path, "b", space, {"phase": "depth"}, {"rng": rng, "progress": {"step": 2}})
+    save_checkpoint(tmp_path, "c", space, {"phase": "depth"}, {"rng": rng, "progress": {"step": 2}})
     files = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    assert files == ["b.json", "b.safetensors", "b.state.pt", "latest.json"]  # the older tag is gone
+    assert files == ["b.json", "b.safetensors", "b.state.pt", "c.json", "c.safetensors", "c.state.pt",
+                     "latest.json"]  # the two newest tags are kept, the oldest is gone
+    (tmp_path / "checkpoints" / "c.safetensors").write_bytes(b"\0" * 10)  # damaged: the one before it is read
     checkpoint = load_checkpoint(tmp_path)
     assert checkpoint.tag == "b" and checkpoint.metadata == {"phase": "depth"}
     assert checkpoint.state["progress"] == {"step": 2}
@@ -292,6 +295,27 @@ def test_checkpoint_round_trip_and_latest_pointer(tmp_path):
     for (name, a), b in zip(space.state_dict().items(), other.state_dict().values()):
         assert torch.equal(a, b), name
     assert load_checkpoint(tmp_path / "nothing") is None
+
+
+def test_damaged_checkpoints_fall_back_and_are_named(tmp_path, caplog):
+    import logging
+
+    from mednns.errors import UsageError
+
+    space = new_space(3)
+    for tag in ("a", "b"):
+        save_checkpoint(tmp_path, tag, space, {"phase": tag}, {"progress": {"tag": tag}})
+    folder = tmp_path / "checkpoints"
+    (folder / "b.state.pt").write_bytes(b"truncated")
+    with caplog.at_level(logging.WARNING, logger="mednns.training"):
+        assert load_checkpoint(tmp_path).tag == "a"
+    assert "checkpoint b" in caplog.text and "b.state.pt is not readable" in caplog.text
+    (folder / "latest.json").write_text('{"tag": ')  # the pointer itself truncated: the folder is scanned
+    assert load_checkpoint(tmp_path).tag == "a"
+    (folder / "a.json").write_text("{")
+    with pytest.raises(UsageError, match=r"no readable checkpoint in .*a: .*a.json is damaged") as error:
+        load_checkpoint(tmp_path)
+    assert "--restart" in error.value.hint
 
 
 def run_training(directory, stop_after: int | None = None, **overrides):

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 from rich.markup import escape
 from rich.table import Table
@@ -34,7 +33,7 @@ from mednns.metaspace.settings import FitConfig
 from mednns.metaspace.table import load_table
 from mednns.paths import cache_dir
 from mednns.seeding import derive_seed
-from mednns.training.checkpoint import save_weights
+from mednns.training.checkpoint import read_weights, save_weights
 from mednns.zoo.store import ZooStore
 
 log = logging.getLogger("mednns.metaspace")
@@ -207,7 +206,7 @@ def load_meta_space(directory: str | Path, *, manager: Any = None, device: str =
     else:
         model_encoder = _SavedEmbeddingsOnly(metadata["model_embed_dim"])
     model = MetaSpace(metadata["feature_dim"], model_encoder, config["embed_dim"], config["hidden"]).to(device)
-    state = safetensors.torch.load_file(str(directory / WEIGHTS_FILE), device=str(device))
+    state = read_weights(directory / WEIGHTS_FILE, device)
     if not with_model_encoder:
         state = {k: v for k, v in state.items() if not k.startswith("model_encoder.")}
     missing, unexpected = model.load_state_dict(state, strict=with_model_encoder)

@@ -4,8 +4,9 @@ A checkpoint is three files named by a tag under ``<dir>/checkpoints/``, each wr
 (temporary file, then rename): ``<tag>.safetensors`` (supernet weights and BN buffers),
 ``<tag>.json`` (metadata: space, dataset, phase, epoch, step, metrics ...) and ``<tag>.state.pt``
 (optimizer, scheduler, RNG states, progress counters). ``latest.json`` names the newest complete
-tag and is written last, so a crash at any point leaves the previous checkpoint usable; older
-tags are then deleted.
+tag and the one before it, and is written last, so a crash at any point leaves a usable
+checkpoint; the two newest tags are kept, and a damaged newest one (a truncated file, a full disk)
+falls back to the one before it with a warning.
 
 The final supernet is ``supernet.safetensors`` + ``supernet.json``; :func:`load_supernet` rebuilds
 the space through the search-space registry from ``supernet.json`` and loads the weights.
@@ -14,6 +15,7 @@ the space through the search-space registry from ``supernet.json`` and loads the
 from __future__ import annotations
 
 import io
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from torch import nn
 
 from mednns.errors import UsageError
 from mednns.files import atomic_write_bytes, read_json, write_json
+
+log = logging.getLogger("mednns.training")
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"
@@ -45,11 +49,20 @@ def save_weights(path: str | os.PathLike, module: nn.Module, metadata: dict[str,
     return atomic_write_bytes(path, safetensors.torch.save(module_tensors(module), metadata=metadata))
 
 
+def read_weights(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a damaged one is a usage error naming it."""
+    try:
+        return safetensors.torch.load_file(str(path), device=str(device))
+    except FileNotFoundError:
+        raise UsageError(f"weights file not found: {path}") from None
+    except Exception as exc:  # SafetensorError, OSError, ValueError: a truncated or foreign file
+        raise UsageError(f"{path} is damaged: not readable as safetensors ({type(exc).__name__}: {exc})",
+                         hint="restore it from a copy, or train or export it again") from None
+
+
 def load_weights(module: nn.Module, path: str | os.PathLike) -> None:
     """Load a safetensors state dict into ``module`` (strict: every key must match)."""
-    device = next(module.parameters()).device
-    state = safetensors.torch.load_file(str(path), device=str(device))
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(read_weights(path, next(module.parameters()).device), strict=True)
 
 
 # -- RNG states ----------------------------------------------------------------
@@ -105,26 +118,63 @@ def save_checkpoint(directory: str | os.PathLike, tag: str, module: nn.Module, m
     buffer = io.BytesIO()
     torch.save(state, buffer)
     atomic_write_bytes(state_path, buffer.getvalue())
-    write_json(directory / CHECKPOINT_DIR / LATEST, {"tag": tag})
+    pointer = directory / CHECKPOINT_DIR / LATEST
+    previous = _latest_tags(pointer)[:1]
+    keep = [tag, *[t for t in previous if t != tag]]
+    write_json(pointer, {"tag": tag, "previous": keep[1] if len(keep) > 1 else None})
     for path in (directory / CHECKPOINT_DIR).iterdir():
-        if path.name != LATEST and not path.name.startswith((f"{tag}.", ".")):
+        if path.name != LATEST and not path.name.startswith((*(f"{t}." for t in keep), ".")):
             path.unlink(missing_ok=True)
     return weights
 
 
+def _latest_tags(pointer: Path) -> list[str]:
+    """The tags ``latest.json`` names, newest first (none when it is missing or damaged)."""
+    try:
+        pointed = read_json(pointer) if pointer.exists() else {}
+    except UsageError:
+        return []
+    return [t for t in (pointed.get("tag"), pointed.get("previous")) if isinstance(t, str)]
+
+
 def load_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint | None:
-    """The latest checkpoint under ``directory/checkpoints``, or ``None`` when there is none."""
-    pointer = Path(directory) / CHECKPOINT_DIR / LATEST
-    if not pointer.exists():
+    """The newest readable checkpoint under ``directory/checkpoints``, or ``None`` when there is none.
+
+    The newest is tried first, then the one before it (``latest.json`` names both; when it is itself
+    damaged, every tag in the folder, newest file first); each one skipped is a warning naming why.
+    :raises UsageError: when checkpoints exist but none is readable.
+    """
+    folder = Path(directory) / CHECKPOINT_DIR
+    pointer = folder / LATEST
+    if not folder.is_dir():
         return None
-    tag = read_json(pointer)["tag"]
-    weights, meta, state_path = _paths(Path(directory), tag)
-    missing = [str(p) for p in (weights, meta, state_path) if not p.exists()]
-    if missing:
-        raise UsageError(f"checkpoint {tag} in {pointer.parent} is incomplete: missing {', '.join(missing)}",
-                         hint="delete the checkpoints folder (or rerun with --restart) to start over")
-    state = torch.load(state_path, map_location=map_location, weights_only=True)
-    return Checkpoint(tag, weights, read_json(meta), state)
+    tags = _latest_tags(pointer)
+    if not tags:  # no pointer, or a damaged one: whatever the folder holds, newest first
+        states = sorted(folder.glob("*.state.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+        tags = [p.name[: -len(".state.pt")] for p in states]
+    problems = []
+    for tag in tags:
+        weights, meta, state_path = _paths(Path(directory), tag)
+        try:
+            missing = [p.name for p in (weights, meta, state_path) if not p.exists()]
+            if missing:
+                raise UsageError(f"missing {', '.join(missing)}")
+            read_weights(weights)
+            metadata = read_json(meta)
+            try:
+                state = torch.load(state_path, map_location=map_location, weights_only=True)
+            except Exception as exc:  # a truncated or foreign file
+                raise UsageError(f"{state_path.name} is not readable ({type(exc).__name__}: {exc})") from None
+        except UsageError as exc:
+            problems.append(f"{tag}: {exc.message}")
+            log.warning("checkpoint %s in %s is damaged (%s)%s", tag, folder, exc.message,
+                        "; trying the one before it" if tag != tags[-1] else "")
+            continue
+        return Checkpoint(tag, weights, metadata, state)
+    if problems:
+        raise UsageError(f"no readable checkpoint in {folder}: {'; '.join(problems)}",
+                         hint="rerun with --restart to start this stage over")
+    return None
 
 
 # -- final supernet files ------------------------------------------------------
