@@ -627,6 +627,24 @@ def test_export_csv(report_store, tmp_path):
     assert [int(r["id"]) for r in records] == sorted(int(r["id"]) for r in records)
 
 
+def test_an_export_that_fails_midway_leaves_no_partial_file(report_store, tmp_path, monkeypatch):
+    from mednns.zoo import report as report_module
+
+    path = tmp_path / "zoo.csv"
+    path.write_text("the previous export\n")
+    records = list(report_module._records(report_store))
+
+    def failing(store, **where):
+        yield from records[:3]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module, "_records", failing)
+    with pytest.raises(OSError):
+        export_zoo(report_store, "csv", path)
+    assert path.read_text() == "the previous export\n"  # untouched, and no partial file beside it
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
 def test_export_jsonl(report_store, tmp_path):
     path = tmp_path / "zoo.jsonl"
     assert export_zoo(report_store, "jsonl", str(path)) == 15

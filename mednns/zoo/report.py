@@ -88,15 +88,18 @@ def export_zoo(store: ZooStore, fmt: str, out: IO[str] | str | os.PathLike | Non
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format must be one of {EXPORT_FORMATS}, got {fmt!r}")
     handle: IO[str]
-    close = False
+    target: Path | None = None
     if out is None or out == "-":
         handle = sys.stdout
     elif isinstance(out, (str, os.PathLike)):
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        handle, close = open(out, "w", newline="", encoding="utf-8"), True
+        target = Path(out)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")  # renamed when whole: no half-written export
+        handle = open(partial, "w", newline="", encoding="utf-8")
     else:
         handle = out
     count = 0
+    complete = False
     try:
         if fmt == "csv":
             writer = csv.DictWriter(handle, fieldnames=export_columns())
@@ -111,7 +114,12 @@ def export_zoo(store: ZooStore, fmt: str, out: IO[str] | str | os.PathLike | Non
                 record["protocol"] = json.loads(record["protocol"])
                 handle.write(json.dumps(record, separators=(",", ":")) + "\n")
                 count += 1
+        complete = True
     finally:
-        if close:
+        if target is not None:
             handle.close()
+            if complete:
+                os.replace(partial, target)
+            else:
+                partial.unlink(missing_ok=True)
     return count
