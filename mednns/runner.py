@@ -121,6 +121,11 @@ def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[s
     state = read_json(state_path) if state_path.exists() else None
     if state is not None and state.get("fingerprint") == fingerprint and state.get("status") == "complete":
         missing = [str(p) for p in stage.outputs(run) if not Path(p).exists()]
+        damaged = [] if missing else list(getattr(stage, "damaged_outputs", lambda _: [])(run))
+        if damaged:
+            raise UsageError(f"stage '{name}' is complete, but its outputs are damaged: {'; '.join(damaged)}",
+                             hint="restore them from a copy, or delete them (or run with --restart) so that the "
+                                  "stage makes them again")
         if not missing:
             log.info("stage %s: complete for this config, skipped", name)
             record = {"status": "skipped", "seconds": state.get("seconds"), "results": state.get("results", {})}

@@ -46,6 +46,11 @@ class Stage(abc.ABC):
         """Files whose existence (with an unchanged config) proves the stage complete."""
         return []
 
+    def damaged_outputs(self, run: "Run") -> list[str]:
+        """Problems of outputs that exist (a truncated weights file, a store that fails its integrity
+        check), checked cheaply before a complete stage is skipped; default: none known."""
+        return []
+
     @abc.abstractmethod
     def run(self, run: "Run") -> dict[str, Any]:
         """Do the work and return JSON-serializable results (stored in ``results.json``).

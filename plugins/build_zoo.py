@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 import mednns
-from mednns.errors import UsageError
+from mednns.errors import MednnsError, UsageError
 from mednns.stages import Stage
 from mednns.training.config import SUPERNET_METADATA
 from mednns.zoo.settings import BuildSettings, Shard, ZooProtocol
@@ -92,6 +92,24 @@ class BuildZoo(Stage):
 
     def outputs(self, run) -> list[Path]:
         return [self.store_path(run), self.summary_path(run)]
+
+    def damaged_outputs(self, run) -> list[str]:
+        """A store that fails SQLite's integrity check, or holds no rows (left by a failed build)."""
+        import sqlite3
+
+        from mednns.zoo import ZooStore
+
+        path = self.store_path(run)
+        try:
+            with ZooStore(path, readonly=True) as store:
+                verdict = store.db.execute("PRAGMA quick_check").fetchone()[0]
+                if verdict != "ok":
+                    return [f"{path}: integrity check failed ({verdict})"]
+                if store.count() == 0:
+                    return [f"{path}: holds no rows"]
+        except (sqlite3.DatabaseError, MednnsError) as exc:
+            return [f"{path}: {exc}"]
+        return []
 
     def targets(self, run) -> list[tuple[str, Path]]:
         """(dataset name, supernet folder) pairs to evaluate, in the run's dataset order."""

@@ -146,6 +146,13 @@ class TrainSupernet(Stage):
         return [self.directory(run, name) / file for name in self._selected(run)
                 for file in (SUPERNET_WEIGHTS, SUPERNET_METADATA, FINAL)]
 
+    def damaged_outputs(self, run) -> list[str]:
+        """Supernet weights that are not whole (truncated by a crash or a full disk)."""
+        from mednns.training.checkpoint import weights_problem
+
+        problems = (weights_problem(self.directory(run, name) / SUPERNET_WEIGHTS) for name in self._selected(run))
+        return [p for p in problems if p]
+
     def build_space(self, run, dataset: MedicalDataset) -> Any:
         """The search space for ``dataset`` (``in_channels`` and ``num_classes`` from its info)."""
         info = dataset.info

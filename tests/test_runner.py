@@ -226,3 +226,25 @@ def test_every_omitted_fingerprint_argument_is_a_real_argument_at_its_default():
             assert parameter is not None and parameter.default == value, (name, key)
             checked += 1
     assert checked >= 4  # train_supernet's min_steps_per_epoch, finetune's transfer recipe
+
+
+def test_a_complete_stage_with_damaged_outputs_is_not_skipped_silently(setup, monkeypatch):
+    run, _, directory = setup
+    run()
+    monkeypatch.setattr(CountingStage, "damaged_outputs", lambda self, r: ["out.json: truncated (3 of 9 bytes)"])
+    with pytest.raises(UsageError, match=r"stage 'first' is complete, but its outputs are damaged: out.json: "
+                                         r"truncated") as error:
+        run()
+    assert "--restart" in error.value.hint
+
+
+def test_weights_problem_reads_the_header_and_sees_a_truncated_file(tmp_path):
+    from mednns.training.checkpoint import save_weights, weights_problem
+
+    path = save_weights(tmp_path / "w.safetensors", torch.nn.Linear(20, 30))
+    assert weights_problem(path) is None
+    data = path.read_bytes()
+    path.write_bytes(data[:-10])
+    assert "truncated" in weights_problem(path)
+    path.write_bytes(b"random bytes, not weights")
+    assert weights_problem(path) is not None

@@ -698,3 +698,15 @@ def test_supernet_metadata_can_be_completed_after_insertion(tmp_path):
         assert store.supernets()[0]["metadata"] == {"a": 2, "val_majority_rate": 0.7}
         with pytest.raises(KeyError):
             store.update_supernet_metadata(supernet + 1, x=1)
+
+
+def test_the_build_stage_calls_a_store_of_random_bytes_or_without_rows_damaged(tmp_path):
+    from mednns.manager import get_plugin_manager
+
+    stage = get_plugin_manager().create("stages", "build_zoo", store=str(tmp_path / "zoo.sqlite"))
+    with ZooStore(tmp_path / "zoo.sqlite"):
+        pass  # an empty store, as a failed build leaves it
+    assert stage.damaged_outputs(None) == [f"{tmp_path / 'zoo.sqlite'}: holds no rows"]
+    (tmp_path / "zoo.sqlite").write_bytes(b"\x13" * 4096)
+    [problem] = stage.damaged_outputs(None)
+    assert str(tmp_path / "zoo.sqlite") in problem

@@ -60,6 +60,27 @@ def read_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
                          hint="restore it from a copy, or train or export it again") from None
 
 
+def weights_problem(path: str | os.PathLike) -> str | None:
+    """Why the safetensors file ``path`` is not whole (its header unreadable, or shorter than the
+    tensors its header declares), or ``None``; reads the header only."""
+    import json
+    import struct
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            if length > path.stat().st_size:
+                return f"{path}: its header claims {length} bytes, more than the file holds"
+            header = json.loads(handle.read(length))
+    except (OSError, struct.error, ValueError, UnicodeDecodeError) as exc:
+        return f"{path}: not a safetensors file ({type(exc).__name__})"
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    expected = 8 + length + max(ends, default=0)
+    size = path.stat().st_size
+    return None if size >= expected else f"{path}: truncated ({size} of {expected} bytes)"
+
+
 def load_weights(module: nn.Module, path: str | os.PathLike) -> None:
     """Load a safetensors state dict into ``module`` (strict: every key must match)."""
     module.load_state_dict(read_weights(path, next(module.parameters()).device), strict=True)
