@@ -118,7 +118,13 @@ def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[s
                restart: bool) -> dict[str, Any]:
     directory = run.stage_dir(name)
     state_path = directory / STAGE_STATE
-    state = read_json(state_path) if state_path.exists() else None
+    try:
+        state = read_json(state_path) if state_path.exists() else None
+    except UsageError:  # a damaged stage.json: --restart discards the stage's state anyway
+        if not restart:
+            raise
+        log.warning("stage %s: %s is damaged; --restart starts the stage over", name, state_path)
+        state, directory = None, _discard(run, name)
     if state is not None and state.get("fingerprint") == fingerprint and state.get("status") == "complete":
         missing = [str(p) for p in stage.outputs(run) if not Path(p).exists()]
         damaged = [] if missing else list(getattr(stage, "damaged_outputs", lambda _: [])(run))

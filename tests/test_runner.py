@@ -248,3 +248,15 @@ def test_weights_problem_reads_the_header_and_sees_a_truncated_file(tmp_path):
     assert "truncated" in weights_problem(path)
     path.write_bytes(b"random bytes, not weights")
     assert weights_problem(path) is not None
+
+
+def test_a_damaged_stage_json_is_named_and_restart_starts_the_stage_over(setup):
+    run, _, directory = setup
+    run()
+    state = directory / "stages" / "first" / "stage.json"
+    state.write_text('{"stage": "first", "fingerp')  # truncated by a crash
+    with pytest.raises(UsageError, match=r"stage.json is damaged: not valid JSON") as error:
+        run()
+    assert "--restart" in error.value.hint
+    run(restart=True)
+    assert json.loads(state.read_text())["status"] == "complete" and CALLS.count("first") == 2
