@@ -112,3 +112,14 @@ def test_members_that_would_inflate_past_memory_or_lie_about_their_size_are_refu
             archive.writestr(f"{key}.npy", data)
     with pytest.raises(DatasetError, match=r"declares shape \(1000000, 28, 28\).*damaged"):
         NpzDataset(damaged)
+
+
+def test_five_channel_images_are_refused_at_once_with_their_shape(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in {"train": 12, "val": 4, "test": 6}.items():
+        arrays[f"{split}_images"] = rng.integers(0, 256, (n, 28, 28, 5), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1)
+    np.savez(tmp_path / "five.npz", **arrays)
+    with pytest.raises(DatasetError, match=r"shape \(N, 28, 28, 5\): 2D images with 5 channels, or volumes"):
+        NpzDataset(tmp_path / "five.npz")

@@ -205,6 +205,12 @@ class NpzDataset(MedicalDataset):
                     f"{self.path}: {labels_key} has {width} label column(s) but {first_labels} {label_width}"
                 )
         assert image_shape is not None and label_width is not None
+        if len(image_shape) == 3 and 4 < image_shape[-1] < min(image_shape[:-1]):
+            raise DatasetError(
+                f"{self.path}: train_images has shape (N, {', '.join(map(str, image_shape))}): 2D images with "
+                f"{image_shape[-1]} channels, or volumes of {image_shape[-1]} slices along the last axis? Images "
+                f"have 1, 3 or 4 channels", hint="store volumes as (N, D, H, W) with the slices first; reduce "
+                                                 "multi-channel images to 1 or 3 channels")
         return image_shape, label_width
 
     def _split_sizes(self) -> dict[str, int]:
