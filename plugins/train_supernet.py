@@ -24,7 +24,7 @@ from rich.table import Table
 import mednns
 from mednns.data import MedicalDataset
 from mednns.config import parse_key_values
-from mednns.errors import UsageError
+from mednns.errors import MednnsError, UsageError
 from mednns.seeding import derive_seed, seed_everything
 from mednns.stages import Stage
 from mednns.training.config import FINAL, SUPERNET_METADATA, SUPERNET_WEIGHTS, TrainConfig
@@ -120,6 +120,7 @@ class TrainSupernet(Stage):
         if "num_classes" in self.space_spec["args"]:
             raise UsageError("space.args.num_classes is set from each dataset's info",
                              hint="remove num_classes from the search space's args")
+        self._probe_space()
         self.only = datasets
         self.config = TrainConfig(
             full_epochs=full_epochs, full_lr=full_lr, shrink_epochs=shrink_epochs, shrink_lr=shrink_lr,
@@ -132,6 +133,18 @@ class TrainSupernet(Stage):
             calibration_batch_size=calibration_batch_size, eval_batch_size=eval_batch_size,
             final_samples=final_samples, checkpoint_every_steps=checkpoint_every_steps, amp=amp,
             channels_last=channels_last, progress=progress)
+
+    def _probe_space(self) -> None:
+        """Build the space once with stand-in channels and classes, so that arguments it refuses (or
+        bounds it enforces) fail at validation, not after the datasets are read."""
+        try:
+            mednns.create("search-spaces", self.space_spec["name"],
+                          **{"in_channels": 3, **self.space_spec["args"], "num_classes": 2})
+        except MednnsError:
+            raise
+        except Exception as exc:  # the space's own checks raise ValueError / TypeError
+            raise UsageError(f"space.args: {exc}", hint=f"mednns list search-spaces; the space is "
+                                                         f"{self.space_spec['name']}") from None
 
     def _selected(self, run) -> dict[str, MedicalDataset]:
         if self.only is None:

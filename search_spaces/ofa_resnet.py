@@ -207,6 +207,10 @@ def _permute_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
             tensor.copy_(tensor.index_select(0, idx))
 
 
+#: Bounds that keep a space buildable (far above any published OFA-ResNet: 4 stages, 4+2 blocks).
+MAX_STAGES, MAX_BLOCKS, MAX_CHANNELS = 8, 32, 16384
+
+
 def _as_list(value: Any, name: str) -> list:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ValueError(f"{name} must be a list, got {value!r}")
@@ -275,8 +279,11 @@ class OFAResNet(Supernet):
         if n_stages < 1 or len(base_depths) != n_stages or len(stage_strides) != n_stages:
             problems.append(f"stage_widths, base_depths and stage_strides need one entry per stage, got "
                             f"{len(stage_widths)}, {len(base_depths)}, {len(stage_strides)}")
-        if not depth_choices or min(depth_choices) < 0:
-            problems.append(f"depth_choices must be non-negative, got {depth_choices}")
+        if not depth_choices or min(depth_choices) < 0 or max(depth_choices) > MAX_BLOCKS:
+            problems.append(f"depth_choices must be in [0, {MAX_BLOCKS}], got {depth_choices}")
+        elif n_stages > MAX_STAGES or any(b + depth_choices[-1] > MAX_BLOCKS for b in base_depths):
+            problems.append(f"at most {MAX_STAGES} stages of at most {MAX_BLOCKS} blocks each: base_depths "
+                            f"{base_depths} + {depth_choices[-1]}")
         elif any(b < 0 or b + depth_choices[0] < 1 for b in base_depths):
             problems.append(f"every stage needs at least one block: base_depths {base_depths} + {depth_choices[0]}")
         if not expand_choices or expand_choices[0] <= 0:
@@ -285,6 +292,10 @@ class OFAResNet(Supernet):
             problems.append(f"width_mults must be positive, got {width_mults}")
         if min(stage_widths + [stem_width]) < 1 or min(stage_strides, default=1) < 1 or stem_stride < 1:
             problems.append("widths and strides must be positive")
+        elif max(stage_widths + [stem_width]) * max(max(width_mults, default=1), 1) * max(
+                max(expand_choices, default=1), 1) > MAX_CHANNELS:
+            problems.append(f"at most {MAX_CHANNELS} channels in a layer: widths {stage_widths} x width_mults "
+                            f"{width_mults} x expand_choices {expand_choices}")
         if stem_kernel < 1 or stem_kernel % 2 == 0:
             problems.append(f"stem_kernel must be odd, got {stem_kernel}")
         if not 0 <= dropout < 1:

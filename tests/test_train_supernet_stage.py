@@ -160,3 +160,17 @@ def test_train_supernet_command_on_a_generated_npz(tmp_path):
     bad = CliRunner().invoke(cli, [*args, "--set", "batch_size=0"])
     assert bad.exit_code == 2 and "batch_size must be >= 1" in bad.output
     sys.modules.pop("mednns_test_spaces", None)
+
+
+def test_search_space_arguments_are_checked_when_the_stage_is_built():
+    from mednns.errors import UsageError
+    from mednns.manager import get_plugin_manager
+
+    manager = get_plugin_manager()
+    bad = {"name": "ofa_resnet", "args": {"preset": "cpu", "depth_choices": [0, 1_000_000]}}
+    with pytest.raises(UsageError, match=r"space.args: OFAResNet: depth_choices must be in \[0, 32\]"):
+        manager.create("stages", "train_supernet", space=bad)
+    wide = {"name": "ofa_resnet", "args": {"preset": "cpu", "stage_widths": [10**6, 10**6, 10**6, 10**6]}}
+    with pytest.raises(UsageError, match="at most 16384 channels"):
+        manager.create("stages", "train_supernet", space=wide)
+    manager.create("stages", "train_supernet", space={"name": "ofa_resnet", "args": {"preset": "cpu"}})
