@@ -37,6 +37,18 @@ def stage_fingerprint(run: Run, spec: dict[str, Any], previous: str,
     return hashlib.sha256(text.encode()).hexdigest()[:16], inputs
 
 
+def _upstream(reads: tuple[str, ...] | None, previous: str, fingerprints: dict[str, str]) -> str:
+    """What enters a stage's fingerprint from the stages before it: the one listed just before it
+    (``reads`` is ``None``), nothing (``()``), the fingerprint of the one stage it reads, or a hash
+    of those of several (a stage it reads that the config does not list counts as ``""``)."""
+    if reads is None:
+        return previous
+    found = [fingerprints.get(name, "") for name in reads]
+    if len(found) == 1:
+        return found[0]
+    return hashlib.sha256(json.dumps(found).encode()).hexdigest()[:16] if found else ""
+
+
 def _changed_keys(old: Any, new: Any, path: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         keys = list(dict.fromkeys([*old, *new]))
@@ -77,11 +89,12 @@ def _execute(run: Run, restart: bool) -> dict[str, Any]:
     try:
         log.info("run %s in %s (device %s, seed %d)", run.config.name, run.directory, run.device, run.seed)
         run.manager.notify("run_started", run=run, abort=True)  # a plugin may refuse the run
-        previous = ""
+        previous, fingerprints = "", {}
         for spec, stage in run.stages:
             name = spec["name"]
-            fingerprint, inputs = stage_fingerprint(run, spec, previous, getattr(stage, "fingerprint_omits", None))
-            previous = fingerprint
+            upstream = _upstream(getattr(stage, "reads", None), previous, fingerprints)
+            fingerprint, inputs = stage_fingerprint(run, spec, upstream, getattr(stage, "fingerprint_omits", None))
+            previous = fingerprints[name] = fingerprint
             results["stages"][name] = _run_stage(run, name, stage, fingerprint, inputs, restart)
             write_json(run.directory / "results.json", results)
         results["status"] = "complete"

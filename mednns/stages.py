@@ -32,6 +32,10 @@ class Stage(abc.ABC):
     #: before it: left out of the fingerprint while they hold that value, so that a finished stage
     #: stays finished when mednns gains an option (``{"min_steps_per_epoch": 0}``).
     fingerprint_omits: dict[str, Any] = {}
+    #: The stages whose files it reads (their fingerprints enter its own); ``None``: the stage
+    #: listed before it. A stage that reads only the datasets says ``()``, so that adding or changing
+    #: an unrelated stage before it does not make it run again.
+    reads: tuple[str, ...] | None = None
     #: Its files take long to make again (trained supernets, a zoo): a config change never deletes
     #: them without ``--restart``; the runner says what it would discard and stops.
     expensive: bool = False

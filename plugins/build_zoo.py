@@ -57,6 +57,7 @@ class BuildZoo(Stage):
     name = STAGE
     keeps_state = True  # rows are keyed by supernet weights and protocol: a new 'samples' adds to them
     expensive = True
+    reads = ("train_supernet",)
 
     def __init__(self, supernets: str | None = None, datasets: list[str] | None = None, store: str | None = None,
                  samples: int = _S.samples, anchors: int = _S.anchors, extremes: bool = _S.extremes,

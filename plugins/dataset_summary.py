@@ -69,6 +69,8 @@ def _balance(counts: dict[str, int]) -> str:
 class DatasetSummary(Stage):
     """Summarize every dataset of the run (or the listed ones)."""
 
+    reads = ()  # the datasets only
+
     def __init__(self, datasets: list[str] | None = None, montage_per_class: int = 8):
         self.only = datasets
         self.montage_per_class = montage_per_class

@@ -72,6 +72,7 @@ class Evaluate(Stage):
     """
 
     name = STAGE
+    reads = ("build_zoo",)  # the zoo (which names the supernets)
     #: Runs and meta-spaces are keyed by their configuration: a change of the stage's own arguments
     #: (seeds, sizes, variants, methods) reuses what still applies.
     keeps_state = True

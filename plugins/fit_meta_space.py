@@ -54,6 +54,7 @@ class FitMetaSpace(Stage):
     """
 
     name = STAGE
+    reads = ("build_zoo",)  # the zoo (which names the supernets)
 
     def __init__(self, zoo: str | None = None, held_out: list[str] | None = None,
                  target: Literal["val_acc", "val_auc", "val_lift"] = "val_acc",

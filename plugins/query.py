@@ -91,6 +91,7 @@ class Query(Stage):
     """
 
     name = QUERY_STAGE
+    reads = ("fit_meta_space",)
 
     def __init__(self, datasets: list[str] | None = None, meta_space: str | None = None, top_k: int = 10,
                  by: Literal["predicted", "score", "combined"] = "predicted", max_params: int | None = None,
@@ -159,6 +160,7 @@ class Finetune(Stage):
     """
 
     name = FINETUNE_STAGE
+    reads = ("query",)
     fingerprint_omits = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0}  # the recipe, added later
 
     def __init__(self, datasets: list[str] | None = None, epochs: int = 10, lr: float = 0.05, batch_size: int = 128,

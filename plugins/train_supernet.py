@@ -75,6 +75,7 @@ class TrainSupernet(Stage):
     :param progress: show a progress bar.
     """
 
+    reads = ()  # the datasets only: an unrelated stage before it does not retrain anything
     expensive = True  # trained supernets: never deleted by a config change without --restart
     fingerprint_omits = {"min_steps_per_epoch": 0}
 

@@ -260,3 +260,29 @@ def test_a_damaged_stage_json_is_named_and_restart_starts_the_stage_over(setup):
     assert "--restart" in error.value.hint
     run(restart=True)
     assert json.loads(state.read_text())["status"] == "complete" and CALLS.count("first") == 2
+
+
+def test_a_stage_that_reads_only_the_datasets_ignores_changes_of_the_stages_before_it(setup, monkeypatch):
+    run, _, _ = setup
+    run()
+    assert CALLS == ["first", "second"]
+    run(first_args={"value": 2})  # by default the stage before counts: both run again
+    assert CALLS[2:] == ["first", "second"]
+    monkeypatch.setattr(CountingStage, "reads", ())
+    run(first_args={"value": 2})  # the first time: fingerprints without 'previous' differ for 'second'
+    CALLS.clear()
+    run(first_args={"value": 3})
+    assert CALLS == ["first"]  # 'second' reads nothing of 'first': it stays complete
+
+
+def test_the_built_in_stages_say_what_they_read():
+    from mednns.manager import get_plugin_manager
+
+    registry = get_plugin_manager().registry("stages")
+    reads = {name: getattr(registry.get(name).factory, "reads", None) for name in registry.names()}
+    assert reads["train_supernet"] == () and reads["dataset_summary"] == ()
+    assert reads["build_zoo"] == ("train_supernet",) and reads["evaluate"] == ("build_zoo",)
+    assert reads["fit_meta_space"] == ("build_zoo",) and reads["query"] == ("fit_meta_space",)
+    assert reads["finetune"] == ("query",)
+    for name, read in reads.items():
+        assert read is None or set(read) <= set(reads), name  # they name registered stages
