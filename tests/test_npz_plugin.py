@@ -123,3 +123,18 @@ def test_five_channel_images_are_refused_at_once_with_their_shape(tmp_path):
     np.savez(tmp_path / "five.npz", **arrays)
     with pytest.raises(DatasetError, match=r"shape \(N, 28, 28, 5\): 2D images with 5 channels, or volumes"):
         NpzDataset(tmp_path / "five.npz")
+
+
+def test_a_member_that_inflates_a_thousand_fold_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from mednns.data import npz as npz_module
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in {"train": 40, "val": 4, "test": 6}.items():
+        arrays[f"{split}_images"] = (np.zeros((n, 64, 64), np.uint8) if split == "train"
+                                     else rng.integers(0, 256, (n, 64, 64), dtype=np.uint8))
+        arrays[f"{split}_labels"] = (np.arange(n) % 2).reshape(n, 1)
+    np.savez_compressed(tmp_path / "bomb.npz", **arrays)
+    monkeypatch.setattr(npz_module, "MAX_PLAIN_INFLATION", 10_000)  # the rule at a test's scale
+    with pytest.raises(DatasetError, match=r"key 'train_images' inflates \d+x.*images do not compress like that"):
+        NpzDataset(tmp_path / "bomb.npz")

@@ -25,6 +25,9 @@ KINDS = ("images", "labels")
 #: The most classes a label array may imply without ``label_names`` (a typo or a missing-value code
 #: such as 2^31-1 would otherwise build billions of class names).
 MAX_CLASSES = 10_000
+#: A member that inflates past MAX_PLAIN_INFLATION bytes at more than MAX_RATIO times its compressed
+#: size is refused before it is read: images compress a few times, not a thousand.
+MAX_PLAIN_INFLATION, MAX_RATIO = 256 * 2**20, 200
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,11 @@ def read_npz_headers(path: str | os.PathLike[str]) -> dict[str, ArrayHeader]:
                 if not member.endswith(".npy"):
                     continue  # np.savez writes only .npy members; anything else is not an array
                 key = member[:-4]
+                if info.file_size > MAX_PLAIN_INFLATION and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+                    raise DatasetError(f"{path}: key {key!r} inflates {info.file_size / max(info.compress_size, 1):.0f}"
+                                       f"x, from {info.compress_size / 2**20:.1f} MiB to "
+                                       f"{info.file_size / 2**30:.2f} GiB: images do not compress like that "
+                                       f"(a zip bomb, or an array of one value?)")
                 if info.file_size > memory_limit():
                     raise DatasetError(f"{path}: key {key!r} inflates to {info.file_size / 2**30:.1f} GiB "
                                        f"({info.compress_size / 2**20:.1f} MiB compressed), more than half of "
