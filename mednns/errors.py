@@ -44,7 +44,9 @@ class PluginLoadError(MednnsError):
 
 
 class DatasetError(MednnsError):
-    """A dataset file or folder that cannot be used as it is."""
+    """A dataset file or folder that cannot be used as it is (the user's input: exit code 2)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)

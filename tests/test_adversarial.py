@@ -37,6 +37,18 @@ def alias_bomb() -> str:
     return "\n".join(lines) + "\n"
 
 
+def npz_with(folder: Path, name: str, **arrays) -> Path:
+    path = write_tiny_npz(folder / f"{name}.npz", seed=0, n_classes=2)
+    with np.load(path) as archive:
+        merged = {**dict(archive), **arrays}
+    np.savez(path, **merged)
+    return path
+
+
+def dataset_config(folder: Path, path: Path) -> str:
+    return yaml.safe_dump({**config(folder), "datasets": [{"name": "npz", "args": {"path": str(path), "name": "d"}}]})
+
+
 def huge_label_npz(folder: Path) -> Path:
     path = write_tiny_npz(folder / "huge.npz", seed=0, n_classes=2)
     with np.load(path) as archive:
@@ -60,6 +72,10 @@ CASES = {
         {**config(f), "datasets": [{"name": "npz", "args": {"path": str(huge_label_npz(f)), "name": "h"}}]}),
     "space too deep": lambda f: yaml.safe_dump({**config(f), "stages": [{"name": "train_supernet", "args": {
         "space": {"name": "ofa_resnet", "args": {"preset": "cpu", "depth_choices": [0, 1000000]}}}}]}),
+    "one-class training split": lambda f: dataset_config(
+        f, npz_with(f, "one", train_labels=np.zeros((96, 1), np.int64))),
+    "five channels": lambda f: dataset_config(f, npz_with(f, "five", **{
+        f"{s}_images": np.zeros((n, 12, 12, 5), np.uint8) for s, n in (("train", 96), ("val", 32), ("test", 32))})),
     "output_dir is a file": lambda f: ((f / "a_file").write_text(""),
                                        yaml.safe_dump(config(f, output_dir=str(f / "a_file"))))[1],
 }
@@ -73,6 +89,8 @@ EXPECTED = {
     "huge label": "holds 2147483647",
     "space too deep": "depth_choices must be in [0, 32]",
     "output_dir is a file": "Not a directory",
+    "one-class training split": "the training split holds one class only",
+    "five channels": "2D images with 5 channels, or volumes",
 }
 
 
