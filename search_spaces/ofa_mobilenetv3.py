@@ -435,6 +435,10 @@ def _permute_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
 # ---------------------------------------------------------------------------------------------
 # the supernet
 # ---------------------------------------------------------------------------------------------
+#: Bounds that keep a space buildable (far above OFA's MobileNetV3: 5 stages of 2-4 blocks, kernels
+#: up to 7, 1280 channels).
+MAX_STAGES, MAX_BLOCKS, MAX_KERNEL, MAX_CHANNELS, MAX_IMAGE_SIZE = 8, 32, 15, 16384, 4096
+
 class OFAMobileNetV3(Supernet):
     """Once-for-All MobileNetV3 supernet (elastic kernel, depth and expand ratio; fixed width).
 
@@ -596,6 +600,15 @@ class OFAMobileNetV3(Supernet):
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         out["dropout"] = float(dropout)
+        if n > MAX_STAGES or max(out["depth_choices"]) > MAX_BLOCKS or max(out["kernel_choices"]) > MAX_KERNEL:
+            raise ValueError(f"at most {MAX_STAGES} stages, {MAX_BLOCKS} blocks per stage and kernels of "
+                             f"{MAX_KERNEL}: got {n} stages, depth_choices {out['depth_choices']}, kernel_choices "
+                             f"{out['kernel_choices']}")
+        widest = max(out["stage_widths"] + [out["final_expand_width"], out["last_channel"]]) * max(
+            out["width_mult"], 1) * max(max(out["expand_choices"]), 1)
+        if widest > MAX_CHANNELS or out["image_size"] > MAX_IMAGE_SIZE:
+            raise ValueError(f"at most {MAX_CHANNELS} channels in a layer and images of {MAX_IMAGE_SIZE} px: got "
+                             f"{int(widest)} channels, image_size {out['image_size']}")
         return out
 
     def _init_weights(self) -> None:

@@ -18,8 +18,8 @@ from supernet_helpers import write_tiny_npz
 pytestmark = pytest.mark.slow  # one Python start per case
 
 
-def mednns(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+def mednns(*args: str, cwd: Path, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **env_extra}
     return subprocess.run([sys.executable, "-m", "mednns", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=120)
 
@@ -133,3 +133,41 @@ def test_finished_supernets_survive_a_config_change_and_a_second_process(tmp_pat
     output = " ".join((changed.stdout + changed.stderr).split())
     assert changed.returncode == 2 and "running it again would delete" in output and "--restart" in output
     assert weights.stat().st_mtime_ns == stamp
+
+
+def test_damaged_state_and_stores_are_named_through_the_cli(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path)))
+    assert mednns("run", str(path), cwd=tmp_path).returncode == 0
+    state = tmp_path / "runs" / "run" / "stages" / "dataset_summary" / "stage.json"
+    state.write_text(state.read_text()[:20])  # truncated by a crash
+    damaged = mednns("run", str(path), cwd=tmp_path)
+    output = " ".join((damaged.stdout + damaged.stderr).split())
+    assert damaged.returncode == 2 and "stage.json is damaged" in output and "Traceback" not in output
+    assert mednns("run", str(path), "--restart", cwd=tmp_path).returncode == 0  # --restart starts it over
+    store = tmp_path / "zoo.sqlite"
+    store.write_bytes(os.urandom(8192))
+    stats = mednns("zoo", "stats", str(store), cwd=tmp_path)
+    output = " ".join((stats.stdout + stats.stderr).split())
+    assert stats.returncode == 2 and str(store) in output and "Traceback" not in output
+
+
+def test_a_plugin_stage_named_to_escape_is_refused_and_named(tmp_path):
+    from fakedist import make_distribution
+
+    site = make_distribution(tmp_path / "site", "mednns-escape", {"escapeplugin": """
+        import mednns
+        from mednns.stages import Stage
+
+        class Victim(Stage):
+            def run(self, run):
+                return {}
+
+        @mednns.hookimpl
+        def register_stages(register):
+            register("../../victim", Victim, description="a folder outside the run")
+        """}, {"escape": "escapeplugin"})
+    listed = mednns("list", "stages", cwd=tmp_path, PYTHONPATH=str(site))
+    output = " ".join((listed.stdout + listed.stderr).split())
+    assert listed.returncode == 0 and "../../victim" not in listed.stdout.split("Warning")[0]
+    assert "plugin 'escape'" in output and "'../../victim' would leave its folder" in output

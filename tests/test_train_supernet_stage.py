@@ -174,3 +174,6 @@ def test_search_space_arguments_are_checked_when_the_stage_is_built():
     with pytest.raises(UsageError, match="at most 16384 channels"):
         manager.create("stages", "train_supernet", space=wide)
     manager.create("stages", "train_supernet", space={"name": "ofa_resnet", "args": {"preset": "cpu"}})
+    deep = {"name": "ofa_mobilenetv3", "args": {"preset": "cpu", "depth_choices": [1, 10_000]}}
+    with pytest.raises(UsageError, match=r"space.args: .*at most 8 stages, 32 blocks per stage"):
+        manager.create("stages", "train_supernet", space=deep)
