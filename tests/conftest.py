@@ -47,3 +47,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def mednns_logs(caplog):
+    """``caplog`` that also sees the ``mednns`` loggers' records (the CLI stops the ``mednns`` logger
+    from propagating to the root, where ``caplog`` listens, once any test has run a command)."""
+    import logging
+
+    logger = logging.getLogger("mednns")
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)

@@ -259,7 +259,7 @@ def test_make_loader_is_deterministic_per_seed():
     assert xb.shape == (8, 1) and torch.equal(xb[:, 0].long(), yb)
 
 
-def test_a_one_class_training_split_is_refused_and_a_class_train_lacks_is_said(tmp_path, caplog):
+def test_a_one_class_training_split_is_refused_and_a_class_train_lacks_is_said(tmp_path, mednns_logs):
     import logging
 
     one = write_npz(tmp_path / "one.npz", n_classes=2, train_labels=np.zeros((30, 1), np.int64))
@@ -268,7 +268,7 @@ def test_a_one_class_training_split_is_refused_and_a_class_train_lacks_is_said(t
     labels = (np.arange(30) % 2).reshape(-1, 1)  # train holds classes 0 and 1; val also 2
     gap = write_npz(tmp_path / "gap.npz", train_labels=labels)
     dataset = NpzDataset(gap, label_names=["a", "b", "c"])
-    with caplog.at_level(logging.WARNING, logger="mednns.data"):
+    with mednns_logs.at_level(logging.WARNING, logger="mednns.data"):
         dataset.split("train")
         assert len(dataset.split("val")) == 6
-    assert "the val split holds class(es) c that the training split lacks" in caplog.text
+    assert "the val split holds class(es) c that the training split lacks" in mednns_logs.text

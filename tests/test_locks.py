@@ -47,12 +47,12 @@ def test_a_held_lock_names_its_holder_and_is_released_after_the_block(tmp_path):
     assert not lock.exists()
 
 
-def test_a_lock_left_by_a_dead_process_or_damaged_is_taken_over(tmp_path, caplog):
+def test_a_lock_left_by_a_dead_process_or_damaged_is_taken_over(tmp_path, mednns_logs):
     lock = tmp_path / "x.lock"
     write_lock(lock, pid=dead_pid())
     with held(lock, "the thing"):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
-    assert "no longer runs" in caplog.text
+    assert "no longer runs" in mednns_logs.text
     lock.write_text("{not json")
     os.utime(lock, (1, 1))  # old: not a lock being written right now
     with held(lock, "the thing"):

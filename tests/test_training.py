@@ -297,7 +297,7 @@ def test_checkpoint_round_trip_and_latest_pointer(tmp_path):
     assert load_checkpoint(tmp_path / "nothing") is None
 
 
-def test_damaged_checkpoints_fall_back_and_are_named(tmp_path, caplog):
+def test_damaged_checkpoints_fall_back_and_are_named(tmp_path, mednns_logs):
     import logging
 
     from mednns.errors import UsageError
@@ -307,9 +307,9 @@ def test_damaged_checkpoints_fall_back_and_are_named(tmp_path, caplog):
         save_checkpoint(tmp_path, tag, space, {"phase": tag}, {"progress": {"tag": tag}})
     folder = tmp_path / "checkpoints"
     (folder / "b.state.pt").write_bytes(b"truncated")
-    with caplog.at_level(logging.WARNING, logger="mednns.training"):
+    with mednns_logs.at_level(logging.WARNING, logger="mednns.training"):
         assert load_checkpoint(tmp_path).tag == "a"
-    assert "checkpoint b" in caplog.text and "b.state.pt is not readable" in caplog.text
+    assert "checkpoint b" in mednns_logs.text and "b.state.pt is not readable" in mednns_logs.text
     (folder / "latest.json").write_text('{"tag": ')  # the pointer itself truncated: the folder is scanned
     assert load_checkpoint(tmp_path).tag == "a"
     (folder / "a.json").write_text("{")

@@ -16,13 +16,7 @@ ORIGIN_ORDER = {"extreme": 0, "anchor": 1, "sample": 2}
 
 
 
-@pytest.fixture(autouse=True)
-def zoo_records_reach_caplog(caplog):
-    """The CLI stops the ``mednns`` logger from propagating (rich handler); tests read its records here."""
-    logger = logging.getLogger("mednns.zoo")
-    logger.addHandler(caplog.handler)
-    yield
-    logger.removeHandler(caplog.handler)
+pytestmark = pytest.mark.usefixtures("mednns_logs")  # the zoo's warnings reach caplog
 
 @pytest.fixture(scope="module")
 def space() -> OFAResNet:
