@@ -209,7 +209,7 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
     total = (config.epochs - head_epochs) * steps
     scheduler = CosineLRScheduler(optimizer, t_initial=total, warmup_t=int(config.warmup_epochs * steps),
                                   warmup_lr_init=config.lr * 0.01, lr_min=0.0, t_in_epochs=False)
-    probe = _sgd(model, config, head, 0.0, only_head=True) if head_epochs else None
+    probe = _sgd(model, config, head, 1.0, only_head=True) if head_epochs else None  # the linear probe
     history: list[dict[str, Any]] = []
     best: dict[str, Any] | None = None
     start = time.perf_counter()
