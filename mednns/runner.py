@@ -141,16 +141,20 @@ def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[s
     if state is not None and state.get("fingerprint") == fingerprint and state.get("status") == "complete":
         missing = [str(p) for p in stage.outputs(run) if not Path(p).exists()]
         damaged = [] if missing else list(getattr(stage, "damaged_outputs", lambda _: [])(run))
-        if damaged:
+        if damaged and not restart:
             raise UsageError(f"stage '{name}' is complete, but its outputs are damaged: {'; '.join(damaged)}",
-                             hint="restore them from a copy, or delete them (or run with --restart) so that the "
-                                  "stage makes them again")
-        if not missing:
+                             hint="restore them from a copy, or run with --restart so that the stage makes them "
+                                  "again")
+        if damaged:
+            log.warning("stage %s: outputs damaged (%s); --restart starts the stage over", name, "; ".join(damaged))
+            directory = _discard(run, name)
+        elif not missing:
             log.info("stage %s: complete for this config, skipped", name)
             record = {"status": "skipped", "seconds": state.get("seconds"), "results": state.get("results", {})}
             run.manager.notify("stage_finished", run=run, stage=name, results=record["results"], skipped=True)
             return record
-        log.info("stage %s: outputs missing (%s), running again", name, ", ".join(missing))
+        else:
+            log.info("stage %s: outputs missing (%s), running again", name, ", ".join(missing))
     elif state is not None and state.get("fingerprint") != fingerprint:
         changed = _changed_keys(state.get("inputs", {}), inputs)
         decide = getattr(stage, "keeps_state_for", None)

@@ -236,6 +236,8 @@ def test_a_complete_stage_with_damaged_outputs_is_not_skipped_silently(setup, mo
                                          r"truncated") as error:
         run()
     assert "--restart" in error.value.hint
+    run(restart=True)  # --restart makes the damaged outputs again
+    assert CALLS.count("first") == 2
 
 
 def test_weights_problem_reads_the_header_and_sees_a_truncated_file(tmp_path):
