@@ -23,12 +23,13 @@ from mednns.errors import (
     UsageError,
 )
 from mednns.hookspecs import hookimpl
-from mednns.registry import lazy
+from mednns.registry import KIND_HOOKS, lazy
 from mednns.typecheck import ComponentSpec
 
 __version__ = "0.1.0"
 
-KINDS = ("search-spaces", "datasets", "dataset-encoders", "model-encoders", "losses", "stages")
+#: Every component kind a plugin can register (one ``register_*`` hook each).
+KINDS = tuple(KIND_HOOKS)
 
 
 def list_components(kind: str, pattern: str | None = None) -> list[str]:

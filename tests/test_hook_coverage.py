@@ -249,3 +249,11 @@ def test_the_guides_example_package_loads_without_importing_torch(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["torch"] is False, f"loading the example plugins of {GUIDE_NAME} imports torch"
     assert set(report["hooks"]) == set(HOOKS), f"the example package implements {report['hooks']}, not every hook"
+
+
+def test_the_public_kinds_are_every_kind_a_hook_registers():
+    import mednns
+    from mednns.registry import KIND_HOOKS
+
+    assert mednns.KINDS == tuple(KIND_HOOKS) and "transfer-scores" in mednns.KINDS
+    assert all(mednns.list_components(kind) is not None for kind in mednns.KINDS)
