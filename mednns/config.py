@@ -31,9 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from mednns.errors import ConfigError, ConfigIssue, MednnsError, UsageError
+from mednns.errors import ConfigError, ConfigIssue, UsageError
 from mednns.paths import name_problem
-from mednns.typecheck import ComponentSpec, check_args, check_value, describe, suggest, with_defaults
+from mednns.registry import check_component, resolve_component
+from mednns.typecheck import ComponentSpec, check_value, describe, suggest
 
 if TYPE_CHECKING:  # pragma: no cover
     from mednns.manager import PluginManager
@@ -197,49 +198,6 @@ def expand_env(data: Any, environ: dict[str, str] | os._Environ = os.environ, pa
     return result
 
 
-#: Required factory arguments that whoever builds the component supplies, per kind: a search space
-#: gets ``in_channels`` and ``num_classes`` from the dataset it is trained on.
-SUPPLIED_ARGS: dict[str, frozenset[str]] = {"search-spaces": frozenset({"in_channels", "num_classes"})}
-
-
-def check_component(manager: "PluginManager", value: Any, kind: str, path: str) -> list[ConfigIssue]:
-    """Problems of one ``{name, args}`` component of ``kind`` (recursing into nested components)."""
-    registry = manager.registry(kind)
-    if not isinstance(value, dict):
-        example = registry.names()[0] if len(registry) else "..."
-        return [ConfigIssue(path, f"expected a {registry.noun} component, got {value!r}",
-                            f"write {{name: {example}, args: {{...}}}}")]
-    issues = []
-    for key in value:
-        if key not in ("name", "args"):
-            close = suggest(str(key), ["name", "args"])
-            issues.append(ConfigIssue(f"{path}.{key}", "unknown key in a component",
-                                      f"did you mean '{close}'? " if close else "components have only 'name' and 'args'"))
-    name = value.get("name")
-    if not isinstance(name, str):
-        issues.append(ConfigIssue(f"{path}.name", "missing or not a string",
-                                  f"the registered name of a {registry.noun}; run 'mednns list {kind}'"))
-        return issues
-    try:
-        component = registry.get(name)
-    except MednnsError as exc:
-        return issues + [ConfigIssue(f"{path}.name", exc.message, exc.hint)]
-    args = value.get("args")
-    if args is None:
-        args = {}
-    if not isinstance(args, dict):
-        return issues + [ConfigIssue(f"{path}.args", f"expected a mapping of arguments, got {args!r}")]
-    on_component = lambda v, k, p: check_component(manager, v, k, p)  # noqa: E731
-    return issues + check_args(component.factory, args, f"{path}.args", on_component,
-                               supplied=SUPPLIED_ARGS.get(kind, frozenset()))
-
-
-def resolve_component(manager: "PluginManager", value: dict[str, Any], kind: str) -> dict[str, Any]:
-    """A validated component with its factory's defaults filled in (for the resolved config)."""
-    component = manager.registry(kind).get(value["name"])
-    return {"name": value["name"], "args": with_defaults(component.factory, dict(value.get("args") or {}))}
-
-
 def validate_config(manager: "PluginManager", data: dict[str, Any], source: str | None = None) -> RunConfig:
     """Check a raw config mapping and return the resolved :class:`RunConfig`, or raise :class:`ConfigError`."""
     schema = {f.name: f for f in fields(RunConfig)}
@@ -330,5 +288,5 @@ def parse_key_values(pairs: tuple[str, ...], option: str) -> dict[str, Any]:
     return values
 
 
-__all__ = ["RunConfig", "apply_overrides", "check_component", "describe", "expand_env", "load_config",
-           "parse_key_values", "read_yaml", "validate_config"]
+__all__ = ["RunConfig", "apply_overrides", "describe", "expand_env", "load_config", "parse_key_values", "read_yaml",
+           "validate_config"]

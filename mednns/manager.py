@@ -31,7 +31,7 @@ import pluggy
 
 from mednns import hookspecs
 from mednns.errors import ConfigError, MednnsError, PluginLoadError
-from mednns.registry import KIND_HOOKS, Component, Registry
+from mednns.registry import KIND_HOOKS, Component, Registry, check_component
 from mednns.typecheck import suggest
 
 log = logging.getLogger("mednns")
@@ -256,7 +256,6 @@ class PluginManager:
 
     def create(self, kind: str, name: str, /, **args: Any) -> Any:
         """Build a component after validating ``args`` against its factory's signature."""
-        from mednns.config import check_component  # config depends on this module
 
         issues = check_component(self, {"name": name, "args": args}, kind, f"{kind}:{name}")
         if issues:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import fnmatch
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from mednns.errors import DuplicateComponentError, UnknownComponentError, UsageError
+from mednns.errors import ConfigIssue, DuplicateComponentError, MednnsError, UnknownComponentError, UsageError
 from mednns.paths import name_problem
-from mednns.typecheck import suggest
+from mednns.typecheck import check_args, suggest, with_defaults
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mednns.manager import PluginManager
 
 # kind (as typed on the command line) -> (hook that fills it, singular noun for messages)
 KIND_HOOKS: dict[str, tuple[str, str]] = {
@@ -137,3 +140,48 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._components)
+
+
+# -- components as configs write them: {name, args} ------------------------------------------
+
+#: Required factory arguments that whoever builds the component supplies, per kind: a search space
+#: gets ``in_channels`` and ``num_classes`` from the dataset it is trained on.
+SUPPLIED_ARGS: dict[str, frozenset[str]] = {"search-spaces": frozenset({"in_channels", "num_classes"})}
+
+
+def check_component(manager: "PluginManager", value: Any, kind: str, path: str) -> list[ConfigIssue]:
+    """Problems of one ``{name, args}`` component of ``kind`` (recursing into nested components)."""
+    registry = manager.registry(kind)
+    if not isinstance(value, dict):
+        example = registry.names()[0] if len(registry) else "..."
+        return [ConfigIssue(path, f"expected a {registry.noun} component, got {value!r}",
+                            f"write {{name: {example}, args: {{...}}}}")]
+    issues = []
+    for key in value:
+        if key not in ("name", "args"):
+            close = suggest(str(key), ["name", "args"])
+            issues.append(ConfigIssue(f"{path}.{key}", "unknown key in a component",
+                                      f"did you mean '{close}'? " if close else "components have only 'name' and 'args'"))
+    name = value.get("name")
+    if not isinstance(name, str):
+        issues.append(ConfigIssue(f"{path}.name", "missing or not a string",
+                                  f"the registered name of a {registry.noun}; run 'mednns list {kind}'"))
+        return issues
+    try:
+        component = registry.get(name)
+    except MednnsError as exc:
+        return issues + [ConfigIssue(f"{path}.name", exc.message, exc.hint)]
+    args = value.get("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        return issues + [ConfigIssue(f"{path}.args", f"expected a mapping of arguments, got {args!r}")]
+    on_component = lambda v, k, p: check_component(manager, v, k, p)  # noqa: E731
+    return issues + check_args(component.factory, args, f"{path}.args", on_component,
+                               supplied=SUPPLIED_ARGS.get(kind, frozenset()))
+
+
+def resolve_component(manager: "PluginManager", value: dict[str, Any], kind: str) -> dict[str, Any]:
+    """A validated component with its factory's defaults filled in (for the resolved config)."""
+    component = manager.registry(kind).get(value["name"])
+    return {"name": value["name"], "args": with_defaults(component.factory, dict(value.get("args") or {}))}

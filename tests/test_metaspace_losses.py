@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 import mednns
 from mednns.cli import cli
-from mednns.config import check_component
+from mednns.registry import check_component
 from mednns.manager import PluginManager
 from mednns.metaspace.contracts import LossTerm, MetaBatch
 from mednns.metaspace.losses import ContrastiveLoss, FIDLoss, PerformanceLoss, RankLoss
