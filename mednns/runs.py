@@ -28,6 +28,7 @@ import mednns
 from mednns.config import RunConfig, dump_yaml
 from mednns.data import MedicalDataset
 from mednns.errors import ConfigError, ConfigIssue, MednnsError, UsageError
+from mednns import layout
 from mednns.files import atomic_write_text, write_json
 from mednns.manager import PluginManager
 from mednns.paths import check_name, name_problem
@@ -57,7 +58,7 @@ class Run:
         return log
 
     def stage_dir(self, name: str) -> Path:
-        path = self.directory / "stages" / check_name(name, "the stage name")
+        path = layout.stage_dir(self.directory, check_name(name, "the stage name"))
         path.mkdir(parents=True, exist_ok=True)
         return path
 

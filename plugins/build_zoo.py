@@ -18,13 +18,12 @@ from rich.table import Table
 
 import mednns
 from mednns.errors import MednnsError, UsageError
+from mednns.layout import ZOO_STAGE, ZOO_STORE, supernet_root, zoo_store
 from mednns.stages import Stage
 from mednns.training.config import SUPERNET_METADATA
 from mednns.zoo.settings import BuildSettings, Shard, ZooProtocol
 
-STAGE = "build_zoo"
-STORE = "zoo.sqlite"
-SUPERNET_STAGE = "train_supernet"
+STAGE, STORE = ZOO_STAGE, ZOO_STORE
 _S, _P = BuildSettings(), ZooProtocol()  # defaults: one source of truth
 
 
@@ -85,7 +84,7 @@ class BuildZoo(Stage):
         return Path(self.store) if self.store else run.stage_dir(self.name) / store_name(self.shard)
 
     def supernet_root(self, run) -> Path:
-        return Path(self.supernets) if self.supernets else run.directory / "stages" / SUPERNET_STAGE
+        return Path(self.supernets) if self.supernets else supernet_root(run.directory)
 
     def summary_path(self, run) -> Path:
         suffix = "" if self.shard.whole else f".shard-{self.shard.index}-of-{self.shard.count}"
@@ -159,7 +158,7 @@ def resolve_store(path: str) -> Path:
     """A store file, or a run directory holding ``stages/build_zoo/zoo.sqlite``."""
     candidate = Path(path)
     if candidate.is_dir():
-        candidate = candidate / "stages" / STAGE / STORE
+        candidate = zoo_store(candidate)
     if not candidate.is_file():
         raise UsageError(f"no zoo store at {candidate}", hint="give a .sqlite file or a run directory with a built zoo")
     return candidate

@@ -15,10 +15,11 @@ from typing import Any, Literal
 import click
 
 import mednns
+from mednns import layout
 from mednns.errors import UsageError
 from mednns.stages import Stage
 
-STAGE = "evaluate"
+STAGE = layout.EVALUATE_STAGE
 MethodName = Literal["mednns", "mednns_topk", "random_init", "timm_scratch", "imagenet", "nearest_fid", "tans",
                      "random_pick", "own_supernet_search"]
 DEFAULT_METHODS: list[str] = list(MethodName.__args__)  # type: ignore[attr-defined]
@@ -182,7 +183,7 @@ def register_commands(cli):
         console = Console(soft_wrap=False)
         prepared = prepare_run(manager, run_config, console=console)
         execute(prepared, restart=restart)
-        stage_dir = prepared.directory / "stages" / STAGE
+        stage_dir = layout.stage_dir(prepared.directory, STAGE)
         results = read_json(stage_dir / "results.json")
         for condition in results["protocol"]["conditions"]:
             console.print(overall_rich_table(results, condition["id"]))

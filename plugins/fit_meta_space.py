@@ -19,10 +19,10 @@ from typing import Any, Literal
 
 import mednns
 from mednns.errors import UsageError
+from mednns.layout import META_SPACE_STAGE, zoo_store
 from mednns.stages import Stage
 
-STAGE = "fit_meta_space"
-ZOO_STAGE = "build_zoo"
+STAGE = META_SPACE_STAGE
 #: The stage's files (``mednns.metaspace.train`` writes them under these names).
 FILES = ("metaspace.safetensors", "metaspace.json", "model_embeddings.npy", "report.json")
 DEFAULT_DATASET_ENCODER: dict[str, Any] = {"name": "image_stats", "args": {}}
@@ -89,7 +89,7 @@ class FitMetaSpace(Stage):
         FitConfig(**self.fit_args)  # validate before any work
 
     def zoo_path(self, run) -> Path:
-        return Path(self.zoo) if self.zoo else run.directory / "stages" / ZOO_STAGE / "zoo.sqlite"
+        return Path(self.zoo) if self.zoo else zoo_store(run.directory)
 
     def outputs(self, run) -> list[Path]:
         directory = run.stage_dir(self.name)

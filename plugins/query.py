@@ -20,9 +20,10 @@ from rich.table import Table
 
 import mednns
 from mednns.errors import UsageError
+from mednns.layout import QUERY_STAGE, meta_space_dir, stage_dir
 from mednns.stages import Stage
 
-META_STAGE, QUERY_STAGE, FINETUNE_STAGE = "fit_meta_space", "query", "finetune"
+FINETUNE_STAGE = "finetune"
 
 
 def results_table(result: dict[str, Any]) -> Table:
@@ -110,7 +111,7 @@ class Query(Stage):
                                       rerank_images, combine=combine) if rerank else None)
 
     def meta_dir(self, run) -> Path:
-        return Path(self.meta_space) if self.meta_space else run.directory / "stages" / META_STAGE
+        return Path(self.meta_space) if self.meta_space else meta_space_dir(run.directory)
 
     def targets(self, run) -> list[str]:
         if self.datasets is not None:
@@ -179,7 +180,7 @@ class Finetune(Stage):
         self.progress = progress
 
     def exports(self, run) -> dict[str, Path]:
-        root = run.directory / "stages" / QUERY_STAGE
+        root = stage_dir(run.directory, QUERY_STAGE)
         names = self.datasets if self.datasets is not None else sorted(
             p.parent.name for p in root.glob("*/model.json"))
         if not names:
@@ -268,7 +269,7 @@ def register_commands(cli):
         spec = known.get(dataset_spec)
         dataset = (manager.create("datasets", spec["name"], **spec["args"]) if spec
                    else resolve_dataset(manager, dataset_spec))
-        result = query(run_path / "stages" / META_STAGE, dataset, top_k=top_k, by=by,  # type: ignore[arg-type]
+        result = query(meta_space_dir(run_path), dataset, top_k=top_k, by=by,  # type: ignore[arg-type]
                        constraints=Constraints(max_params, max_macs, max_latency_ms),
                        exclude_sources=list(exclude) if exclude else None, manager=manager, device=device,
                        rerank=rerank, source_gate=source_gate)

@@ -53,6 +53,7 @@ from mednns.evaluation.candidates import Candidate, SupernetCache, count_macs, i
 from mednns.evaluation.methods import describe
 from mednns.evaluation.settings import QUERY_METHODS, Condition, EvaluationSettings
 from mednns.files import read_json, write_json
+from mednns.layout import zoo_store
 from mednns.seeding import derive_seed
 
 FORMAT = "mednns-evaluation/2"
@@ -652,7 +653,7 @@ def fid_overview(run, names: list[str], encoder_spec: dict[str, Any], images: in
 
 def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, Any]:
     """Run the leave-one-dataset-out evaluation; writes ``results.json`` after every target."""
-    zoo_path = Path(settings.zoo) if settings.zoo else run.directory / "stages" / "build_zoo" / "zoo.sqlite"
+    zoo_path = Path(settings.zoo) if settings.zoo else zoo_store(run.directory)
     if not zoo_path.is_file():
         raise UsageError(f"evaluate: no zoo at {zoo_path}", hint="run train_supernet and build_zoo first, or set 'zoo'")
     in_zoo = zoo_datasets(zoo_path)

@@ -35,6 +35,7 @@ import numpy as np
 
 from mednns.errors import UsageError
 from mednns.files import atomic_write_bytes, atomic_write_text, read_json
+from mednns.layout import EVALUATE_STAGE, STAGES, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ FORMAT = "mednns-evaluation/2"
 #: The method every other one is compared with (gains, wins, epochs to match).
 REFERENCE = "mednns"
 #: The stage folder of a run that holds ``results.json``.
-STAGE = "evaluate"
+STAGE = EVALUATE_STAGE
 RESULTS_NAME = "results.json"
 DPI = 150
 MISSING = "—"
@@ -64,8 +65,8 @@ def results_path(path: str | Path) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        candidates = [path / "stages" / STAGE / RESULTS_NAME, path / RESULTS_NAME]
-        if (path / "stages").is_dir():  # a run directory: its own results.json is the run's, not ours
+        candidates = [stage_dir(path, STAGE) / RESULTS_NAME, path / RESULTS_NAME]
+        if (path / STAGES).is_dir():  # a run directory: its own results.json is the run's, not ours
             candidates = candidates[:1]
         for candidate in candidates:
             if candidate.is_file():
