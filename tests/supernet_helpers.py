@@ -93,3 +93,18 @@ class CountingDataset(MedicalDataset):
 def make_manager() -> PluginManager:
     """A fresh plugin manager (built-ins: the OFA spaces and the train_supernet stage) for in-process tests."""
     return PluginManager(environ={})
+
+
+def timm_offline(patch: Any, message: str = "no internet here") -> None:
+    """No internet in tests: timm's pretrained weights fail to load with ``message`` (an OSError), as
+    they do on a machine without a network or a filled cache; models without weights still build."""
+    import timm
+
+    original = timm.create_model
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError(message)
+        return original(name, pretrained=False, **kwargs)
+
+    patch.setattr(timm, "create_model", offline)

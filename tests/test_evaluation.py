@@ -17,7 +17,7 @@ from mednns.errors import UsageError
 from mednns.evaluation import results as R
 from mednns.evaluation.candidates import count_macs, timm_network
 from mednns.testing import tiny_dataset
-from supernet_helpers import TINY_RESNET, write_tiny_npz
+from supernet_helpers import TINY_RESNET, timm_offline, write_tiny_npz
 
 
 def run_record(seed: int, accs: list[float], aucs: list[float] | None = None, params: int = 10) -> dict[str, Any]:
@@ -174,14 +174,7 @@ def test_macs_are_counted_from_the_network():
 
 
 def test_unloadable_imagenet_weights_give_a_usage_error_with_the_reason(monkeypatch):
-    import timm
-
-    def offline(name, pretrained=False, **kwargs):
-        if pretrained:
-            raise OSError("We couldn't connect to 'https://huggingface.co'\nmore lines")
-        return torch.nn.Linear(1, 1)
-
-    monkeypatch.setattr(timm, "create_model", offline)
+    timm_offline(monkeypatch, "We couldn't connect to 'https://huggingface.co'\nmore lines")
     info = tiny_dataset("t").info
     with pytest.raises(UsageError, match="ImageNet weights of resnet18 could not be loaded.*couldn't connect"):
         timm_network("resnet18", info, pretrained=True)
@@ -212,16 +205,7 @@ def invoke(*args: Any):
 
 def without_imagenet_weights(patch: pytest.MonkeyPatch) -> None:
     """No internet in tests: timm's pretrained weights fail to load, so the ImageNet baseline is skipped."""
-    import timm
-
-    original = timm.create_model
-
-    def offline(name, pretrained=False, **kwargs):
-        if pretrained:
-            raise OSError("no internet here")
-        return original(name, pretrained=False, **kwargs)
-
-    patch.setattr(timm, "create_model", offline)
+    timm_offline(patch)
 
 
 @pytest.fixture(scope="module")

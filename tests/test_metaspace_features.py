@@ -16,7 +16,7 @@ from mednns.metaspace.contracts import DatasetEncoder
 from mednns.metaspace.dataset_encoders import ImageStatsEncoder, TimmEncoder
 from mednns.metaspace.features import dataset_features, features_key, sample_images
 from mednns.metaspace.fid import fid_between
-from supernet_helpers import make_manager, tiny_arrays, tiny_dataset
+from supernet_helpers import make_manager, timm_offline, tiny_arrays, tiny_dataset
 
 
 class CountingEncoder(DatasetEncoder):
@@ -160,16 +160,7 @@ def test_builtin_encoders_are_registered_lazily():
 
 
 def test_timm_without_internet_explains_how_to_provide_weights(monkeypatch):
-    import timm
-
-    real = timm.create_model
-
-    def offline(name, pretrained=False, **kwargs):
-        if pretrained:
-            raise OSError("We couldn't connect to 'https://huggingface.co' to load this file")
-        return real(name, pretrained=False, **kwargs)
-
-    monkeypatch.setattr(timm, "create_model", offline)
+    timm_offline(monkeypatch, "We couldn't connect to 'https://huggingface.co' to load this file")
     with pytest.raises(UsageError) as info:
         TimmEncoder("resnet18", pretrained=True)
     text = str(info.value)
