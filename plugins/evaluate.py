@@ -66,7 +66,8 @@ class Evaluate(Stage):
         ``zoo`` are set per fold).
     :param tans_losses: losses of the TANS-style meta-space.
     :param timm_model: the timm network of the scratch and ImageNet baselines.
-    :param search_budget: subnets of the target's own supernet the search baseline compares.
+    :param search_budget: subnets the search baseline compares on the target's own supernet (trained
+        per seed and condition on that run's training subset, like the run's supernet of the target).
     :param zoo: the zoo store (default: this run's ``build_zoo`` store).
     :param report: render the report (PNG, markdown, HTML) at the end.
     :param progress: show progress bars.

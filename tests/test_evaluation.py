@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -326,17 +327,37 @@ def test_methods_start_from_the_networks_they_promise(evaluation):
         assert len(options) == 2
         assert max(row["val_acc"] for row in run["history"]) == max(o["best_val_acc"] for o in options)
     assert methods["mednns_topk"]["runs"][0]["chosen_from"][0]["key"] == methods["mednns"]["runs"][0]["key"]
-    search = entry["own_supernet_search"]
-    assert search["evaluated"] == 5 and 0 <= search["best_val_acc"] <= 1
+    assert entry["own_supernet_search"]["evaluated"] == 5
+
+
+@pipeline
+def test_own_supernet_search_trains_on_each_runs_subset_only(evaluation):
+    fold, entry = evaluation["stage"] / "c", evaluation["results"]["datasets"]["c"]
+    searches = {}
+    for condition in (PRIMARY, SMALL):
+        for run in entry["conditions"][condition]["methods"]["own_supernet_search"]["runs"]:
+            search = json.loads((fold / "own_search" / run["train_subset"] / "search.json").read_text())
+            assert search["subset"] == run["train_subset"] and search["train_images"] == run["train_images"]
+            assert search["evaluated"] == len(search["subnets"]) == 5
+            assert search["best"]["val_acc"] == max(s["val_acc"] for s in search["subnets"])
+            assert run["model"]["arch"] == search["best"]["arch"] and run["model"]["source"] == "c"
+            assert run["key"].startswith(f"inherited:{search['supernet']}:")
+            trained = json.loads((Path(search["supernet"]) / "supernet.json").read_text())
+            assert trained["training"]["max_train_images"] == run["train_images"]
+            assert run["compute"]["setup"]["supernet_training"] == search["spent"]["supernet_training"]
+            searches[run["train_subset"]] = search
+    assert len(searches) == 4  # two seeds x two training-set sizes, one supernet each
 
 
 @pipeline
 def test_compute_is_counted_per_phase_on_the_target(evaluation):
     entry = evaluation["results"]["datasets"]["c"]
     setup = entry["setup_compute"]
-    own = setup["own_supernet_search"]
-    assert own["supernet_training"]["image_macs"] > own["search"]["image_macs"] > 0
-    assert own["supernet_training"]["seconds"] > 0
+    for run in entry["conditions"][PRIMARY]["methods"]["own_supernet_search"]["runs"]:
+        own = run["compute"]["setup"]
+        assert own["supernet_training"]["image_macs"] > own["search"]["image_macs"] > 0
+        assert own["supernet_training"]["seconds"] > 0
+    assert setup["own_supernet_search"] == {}  # everything it spends belongs to one run's subset
     assert setup["mednns"]["query"]["seconds"] > 0 and setup["tans"]["query"]["seconds"] > 0
     assert setup["random_init"] == {} and setup["timm_scratch"] == {}
     for name, method in entry["conditions"][PRIMARY]["methods"].items():
@@ -347,8 +368,9 @@ def test_compute_is_counted_per_phase_on_the_target(evaluation):
             options = len(run.get("chosen_from") or [1])
             last = run["history"][-1]["image_macs"]
             assert (spent["finetune"]["image_macs"] == last) if options == 1 else spent["finetune"]["image_macs"] > last
-            phases = {**setup[name], **({"rerank": spent["setup"]["rerank"]} if "rerank" in spent["setup"] else {})}
-            assert spent["setup"] == phases  # the method's setup, and the run's own re-ranking
+            own = {k: v for k, v in spent["setup"].items() if k in ("rerank", "supernet_training", "search")}
+            phases = {**setup[name], **own}
+            assert spent["setup"] == phases  # the method's setup, and the run's own re-ranking or search
             setup_macs = sum(p["image_macs"] for p in phases.values())
             assert spent["total_image_macs"] == setup_macs + spent["finetune"]["image_macs"]
 

@@ -51,6 +51,7 @@ from mednns.evaluation import results as summary
 from mednns.evaluation import ranking, statistics
 from mednns.evaluation.candidates import Candidate, SupernetCache, count_macs, inherited, random_init, timm_network
 from mednns.evaluation.methods import describe
+from mednns.evaluation.own_search import tensor_digest
 from mednns.evaluation.settings import QUERY_METHODS, Condition, EvaluationSettings
 from mednns.files import read_json, write_json
 from mednns.layout import zoo_store
@@ -118,8 +119,8 @@ class Fold:
     data: dict[tuple[int, int | None], Any] = field(default_factory=dict)
     encodings: dict[str, dict[str, Any]] = field(default_factory=dict)
     macs: dict[str, int] = field(default_factory=dict)
-    #: (method, seed, condition id) -> the re-ranking's cost of that run
-    rerank_spent: dict[tuple[str, int, str], dict[str, Any]] = field(default_factory=dict)
+    #: (method, seed, condition id) -> setup phases of that run alone (re-ranking, own search)
+    run_setup: dict[tuple[str, int, str], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def dataset(self):
@@ -175,14 +176,14 @@ class Fold:
             write_json(path, saved)
         spent = _phase(saved["rerank"]["seconds"], saved["rerank"]["image_macs"])
         for base in QUERY_METHODS:
-            self.rerank_spent[(variant.method(base), seed, condition.id)] = spent
+            self.run_setup[(variant.method(base), seed, condition.id)] = {"rerank": spent}
         by_id = {r["zoo_id"]: c for r, c in zip(rows, candidates)}
         return [by_id[i] for i in saved["order"]]
 
     def plan_setup(self, name: str, setup: dict[str, Any], seed: int, condition: Condition) -> dict[str, Any]:
-        """A method's setup phases for one run: its own, plus the re-ranking of that (seed, condition)."""
-        spent = self.rerank_spent.get((name, seed, condition.id))
-        return {**setup, "rerank": spent} if spent is not None else setup
+        """A method's setup phases for one run: its own, plus what it spent on that (seed, condition)
+        alone (a re-ranking on the run's subset, the own-supernet search)."""
+        return {**setup, **self.run_setup.get((name, seed, condition.id), {})}
 
     def encoding(self, trained: dict[str, Any]) -> dict[str, Any]:
         """Seconds and forward MACs of encoding the target's images with a meta-space's dataset
@@ -314,27 +315,28 @@ class Fold:
             if isinstance(search, str):
                 skipped["own_supernet_search"] = search
             else:
-                found_own, facts["own_supernet_search"], setup["own_supernet_search"] = search
-                plans["own_supernet_search"] = lambda seed, condition, c=found_own: [c]
+                plans["own_supernet_search"], facts["own_supernet_search"] = search
         order = settings.method_names()
         return ({m: plans[m] for m in order if m in plans}, skipped, facts,
                 self.first_measurement({m: setup.get(m, {}) for m in order if m in plans}))
 
     def first_measurement(self, setup: dict[str, Any]) -> dict[str, Any]:
         """The setup compute measured the first time each method was planned (``setup_compute.json``):
-        a resumed or extended evaluation reports the same seconds for what it did not run again."""
+        a resumed or extended evaluation reports the same seconds for what it did not run again (a
+        record with other phases, from another version of the method, is replaced)."""
         path = self.directory / "setup_compute.json"
         known = read_json(path) if path.is_file() else {}
-        merged = {m: known.get(m, spent) for m, spent in setup.items()}
+        merged = {m: known[m] if set(known.get(m) or {}) == set(spent) and m in known else spent
+                  for m, spent in setup.items()}
         write_json(path, {**known, **merged})
         return merged
 
-    def own_supernet_search(self) -> tuple[Candidate, dict[str, Any], dict[str, Any]] | str:
-        """Random search on the target's own supernet: the best validation ACC among the first
-        ``search_budget`` weight-shared, BN-recalibrated subnets the zoo evaluated on it. Its
-        target-side compute: training the supernet (from its ``final.json``) and the search (the
-        zoo's evaluation seconds of those subnets, which include a test pass; image-MACs of the
-        calibration and validation images only)."""
+    def own_supernet_search(self) -> tuple[Plan, dict[str, Any]] | str:
+        """Random search on the target's own supernet, trained per (seed, condition) on that run's
+        training subset only (:mod:`mednns.evaluation.own_search`): the planner and the facts, or why
+        the baseline cannot run. The subnets compared are the first ``search_budget`` the zoo evaluated
+        on the run's supernet of the target, whose space and training settings it reuses."""
+        from mednns.evaluation.own_search import search_own_supernet
         from mednns.zoo.store import ZooStore
 
         with ZooStore(self.zoo_path, readonly=True) as store:
@@ -342,27 +344,27 @@ class Fold:
             if not own:
                 return (f"the zoo has no supernet trained on {self.target} (list it under train_supernet and "
                         f"build_zoo to run this baseline)")
-            rows = [r for r in store.models(["id", "dataset", "space", "arch", "val_acc", "val_n", "macs",
-                                             "eval_seconds", "protocol_id"], dataset=self.target,
-                                            supernet_id=own[0]["id"])
-                    if r["val_acc"] is not None][: self.settings.search_budget]
-            calibration = {pid: store.protocol(pid).get("calibration_images") or 0
-                           for pid in {r["protocol_id"] for r in rows}}
-        if not rows:
+            archs = [r["arch"] for r in store.models(["id", "arch"], dataset=self.target, supernet_id=own[0]["id"])]
+        archs = archs[: self.settings.search_budget]
+        if not archs:
             return f"the zoo holds no evaluated subnet of {self.target}'s supernet"
-        best = max(rows, key=lambda r: r["val_acc"])
-        folder = str(Path(own[0]["path"]).parent)
-        final_path = Path(folder) / "final.json"
-        final = read_json(final_path) if final_path.is_file() else {}
-        search_macs = sum(r["macs"] * (calibration[r["protocol_id"]] + (r["val_n"] or 0)) for r in rows)
-        search_seconds = sum(r["eval_seconds"] for r in rows)
-        candidate = self.from_row({**best, "supernet": folder},
-                                  f"best of {len(rows)} subnets of {self.target}'s own supernet")
-        facts = {"evaluated": len(rows), "best_val_acc": best["val_acc"], "search_seconds": round(search_seconds, 2),
-                 "supernet_train_seconds": final.get("train_seconds")}
-        spent = {"supernet_training": _phase(final.get("train_seconds"), final.get("train_image_macs")),
-                 "search": _phase(search_seconds, search_macs)}
-        return candidate, facts, spent
+        template = str(Path(own[0]["path"]).parent)
+
+        def plan(seed: int, condition: Condition) -> list[Candidate]:
+            digest = self.subset_digest(seed, condition)
+            found = search_own_supernet(
+                template, self.dataset, self.directory / "own_search" / digest,
+                seed=self.config(seed, condition).seed, train_images=condition.train_images, subset_digest=digest,
+                archs=archs, load=self.supernets, manager=self.run.manager, device=self.run.device,
+                progress=self.settings.progress)
+            self.run_setup[("own_supernet_search", seed, condition.id)] = {
+                name: _phase(**spent) for name, spent in found["spent"].items()}
+            return [self.from_row({"supernet": found["supernet"], "arch": found["best"]["arch"],
+                                   "dataset": self.target},
+                                  f"best of {found['evaluated']} subnets of {self.target}'s own supernet "
+                                  f"(trained on {found['train_images']} images)")]
+
+        return plan, {"evaluated": len(archs), "trained_like": template}
 
     # --- fine-tuning ----------------------------------------------------------------------------
     def config(self, seed: int, condition: Condition, epochs: int | None = None, candidate: Candidate | None = None):
@@ -386,9 +388,7 @@ class Fold:
         """A digest of the training images and labels of ``(seed, condition)``: equal digests prove
         that methods fine-tuned on the same subset."""
         data = self.finetune_data(seed, condition)
-        digest = hashlib.sha1(data.train_x.numpy().tobytes())
-        digest.update(data.train_y.numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return tensor_digest(data.train_x, data.train_y)
 
     def candidate_macs(self, candidate: Candidate) -> int:
         """Forward MACs of one image through the candidate's network (built once to count)."""

@@ -34,8 +34,9 @@ METHODS: dict[str, Method] = {
     "random_pick": Method("random zoo pick", "baseline",
                           "(f) a zoo model drawn at random (per seed) with its inherited weights"),
     "own_supernet_search": Method("own-supernet search", "baseline",
-                                  "(g) random search over the target's own supernet (weight-shared, BN-recalibrated "
-                                  "validation ACC), the winner fine-tuned with its weights"),
+                                  "(g) a supernet trained on the run's own training subset, random search over it "
+                                  "(weight-shared, BN-recalibrated validation ACC), the winner fine-tuned with its "
+                                  "weights"),
 }
 
 #: Methods in the order tables list them.

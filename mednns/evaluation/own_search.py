@@ -1,0 +1,100 @@
+"""The own-supernet search baseline, on the labelled images its run may use.
+
+A NAS from scratch on the target: a supernet of the target's search space trained the way the run
+trains its supernets, but only on the training subset of one (seed, condition) -- the same images
+every other method fine-tunes on, never the target's whole training set -- then a random search over
+``budget`` of its subnets (BN recalibrated on that subset, ranked by validation ACC). Everything it
+does is target-side compute: the supernet's training and the search.
+
+The subset is the fine-tuning one by construction: supernet training and fine-tuning draw a
+``max_train_images`` subset with the same rule (:class:`mednns.training.TrainingData`,
+:class:`mednns.finetune.FinetuneData`), and the supernet is trained with the fine-tuning seed.
+:func:`search_own_supernet` checks it.
+
+Files of one search, under ``<fold>/own_search/<subset digest>/``: ``supernet/`` (a ``train_supernet``
+folder: resumable, the final weights) and ``search.json`` (every subnet's validation ACC, the winner,
+the compute).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from mednns.errors import UsageError
+from mednns.files import read_json, write_json
+
+SEARCH_FILE = "search.json"
+
+
+def tensor_digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    """A short digest of training images and labels: equal digests, equal training subsets."""
+    digest = hashlib.sha1(x.numpy().tobytes())
+    digest.update(y.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def search_own_supernet(template: str | Path, dataset: Any, directory: str | Path, *, seed: int,
+                        train_images: int | None, subset_digest: str, archs: list[str],
+                        load: Callable[[str], tuple[Any, dict[str, Any]]], manager: Any, device: str = "cpu",
+                        progress: bool = False) -> dict[str, Any]:
+    """Train the target's own supernet on one fine-tuning subset and search it (or read the saved search).
+
+    :param template: the run's trained supernet of the target: its space and training settings are
+        reused (``max_train_images`` becomes ``train_images``), never its weights.
+    :param dataset: the target. :param directory: this search's folder.
+    :param seed: the fine-tuning seed of the run (it draws the subset).
+    :param train_images: the condition's training images (``None``: all).
+    :param subset_digest: the digest of the fine-tuning subset (:func:`tensor_digest`);
+        the supernet's training subset must match it.
+    :param archs: the subnets to compare (architecture JSON), in order.
+    :param load: loads a trained supernet folder (``(space, metadata)``; a cache).
+    :returns: ``search.json``: ``best`` (``arch``, ``val_acc``), ``evaluated``, ``subnets``,
+        ``supernet`` (folder) and ``spent`` (``supernet_training`` and ``search`` phases:
+        seconds and image-MACs).
+    """
+    from mednns.training import SupernetTrainer, TrainConfig, evaluate
+
+    directory = Path(directory)
+    saved = directory / SEARCH_FILE
+    if saved.is_file():
+        return read_json(saved)
+    if not archs:
+        raise UsageError("the own-supernet search has no subnet to compare (search_budget or the zoo is empty)")
+    metadata = read_json(Path(template) / "supernet.json")
+    spec = metadata["space"]
+    config = TrainConfig.from_dict({**metadata["training"], "max_train_images": train_images, "progress": progress})
+    torch.manual_seed(seed)
+    space = manager.create("search-spaces", spec["name"], **spec.get("args", {}))
+    folder = directory / "supernet"
+    trainer = SupernetTrainer(space, dataset, folder, config, space_name=spec["name"], seed=seed, device=device)
+    data = trainer.data
+    if tensor_digest(data.train_x, data.train_y) != subset_digest:
+        raise RuntimeError(f"{dataset.info.name}: the own supernet's training subset is not the fine-tuning "
+                           f"subset {subset_digest} (the two subset rules diverged)")
+    final = trainer.fit()
+
+    trained, _ = load(str(folder))
+    input_size = dataset.info.image_size
+    calibration = sum(len(b) for b in data.calibration)
+    start, image_macs, subnets = time.perf_counter(), 0, []
+    for arch_json in archs:
+        arch = trained.arch_from_json(arch_json)
+        metrics = evaluate(trained, arch, data.calibration, data.val_x, data.val_y, dataset.info.task,
+                           config.eval_batch_size, device=device)
+        macs = int(trained.cost(arch, input_size)["macs"])
+        image_macs += macs * (calibration + metrics["n"])
+        subnets.append({"arch": arch_json, "val_acc": metrics["acc"], "macs": macs})
+    seconds = time.perf_counter() - start
+    best = max(subnets, key=lambda s: s["val_acc"])
+    result = {"supernet": str(folder), "train_images": len(data.train_x), "subset": subset_digest,
+              "evaluated": len(subnets), "best": best, "subnets": subnets,
+              "spent": {"supernet_training": {"seconds": final["train_seconds"],
+                                              "image_macs": final["train_image_macs"]},
+                        "search": {"seconds": round(seconds, 3), "image_macs": int(image_macs)}}}
+    write_json(saved, result)
+    return result
