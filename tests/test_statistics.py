@@ -97,3 +97,19 @@ def test_compare_methods_pairs_every_mednns_method_with_every_method_that_ran():
     assert set(table) == {"mednns"} and set(table["mednns"]) == {"random_init"}  # not itself, not a skipped one
     stats = table["mednns"]["random_init"]["test_acc"]
     assert stats["datasets"] == pytest.approx({"a": 0.15, "b": 0.0}) and stats["pairs"] == 4
+
+
+def test_two_evaluations_pair_runs_of_the_same_dataset_seed_and_training_subset_only():
+    def evaluation(values: dict[str, dict[int, float]], subsets: dict[int, str]) -> dict:
+        return {"datasets": {d: {"conditions": {"c": {"methods": {"mednns": {
+            "status": "ok", "runs": [{**r, "train_subset": subsets[r["seed"]]} for r in runs(v)]}}}}}
+            for d, v in values.items()}}
+
+    before = evaluation({"a": {0: 0.5, 1: 0.6}, "b": {0: 0.7, 1: 0.7}, "only_before": {0: 0.1}}, {0: "x", 1: "y"})
+    after = evaluation({"a": {0: 0.6, 1: 0.9}, "b": {0: 0.6, 1: 0.8}}, {0: "x", 1: "z"})  # seed 1: another subset
+    table = S.compare_evaluations(before, after, "c", ["mednns", "tans"], metrics=["test_acc"])
+    assert set(table) == {"mednns"}  # tans ran in neither
+    entry = table["mednns"]
+    assert entry["pairs"] == 2 and entry["unpaired"] == 2
+    assert entry["test_acc"]["datasets"] == pytest.approx({"a": 0.1, "b": -0.1})
+    assert entry["test_acc"]["mean"] == pytest.approx(0.0) and entry["test_acc"]["wins"] == [1, 2]

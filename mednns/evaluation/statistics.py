@@ -132,3 +132,38 @@ def compare_methods(datasets: Mapping[str, Mapping[str, Any]], ours: Sequence[st
             if entry:
                 table.setdefault(mine, {})[other] = entry
     return table
+
+
+def compare_evaluations(before: Mapping[str, Any], after: Mapping[str, Any], condition: str, methods: Sequence[str],
+                        metrics: Sequence[str] = PAIRED_METRICS, *, seed: int = 0) -> dict[str, Any]:
+    """Paired statistics of two evaluations of one protocol that differ in what they were built on
+    (sources, zoo, code): per method, ``after - before`` of each run pair of one (dataset, seed).
+
+    A pair counts only when both runs fine-tuned on the same training subset (equal ``train_subset``
+    digests); the others are counted as ``unpaired`` (their protocols differ there).
+
+    :param before: :param after: ``results.json`` contents. :param condition: a condition id both hold.
+    :returns: ``{method: {"pairs", "unpaired", metric: gain_statistics}}`` for the methods that ran
+        (status ``ok``) in both.
+    """
+    table: dict[str, Any] = {}
+    shared = [d for d in before["datasets"] if d in after["datasets"]]
+    for method in methods:
+        per_metric: dict[str, dict[str, dict[int, float]]] = {m: {} for m in metrics}
+        pairs = unpaired = 0
+        for name in shared:
+            a = before["datasets"][name].get("conditions", {}).get(condition, {}).get("methods", {}).get(method)
+            b = after["datasets"][name].get("conditions", {}).get(condition, {}).get("methods", {}).get(method)
+            if not (a and b and a.get("status") == "ok" and b.get("status") == "ok"):
+                continue
+            subsets = {r["seed"]: r.get("train_subset") for r in a["runs"]}
+            runs = [r for r in b["runs"] if r["seed"] in subsets and r.get("train_subset") == subsets[r["seed"]]]
+            pairs += len(runs)
+            unpaired += len([r for r in b["runs"] if r["seed"] in subsets]) - len(runs)
+            for metric in metrics:
+                per_metric[metric][name] = paired_differences(runs, a["runs"], metric)
+        entry: dict[str, Any] = {m: stats for m in metrics
+                                 if (stats := gain_statistics(per_metric[m], seed=seed)) is not None}
+        if entry:
+            table[method] = {"pairs": pairs, "unpaired": unpaired, **entry}
+    return table
