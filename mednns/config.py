@@ -27,7 +27,7 @@ import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
@@ -47,8 +47,8 @@ _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 class RunConfig:
     """The top-level keys of a run config; the annotations are the schema."""
 
-    stages: list[ComponentSpec["stages"]]
-    datasets: list[ComponentSpec["datasets"]] = field(default_factory=list)
+    stages: list[ComponentSpec[Literal["stages"]]]
+    datasets: list[ComponentSpec[Literal["datasets"]]] = field(default_factory=list)
     name: str | None = None
     seed: int = 0
     device: str = "auto"

@@ -25,10 +25,10 @@ from typing import Any
 from rich.console import Console
 
 import mednns
+from mednns import layout
 from mednns.config import RunConfig, dump_yaml
 from mednns.data import MedicalDataset
 from mednns.errors import ConfigError, ConfigIssue, MednnsError, UsageError
-from mednns import layout
 from mednns.files import atomic_write_text, write_json
 from mednns.manager import PluginManager
 from mednns.paths import check_name, name_problem

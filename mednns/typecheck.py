@@ -19,7 +19,7 @@ import pathlib
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Annotated, Callable, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 from mednns.errors import ConfigIssue
 
@@ -33,15 +33,27 @@ class ComponentOf:
     kind: str
 
 
-class ComponentSpec:
-    """Annotation for a factory parameter that takes a nested component.
+_Kind = TypeVar("_Kind", bound=str)
 
-    ``def make_stage(space: ComponentSpec["search-spaces"]): ...`` makes the config
-    validator check ``{name: ..., args: {...}}`` against the search-space registry.
-    """
+if TYPE_CHECKING:
+    class ComponentSpec(dict[str, Any], Generic[_Kind]):
+        """To type checkers: a ``{name, args}`` dict (the kind is a ``Literal``)."""
+else:
+    class ComponentSpec:
+        """Annotation for a factory parameter that takes a nested component.
 
-    def __class_getitem__(cls, kind: str) -> Any:
-        return Annotated[dict, ComponentOf(kind)]
+        ``def make_stage(space: ComponentSpec[Literal["search-spaces"]]): ...`` makes the config
+        validator check ``{name: ..., args: {...}}`` against the search-space registry; type checkers
+        see a ``dict[str, Any]``. ``ComponentSpec["search-spaces"]`` (a bare string) means the same
+        to the validator, but type checkers and linters read the string as an undefined name.
+        """
+
+        def __class_getitem__(cls, kind: Any) -> Any:
+            if get_origin(kind) is Literal:
+                (kind,) = get_args(kind)
+            if not isinstance(kind, str):
+                raise TypeError(f"ComponentSpec takes a component kind, such as Literal['losses'], not {kind!r}")
+            return Annotated[dict, ComponentOf(kind)]
 
 
 ComponentChecker = Callable[[Any, str, str], list[ConfigIssue]]

@@ -96,7 +96,7 @@ class Evaluate(Stage):
                  by: Literal["predicted", "score", "combined"] = "predicted",
                  rerank: dict[str, Any] | None = None, source_gate: bool = False,
                  meta_space: dict[str, Any] | None = None,
-                 tans_losses: list[mednns.ComponentSpec["losses"]] | None = None, timm_model: str = "resnet18",
+                 tans_losses: list[mednns.ComponentSpec[Literal["losses"]]] | None = None, timm_model: str = "resnet18",
                  search_budget: int = 100, zoo: str | None = None, report: bool = True, progress: bool = True):
         from mednns.evaluation.settings import DEFAULT_TANS_LOSSES, EvaluationSettings
         from mednns.finetune import FinetuneConfig

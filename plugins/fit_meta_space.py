@@ -58,9 +58,9 @@ class FitMetaSpace(Stage):
 
     def __init__(self, zoo: str | None = None, held_out: list[str] | None = None,
                  target: Literal["val_acc", "val_auc", "val_lift"] = "val_acc",
-                 dataset_encoder: mednns.ComponentSpec["dataset-encoders"] | None = None,
-                 model_encoder: mednns.ComponentSpec["model-encoders"] | None = None,
-                 losses: list[mednns.ComponentSpec["losses"]] | None = None,
+                 dataset_encoder: mednns.ComponentSpec[Literal["dataset-encoders"]] | None = None,
+                 model_encoder: mednns.ComponentSpec[Literal["model-encoders"]] | None = None,
+                 losses: list[mednns.ComponentSpec[Literal["losses"]]] | None = None,
                  loss_weights: dict[str, float] | None = None, images: int = 1000, embed_dim: int = 64,
                  hidden: int = 128, steps: int = 3000, lr: float = 1e-3, weight_decay: float = 1e-4,
                  models_per_dataset: int = 64, images_per_set: int = 256, val_fraction: float = 0.2,

@@ -97,7 +97,7 @@ class Query(Stage):
     def __init__(self, datasets: list[str] | None = None, meta_space: str | None = None, top_k: int = 10,
                  by: Literal["predicted", "score", "combined"] = "predicted", max_params: int | None = None,
                  max_macs: int | None = None, max_latency_ms: float | None = None, export: bool = True,
-                 rerank: mednns.ComponentSpec["transfer-scores"] | None = None, candidates: int = 20,
+                 rerank: mednns.ComponentSpec[Literal["transfer-scores"]] | None = None, candidates: int = 20,
                  rerank_images: int = 500, combine: Literal["score", "rank_sum"] = "rank_sum",
                  source_gate: bool = False):
         from mednns.transfer.rerank import RerankSettings

@@ -9,6 +9,7 @@ imported until the command runs.
 from __future__ import annotations
 
 from pathlib import Path
+
 import click
 from rich.console import Console
 

@@ -22,8 +22,8 @@ from rich.markup import escape
 from rich.table import Table
 
 import mednns
-from mednns.data import MedicalDataset
 from mednns.config import parse_key_values
+from mednns.data import MedicalDataset
 from mednns.errors import MednnsError, UsageError
 from mednns.seeding import derive_seed, seed_everything
 from mednns.stages import Stage
@@ -81,7 +81,7 @@ class TrainSupernet(Stage):
 
     def __init__(
         self,
-        space: mednns.ComponentSpec["search-spaces"] | None = None,
+        space: mednns.ComponentSpec[Literal["search-spaces"]] | None = None,
         datasets: list[str] | None = None,
         full_epochs: int = _D.full_epochs,
         full_lr: float = _D.full_lr,

@@ -258,3 +258,12 @@ datasets:
     duplicate.write_text("stages: [{name: dataset_summary}]\nseed: 1\nseed: 2\n")
     with pytest.raises(ConfigError, match="duplicate key 'seed'"):
         load_config(manager, duplicate)
+
+
+def test_component_spec_takes_a_literal_kind_or_the_string_shorthand():
+    from mednns.typecheck import ComponentOf
+
+    literal, shorthand = mednns.ComponentSpec[Literal["losses"]], mednns.ComponentSpec["losses"]
+    assert literal == shorthand and literal.__metadata__ == (ComponentOf("losses"),)
+    with pytest.raises(TypeError, match="component kind"):
+        mednns.ComponentSpec[Literal[1]]

@@ -7,7 +7,7 @@ need them import them when called.
 
 from mednns.data.base import ArrayDataset, MedicalDataset, SplitArrays, check_split
 from mednns.data.info import SPLITS, DatasetInfo, Task
-from mednns.data.metrics import balanced_accuracy, compute_metrics, majority_rate, logits_to_scores, roc_auc
+from mednns.data.metrics import balanced_accuracy, compute_metrics, logits_to_scores, majority_rate, roc_auc
 from mednns.data.npz import NpzDataset, read_npz_headers
 from mednns.data.tensors import (
     LUMINANCE,

@@ -47,8 +47,8 @@ import torch
 
 from mednns.data.metrics import majority_rate
 from mednns.errors import UsageError
-from mednns.evaluation import results as summary
 from mednns.evaluation import ranking, statistics
+from mednns.evaluation import results as summary
 from mednns.evaluation.candidates import Candidate, SupernetCache, count_macs, inherited, random_init, timm_network
 from mednns.evaluation.methods import describe
 from mednns.evaluation.own_search import tensor_digest

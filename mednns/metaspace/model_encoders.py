@@ -30,7 +30,6 @@ from mednns.errors import UsageError
 from mednns.metaspace.contracts import ModelEncoder, ModelTable
 from mednns.seeding import derive_seed
 
-
 # -- shared pieces ---------------------------------------------------------------------------------
 
 @contextlib.contextmanager

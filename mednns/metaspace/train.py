@@ -24,8 +24,8 @@ from torch import nn
 
 from mednns.errors import UsageError
 from mednns.files import atomic_write_bytes, write_json
-from mednns.metaspace.features import dataset_features, features_key
 from mednns.metaspace.contracts import ModelTable
+from mednns.metaspace.features import dataset_features, features_key
 from mednns.metaspace.fid import fid_matrix
 from mednns.metaspace.fit import MetaSpaceFitter
 from mednns.metaspace.model import MetaSpace

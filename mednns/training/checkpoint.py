@@ -35,6 +35,7 @@ log = logging.getLogger("mednns.training")
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"
 from mednns.training.config import SUPERNET_METADATA, SUPERNET_WEIGHTS  # noqa: E402 (re-exported)
+
 FORMAT = "mednns-supernet/1"
 
 

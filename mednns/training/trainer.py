@@ -39,8 +39,7 @@ from typing import Any, Callable, ContextManager
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-    TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
@@ -79,6 +78,7 @@ from mednns.training.sandwich import (
 log = logging.getLogger("mednns.training")
 
 from mednns.training.config import FINAL  # noqa: E402 (re-exported)
+
 METRICS = "metrics.csv"
 
 
