@@ -1,0 +1,42 @@
+"""Benchmark scripts that must keep working although no test times them: run tiny, check what they write."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_step_and_reports_rates(tmp_path):
+    result = run_script("benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert set(report["stage_seconds"]) == {"train_supernet", "build_zoo", "evaluate"}
+    assert set(report["supernets"]) == {"a", "b", "c"}
+    assert all(s["steps"] > 0 and s["steps_per_second"] > 0 for s in report["supernets"].values())
+    zoo = report["zoo"]
+    assert zoo["subnets"] == 3 * (6 + 2 + 2)  # samples + anchors + largest and smallest, per supernet
+    assert zoo["paper_pairs_hours"] == pytest.approx(720_000 / zoo["subnets_per_second"] / 3600, rel=0.01)
+    assert set(report["evaluate"]) == {"mednns", "random_init"}
+    assert report["evaluate"]["mednns"]["setup_seconds"]["query"] > 0
+    assert "| mednns |" in (tmp_path / "gpu_check.md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_says_how_to_run_without_a_gpu(tmp_path):
+    result = run_script("benchmarks/gpu_check.py", "--out", str(tmp_path), timeout=120)
+    assert result.returncode != 0 and "--device cpu --quick" in result.stderr
+    assert not (tmp_path / "gpu_check.json").exists()
