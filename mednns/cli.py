@@ -141,7 +141,7 @@ def _console() -> Console:
 def plugins(as_json: bool) -> None:
     """List plugins: name, version, hooks, components and load errors."""
     manager = get_plugin_manager()
-    manager.errors  # registration problems are recorded on first registry use
+    _ = manager.errors  # registration problems are recorded on first registry use
     records = list(manager.records.values())
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records], indent=2))
@@ -221,7 +221,8 @@ def validate(config: str, overrides: tuple[str, ...], resolved: bool) -> None:
 
 @cli.command()
 @_config_options
-@click.option("--output-dir", type=click.Path(file_okay=False), help="Parent of the run directory (config: output_dir).")
+@click.option("--output-dir", type=click.Path(file_okay=False),
+              help="Parent of the run directory (config: output_dir).")
 @click.option("--seed", type=int, help="Seed for python, numpy, torch and data loaders (config: seed).")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (config: device).")
 @click.option("--restart", is_flag=True, help="Discard partial state of stages interrupted under another config.")
@@ -258,4 +259,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -27,7 +27,7 @@ import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import yaml
 
@@ -225,11 +225,11 @@ def validate_config(manager: "PluginManager", data: dict[str, Any], source: str 
     if isinstance(stages, list):
         seen: set[str] = set()
         for i, stage in enumerate(stages):
-            name = stage.get("name") if isinstance(stage, dict) else None
-            if isinstance(name, str):
-                if name in seen:
-                    issues.append(ConfigIssue(f"stages[{i}].name", f"stage '{name}' is listed twice"))
-                seen.add(name)
+            stage_name = stage.get("name") if isinstance(stage, dict) else None
+            if isinstance(stage_name, str):
+                if stage_name in seen:
+                    issues.append(ConfigIssue(f"stages[{i}].name", f"stage '{stage_name}' is listed twice"))
+                seen.add(stage_name)
         if not stages:
             issues.append(ConfigIssue("stages", "no stages to run", hints["stages"]))
     if issues:
@@ -243,7 +243,7 @@ def validate_config(manager: "PluginManager", data: dict[str, Any], source: str 
 def load_config(
     manager: "PluginManager",
     path: str | os.PathLike,
-    overrides: list[str] = (),
+    overrides: Sequence[str] = (),
     environ: dict[str, str] | os._Environ = os.environ,
 ) -> RunConfig:
     """Read, override, expand and validate a config file; name defaults to the file's stem."""

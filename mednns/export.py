@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -25,8 +25,10 @@ from mednns.files import read_json, write_json
 FORMAT = "mednns-model/1"
 WEIGHTS, METADATA, ARCH = "model.safetensors", "model.json", "arch.json"
 
+_M = TypeVar("_M", bound=nn.Module)
 
-def _named(model: nn.Module, kind: type) -> list[tuple[str, nn.Module]]:
+
+def _named(model: nn.Module, kind: type[_M]) -> list[tuple[str, _M]]:
     return [(name, m) for name, m in model.named_modules() if type(m) is kind]
 
 
@@ -73,14 +75,18 @@ def adapt_network(model: nn.Module, *, num_classes: int | None = None, in_channe
             if conv.groups != 1 or {conv.in_channels, in_channels} != {1, 3}:
                 raise UsageError(f"cannot adapt a first convolution of {conv.in_channels} input channels to "
                                  f"{in_channels} (1 <-> 3 only)")
-            new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                            conv.dilation, bias=conv.bias is not None, padding_mode=conv.padding_mode)
+            # as read back from a conv (tuples of any length in torch's stubs): the same geometry
+            geometry: dict[str, Any] = {"kernel_size": conv.kernel_size, "stride": conv.stride,
+                                        "padding": conv.padding, "dilation": conv.dilation}
+            stem = nn.Conv2d(in_channels, conv.out_channels, **geometry, bias=conv.bias is not None,
+                             padding_mode=conv.padding_mode)
             with torch.no_grad():
                 weight = conv.weight.sum(1, keepdim=True) if in_channels == 1 else conv.weight.repeat(1, 3, 1, 1) / 3
-                new.weight.copy_(weight)
+                stem.weight.copy_(weight)
                 if conv.bias is not None:
-                    new.bias.copy_(conv.bias)
-            _replace(model, path, new.to(conv.weight.device))
+                    assert stem.bias is not None
+                    stem.bias.copy_(conv.bias)
+            _replace(model, path, stem.to(conv.weight.device))
             changes["stem"] = {"module": path, "from": conv.in_channels, "to": in_channels}
     return changes
 

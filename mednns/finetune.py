@@ -140,7 +140,8 @@ class FinetuneData:
         return cls(dataset.info.task, train_x, train_y, val_x, val_y, test_x, test_y)
 
 
-def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path, config: FinetuneConfig = FinetuneConfig(),
+def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path,
+             config: FinetuneConfig = FinetuneConfig(),
              *, device: str = "cpu", manager: Any = None, console: Console | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Fine-tune the export in ``model_dir`` on ``dataset``; files go to ``out_dir``.
@@ -230,6 +231,7 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
             for p in model.parameters():
                 p.requires_grad_(not head_only or p in head)
             current = probe if head_only else optimizer
+            assert current is not None  # head_only: epoch <= head_epochs, so there is a probe
             epoch_start = time.perf_counter()
             generator = torch_generator(derive_seed(config.seed, "finetune", epoch))
             order = torch.randperm(len(train_x), generator=generator)[: steps * batch].view(steps, batch)
@@ -279,6 +281,7 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
                     on_best(model, row)
     for p in model.parameters():
         p.requires_grad_(True)
+    assert best is not None  # the last epoch is always evaluated
     return {"config": config.to_dict(), "best_epoch": best["epoch"], "best": best, "last": history[-1],
             "history": history, "seconds": round(time.perf_counter() - start, 2)}
 

@@ -79,14 +79,15 @@ def held(path: str | os.PathLike, what: str) -> Iterator[None]:
             holder = _holder(path)
             if _in_use(path, holder):
                 if holder is None:
-                    raise UsageError(f"{what} is in use (its lock {path} is being written by another process)")
+                    raise UsageError(
+                        f"{what} is in use (its lock {path} is being written by another process)") from None
                 where = "" if holder.get("host") == mine["host"] else f" on host {holder.get('host')}"
                 hint = ("wait for it to finish or stop it; a lock left by a process that no longer runs on this "
                         "host is taken over by the next command")
                 if where:
                     hint = f"if that process no longer runs, delete {path}"
                 raise UsageError(f"{what} is in use by process {holder['pid']}{where} since {holder.get('since')} "
-                                 f"({holder.get('command') or 'unknown command'})", hint=hint)
+                                 f"({holder.get('command') or 'unknown command'})", hint=hint) from None
             log.warning("taking over the lock %s: %s", path,
                         f"process {holder['pid']} no longer runs" if holder else "its content is unreadable")
             with contextlib.suppress(FileNotFoundError):

@@ -173,7 +173,8 @@ class PluginManager:
     def _add(self, plugin: object, record: PluginRecord) -> None:
         taken = self.records.get(record.name)
         if taken is not None and taken.status == "loaded":
-            self._fail(record, f"plugin name '{record.name}' is already used by {taken.label}", key=f"{record.name}@{record.distribution}")
+            self._fail(record, f"plugin name '{record.name}' is already used by {taken.label}",
+                       key=f"{record.name}@{record.distribution}")
             return
         try:
             self.hooks.register(plugin, name=record.name)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import fnmatch
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
 
 from mednns.errors import ConfigIssue, DuplicateComponentError, MednnsError, UnknownComponentError, UsageError
 from mednns.paths import name_problem
-from mednns.typecheck import check_args, suggest, with_defaults
+from mednns.typecheck import ComponentSpec, check_args, suggest, with_defaults
 
 if TYPE_CHECKING:  # pragma: no cover
     from mednns.manager import PluginManager
@@ -161,7 +161,8 @@ def check_component(manager: "PluginManager", value: Any, kind: str, path: str) 
         if key not in ("name", "args"):
             close = suggest(str(key), ["name", "args"])
             issues.append(ConfigIssue(f"{path}.{key}", "unknown key in a component",
-                                      f"did you mean '{close}'? " if close else "components have only 'name' and 'args'"))
+                                      f"did you mean '{close}'? " if close
+                                      else "components have only 'name' and 'args'"))
     name = value.get("name")
     if not isinstance(name, str):
         issues.append(ConfigIssue(f"{path}.name", "missing or not a string",
@@ -181,7 +182,11 @@ def check_component(manager: "PluginManager", value: Any, kind: str, path: str) 
                                supplied=SUPPLIED_ARGS.get(kind, frozenset()))
 
 
-def resolve_component(manager: "PluginManager", value: dict[str, Any], kind: str) -> dict[str, Any]:
+_Kind = TypeVar("_Kind", bound=str)
+
+
+def resolve_component(manager: "PluginManager", value: dict[str, Any], kind: _Kind) -> ComponentSpec[_Kind]:
     """A validated component with its factory's defaults filled in (for the resolved config)."""
     component = manager.registry(kind).get(value["name"])
-    return {"name": value["name"], "args": with_defaults(component.factory, dict(value.get("args") or {}))}
+    spec = {"name": value["name"], "args": with_defaults(component.factory, dict(value.get("args") or {}))}
+    return cast("ComponentSpec[_Kind]", spec)  # a plain dict at run time (see mednns.typecheck)

@@ -30,7 +30,8 @@ def stage_fingerprint(run: Run, spec: dict[str, Any], previous: str,
 
     :param omits: arguments left out while they hold these values (:attr:`Stage.fingerprint_omits`).
     """
-    args = {k: v for k, v in (spec.get("args") or {}).items() if not (k in (omits or {}) and omits[k] == v)}
+    omitted = omits or {}
+    args = {k: v for k, v in (spec.get("args") or {}).items() if not (k in omitted and omitted[k] == v)}
     inputs = {"stage": {**spec, "args": args}, "datasets": run.config.datasets, "seed": run.config.seed,
               "previous": previous}
     text = json.dumps(inputs, sort_keys=True, default=str)
@@ -89,7 +90,8 @@ def _execute(run: Run, restart: bool) -> dict[str, Any]:
     try:
         log.info("run %s in %s (device %s, seed %d)", run.config.name, run.directory, run.device, run.seed)
         run.manager.notify("run_started", run=run, abort=True)  # a plugin may refuse the run
-        previous, fingerprints = "", {}
+        previous = ""
+        fingerprints: dict[str, str] = {}
         for spec, stage in run.stages:
             name = spec["name"]
             upstream = _upstream(getattr(stage, "reads", None), previous, fingerprints)

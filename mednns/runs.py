@@ -20,7 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from rich.console import Console
 
@@ -112,7 +112,7 @@ def prepare_run(manager: PluginManager, config: RunConfig, directory: str | os.P
     return Run(directory.resolve(), config, manager, device, datasets, stages, console or Console())
 
 
-def _build(manager: PluginManager, kind: str, specs: list[dict[str, Any]],
+def _build(manager: PluginManager, kind: str, specs: Sequence[dict[str, Any]],
            issues: list[ConfigIssue]) -> list[tuple[int, dict[str, Any], Any]]:
     """Call the factory of each validated component spec; failures become issues at ``kind[i]``."""
     built = []

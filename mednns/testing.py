@@ -24,11 +24,11 @@ from __future__ import annotations
 import contextlib
 import random
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import numpy as np
 
-from mednns.data import ArrayDataset, DatasetInfo, MedicalDataset, SplitArrays
+from mednns.data import ArrayDataset, DatasetInfo, MedicalDataset, SplitArrays, Task
 from mednns.errors import PluginLoadError
 from mednns.manager import PluginManager, pinned_plugin_manager
 
@@ -102,7 +102,7 @@ def tiny_dataset(name: str = "tiny", **kwargs: Any) -> ArrayDataset:
     """A small in-memory dataset (arguments of :func:`tiny_arrays`); binary when ``n_classes=2``."""
     multilabel, n_classes = kwargs.get("multilabel", False), kwargs.get("n_classes", 3)
     arrays = tiny_arrays(**kwargs)
-    task = "multi-label" if multilabel else ("binary" if n_classes == 2 else "multi-class")
+    task = Task.MULTI_LABEL if multilabel else (Task.BINARY if n_classes == 2 else Task.MULTI_CLASS)
     images = arrays["train"].images
     info = DatasetInfo(name, task, images.shape[-1], n_classes, tuple(str(i) for i in range(n_classes)),
                        images.shape[1:-1], split_sizes={k: len(v) for k, v in arrays.items()})
@@ -140,6 +140,7 @@ def check_search_space(space: Any, *, input_size: int = 28, samples: int = 8, se
     import torch
 
     assert isinstance(space, torch.nn.Module), "a search space is an nn.Module"
+    space = cast(Any, space)  # the contract's methods, which nn.Module does not declare
     for attribute in ("encoding_dim", "dimensions"):
         assert hasattr(space, attribute), f"a search space has .{attribute}"
     config = space.config()
@@ -240,7 +241,8 @@ def check_loss_term(term: Any, *, seed: int = 0) -> float:
     value = term(first)
     assert isinstance(value, torch.Tensor) and value.ndim == 0, "a loss term returns a 0-dim tensor"
     assert torch.isfinite(value), f"the loss is not finite: {value}"
-    assert value.requires_grad, "the loss has no gradient (it does not require grad: compute it from the batch's tensors)"
+    assert value.requires_grad, ("the loss has no gradient (it does not require grad: "
+                                 "compute it from the batch's tensors)")
     value.backward()
     assert any(leaf.grad is not None and leaf.grad.abs().sum() > 0 for leaf in leaves), "the loss has no gradient"
     second, _ = batch((123.0, 45.0, -6.0, -78.0))

@@ -71,12 +71,14 @@ class BuildZoo(Stage):
         self.only = datasets
         self.store = store
         self.shard = Shard.parse(shard)
-        self.protocol_args = dict(calibration_images=calibration_images, calibration_batch_size=calibration_batch_size,
-                                  max_val_images=max_val_images, max_test_images=max_test_images)
+        self.protocol_args: dict[str, Any] = dict(calibration_images=calibration_images,
+                                                  calibration_batch_size=calibration_batch_size,
+                                                  max_val_images=max_val_images, max_test_images=max_test_images)
         ZooProtocol(**self.protocol_args)  # validate now, before any work
-        self.settings_args = dict(samples=samples, anchors=anchors, extremes=extremes, shard=self.shard,
-                                  batch_size=batch_size, channels_last=channels_last,
-                                  commit_every=commit_every, progress=progress)
+        self.settings_args: dict[str, Any] = dict(samples=samples, anchors=anchors, extremes=extremes,
+                                                  shard=self.shard, batch_size=batch_size,
+                                                  channels_last=channels_last, commit_every=commit_every,
+                                                  progress=progress)
         BuildSettings(**self.settings_args)
 
     # -- paths -------------------------------------------------------------------------
@@ -114,7 +116,8 @@ class BuildZoo(Stage):
     def targets(self, run) -> list[tuple[str, Path]]:
         """(dataset name, supernet folder) pairs to evaluate, in the run's dataset order."""
         root = self.supernet_root(run)
-        names = self.only if self.only is not None else [n for n in run.datasets if (root / n / SUPERNET_METADATA).is_file()]
+        names = (self.only if self.only is not None
+                 else [n for n in run.datasets if (root / n / SUPERNET_METADATA).is_file()])
         if not names:
             raise UsageError(f"build_zoo: no trained supernet of the run's datasets under {root}",
                              hint="run a train_supernet stage first, or set 'supernets' to its folder")

@@ -81,7 +81,8 @@ def register_commands(cli):
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the image samples.")
     @click.option("--heatmap", type=click.Path(dir_okay=False), metavar="FILE.png",
                   help="Also save an annotated heatmap of the matrix.")
-    @click.option("--json", "as_json", is_flag=True, help="Print {\"datasets\": [...], \"fid\": [[...]]} instead of a table.")
+    @click.option("--json", "as_json", is_flag=True,
+                  help="Print {\"datasets\": [...], \"fid\": [[...]]} instead of a table.")
     @click.option("--cache-dir", type=click.Path(file_okay=False), metavar="DIR",
                   help="Cache of features and distances (default: $MEDNNS_CACHE_DIR or ~/.cache/mednns).")
     @click.option("--device", default="auto", show_default=True, help="Where the encoder runs: auto, cpu, cuda[:N].")
@@ -105,7 +106,8 @@ def register_commands(cli):
         manager = get_plugin_manager()
         built = [resolve_dataset(manager, spec) for spec in datasets]
         if len(built) < 2:
-            raise UsageError("mednns fid needs at least two datasets", hint="e.g. mednns fid breastmnist pneumoniamnist")
+            raise UsageError("mednns fid needs at least two datasets",
+                             hint="e.g. mednns fid breastmnist pneumoniamnist")
         dataset_encoder = manager.create("dataset-encoders", encoder,
                                          **parse_key_values(encoder_args, "--encoder-arg")).to(_device(device))
         cache = Path(cache_dir) if cache_dir else default_cache_dir()

@@ -52,7 +52,8 @@ def montage(dataset: MedicalDataset, per_class: int = 8, seed: int = 0) -> Image
     grid = np.zeros((info.n_classes * height, per_class * width, 3), dtype=np.uint8)
     for row in range(info.n_classes):
         members = np.flatnonzero(arrays.labels[:, row] == 1 if info.is_multilabel else arrays.labels[:, 0] == row)
-        chosen = rng.choice(members, size=min(per_class, len(members)), replace=False) if len(members) else []
+        chosen: np.ndarray | list[int] = (rng.choice(members, size=min(per_class, len(members)), replace=False)
+                                          if len(members) else [])
         for col, index in enumerate(chosen):
             tile = images[index]
             tile = np.repeat(tile, 3, axis=-1) if tile.shape[-1] == 1 else tile[..., :3]

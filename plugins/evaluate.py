@@ -10,7 +10,7 @@ the same epochs, data, augmentation, optimizer and seeds (:mod:`mednns.evaluatio
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import click
 
@@ -112,19 +112,20 @@ class Evaluate(Stage):
         if fixed:
             raise UsageError(f"meta_space must not set {', '.join(fixed)}: each fold holds its target out of the "
                              f"evaluation's zoo")
-        finetune = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                        warmup_epochs=warmup_epochs, label_smoothing=label_smoothing, crop_padding=crop_padding,
-                        hflip=hflip, recalibrate_bn=recalibrate_bn, head_epochs=head_epochs,
-                        body_lr_scale=body_lr_scale)
+        finetune: dict[str, Any] = dict(
+            epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing, crop_padding=crop_padding, hflip=hflip, recalibrate_bn=recalibrate_bn,
+            head_epochs=head_epochs, body_lr_scale=body_lr_scale)
         FinetuneConfig(**finetune)  # validate before any work
-        for name, variant in (variants or {}).items():
+        sizes: list[int | None] = list(train_images) if train_images else [None]
+        for variant in (variants or {}).values():
             FinetuneConfig(**{**finetune, **((variant or {}).get("finetune") or {})})
         self.settings = EvaluationSettings(
             datasets=datasets, methods=chosen, seeds=seeds, finetune=finetune, top_k=top_k, by=by, rerank=rerank,
             source_gate=source_gate,
             meta_space=meta_space, tans_losses=[{"name": s["name"], "args": dict(s.get("args") or {})}
                                                 for s in (tans_losses or DEFAULT_TANS_LOSSES)],
-            timm_model=timm_model, search_budget=search_budget, train_images=list(train_images or [None]),
+            timm_model=timm_model, search_budget=search_budget, train_images=sizes,
             budgets=list(budgets or ["equal_epochs"]), equal_compute_seeds=equal_compute_seeds, max_epochs=max_epochs,
             variants={name: dict(v or {}) for name, v in (variants or {}).items()}, ranking=ranking, zoo=zoo,
             progress=progress,
@@ -180,7 +181,7 @@ def register_commands(cli):
         manager = get_plugin_manager()
         run_config = load_config(manager, config, [*overrides, *extra])
         if not any(spec["name"] == STAGE for spec in run_config.stages):
-            run_config.stages.append({"name": STAGE, "args": {}})
+            run_config.stages.append(cast("mednns.ComponentSpec[Literal['stages']]", {"name": STAGE, "args": {}}))
         console = Console(soft_wrap=False)
         prepared = prepare_run(manager, run_config, console=console)
         execute(prepared, restart=restart)

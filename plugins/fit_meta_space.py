@@ -83,9 +83,10 @@ class FitMetaSpace(Stage):
             raise UsageError("images must be >= 2")
         self.images = images
         self.progress = progress
-        self.fit_args = dict(embed_dim=embed_dim, hidden=hidden, steps=steps, lr=lr, weight_decay=weight_decay,
-                             models_per_dataset=models_per_dataset, images_per_set=images_per_set,
-                             val_fraction=val_fraction, eval_every=eval_every, patience=patience, select_by=select_by)
+        self.fit_args: dict[str, Any] = dict(
+            embed_dim=embed_dim, hidden=hidden, steps=steps, lr=lr, weight_decay=weight_decay,
+            models_per_dataset=models_per_dataset, images_per_set=images_per_set, val_fraction=val_fraction,
+            eval_every=eval_every, patience=patience, select_by=select_by)
         FitConfig(**self.fit_args)  # validate before any work
 
     def zoo_path(self, run) -> Path:

@@ -258,8 +258,8 @@ class ImageFolderDataset(MedicalDataset):
         carve = {s: f for s, f in (("val", val_fraction), ("test", test_fraction)) if s not in files}
         if carve:
             train = files["train"]
-            parts = stratified_split(np.array([label for _, label in train]), carve, seed)
-            for split, indices in parts.items():
+            carved = stratified_split(np.array([label for _, label in train]), carve, seed)
+            for split, indices in carved.items():
                 files["train" if split == "rest" else split] = [train[i] for i in indices]
         return classes, {s: files[s] for s in SPLITS}
 

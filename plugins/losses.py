@@ -21,8 +21,11 @@ def register_losses(register: Callable[..., None]) -> None:
     register("performance", mednns.lazy(f"{_MODULE}:PerformanceLoss"),
              description="predicted metric vs measured metric over present pairs (mse or huber)")
     register("rank", mednns.lazy(f"{_MODULE}:RankLoss"),
-             description="rank each dataset's models by score or prediction as by the metric (RankNet pairwise or ListNet)")
+             description="rank each dataset's models by score or prediction as by the metric "
+                         "(RankNet pairwise or ListNet)")
     register("fid", mednns.lazy(f"{_MODULE}:FIDLoss"),
-             description="distances between dataset embeddings follow the normalized Frechet distances (cosine or euclidean)")
+             description="distances between dataset embeddings follow the normalized Frechet distances "
+                         "(cosine or euclidean)")
     register("contrastive", mednns.lazy(f"{_MODULE}:ContrastiveLoss"),
-             description="TANS-style InfoNCE: a dataset near its best models, away from other datasets' and its worst models")
+             description="TANS-style InfoNCE: a dataset near its best models, away from other datasets' "
+                         "and its worst models")

@@ -74,6 +74,8 @@ def _info_module() -> types.ModuleType:
             raise ImportError("medmnist not found")
         location = Path(spec.origin).parent / "info.py"
         info_spec = importlib.util.spec_from_file_location("_mednns_medmnist_info", location)
+        if info_spec is None or info_spec.loader is None:
+            raise ImportError(f"cannot load {location}")
         module = importlib.util.module_from_spec(info_spec)
         info_spec.loader.exec_module(module)
         module.INFO  # noqa: B018 - must exist
@@ -302,6 +304,7 @@ def medmnist_dataset(flag: str, size: int = 28, root: str | None = None, downloa
 
 def _factory(flag: str) -> Callable[..., NpzDataset]:
     """A factory for ``flag`` whose signature (its config schema) lists the sizes of that flag."""
+    factory: Callable[..., NpzDataset]
     if flag.endswith("3d"):
 
         def factory(size: Literal[28, 64] = 28, root: str | None = None, download: bool = False) -> NpzDataset:

@@ -29,7 +29,8 @@ FINETUNE_STAGE = "finetune"
 def results_table(result: dict[str, Any]) -> Table:
     measured = any("latency_ms" in r for r in result["results"])
     reranked = result.get("rerank")
-    by = f"{result['by']}, re-ranked by {reranked['score']['name']} ({reranked['combine']})" if reranked else result["by"]
+    by = (f"{result['by']}, re-ranked by {reranked['score']['name']} ({reranked['combine']})" if reranked
+          else result["by"])
     table = Table(title=f"best zoo models for {escape(result['dataset'])} (by {escape(by)}; "
                         f"{result['candidates']:,} of {result['zoo_models']:,} models within the limits)")
     columns = (["rank", *(["meta-space rank"] if reranked else []), "source dataset", "space", "params", "MACs",
@@ -105,7 +106,8 @@ class Query(Stage):
         if top_k < 1:
             raise UsageError("top_k must be >= 1")
         self.datasets, self.meta_space, self.top_k, self.by = datasets, meta_space, top_k, by
-        self.limits = {"max_params": max_params, "max_macs": max_macs, "max_latency_ms": max_latency_ms}
+        self.limits: dict[str, Any] = {"max_params": max_params, "max_macs": max_macs,
+                                       "max_latency_ms": max_latency_ms}
         self.export, self.source_gate = export, source_gate
         self.rerank = (RerankSettings({"name": rerank["name"], "args": dict(rerank.get("args") or {})}, candidates,
                                       rerank_images, combine=combine) if rerank else None)
@@ -172,10 +174,11 @@ class Finetune(Stage):
         from mednns.finetune import FinetuneConfig
 
         self.datasets = datasets
-        self.config_args = dict(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
-                                warmup_epochs=warmup_epochs, label_smoothing=label_smoothing,
-                                crop_padding=crop_padding, hflip=hflip, max_train_images=max_train_images,
-                                recalibrate_bn=recalibrate_bn, head_epochs=head_epochs, body_lr_scale=body_lr_scale)
+        self.config_args: dict[str, Any] = dict(
+            epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing, crop_padding=crop_padding, hflip=hflip,
+            max_train_images=max_train_images, recalibrate_bn=recalibrate_bn, head_epochs=head_epochs,
+            body_lr_scale=body_lr_scale)
         FinetuneConfig(**self.config_args)
         self.progress = progress
 
@@ -289,7 +292,8 @@ def register_commands(cli):
     @click.argument("export_dir", type=click.Path(file_okay=False, exists=True))
     @click.option("--dataset", "dataset_spec", required=True, metavar="NAME|PATH",
                   help="A registered dataset (NAME:key=value,...), an .npz file or an image folder.")
-    @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output folder [default: EXPORT_DIR/finetune].")
+    @click.option("--out", "out_dir", type=click.Path(file_okay=False),
+                  help="Output folder [default: EXPORT_DIR/finetune].")
     @click.option("--epochs", type=int, default=10, show_default=True)
     @click.option("--lr", type=float, default=0.05, show_default=True)
     @click.option("--batch-size", type=int, default=128, show_default=True)
@@ -321,5 +325,6 @@ def register_commands(cli):
         final = finetune(export_dir, dataset, out, config, device=device, manager=manager, console=console,
                          progress=not no_progress)
         best = final["best"]
-        console.print(f"best epoch {final['best_epoch']}: val acc {best['val_acc']:.4f}, test acc {best['test_acc']:.4f}"
+        console.print(f"best epoch {final['best_epoch']}: val acc {best['val_acc']:.4f}, "
+                      f"test acc {best['test_acc']:.4f}"
                       f" (auc {best['test_auc']:.4f}); files in {escape(str(out))}")

@@ -242,11 +242,13 @@ def register_commands(cli):
                   help="Argument of the dataset (e.g. size=64, path=data.npz); repeatable.")
     @click.option("--space", default="ofa_resnet", show_default=True, metavar="NAME",
                   help="Registered search space ('mednns list search-spaces').")
-    @click.option("--preset", type=click.Choice(["cpu", "paper"]), help="Search-space preset (the space's default: cpu).")
+    @click.option("--preset", type=click.Choice(["cpu", "paper"]),
+                  help="Search-space preset (the space's default: cpu).")
     @click.option("--space-arg", "space_args", multiple=True, metavar="KEY=VALUE",
                   help="Argument of the search space (e.g. width_mults=[0.5,1.0]); repeatable.")
     @click.option("--epochs", type=click.IntRange(min=0), help="Epochs of every phase (full and each shrinking phase).")
-    @click.option("--max-train-images", type=click.IntRange(min=2), help="Train on a random subset of this many images.")
+    @click.option("--max-train-images", type=click.IntRange(min=2),
+                  help="Train on a random subset of this many images.")
     @click.option("--set", "stage_args", multiple=True, metavar="KEY=VALUE",
                   help="Any train_supernet stage argument (e.g. batch_size=64); repeatable.")
     @click.option("--name", help="Run name (default: supernet-<space>-<dataset>).")

@@ -103,7 +103,8 @@ class Supernet(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def extract(self, arch: Arch) -> nn.Module:
-        """A standalone network for ``arch`` (no dynamic ops) holding copies of the inherited weights and BN statistics."""
+        """A standalone network for ``arch`` (no dynamic ops) holding copies of the inherited weights and BN
+        statistics."""
 
     def sort_channels(self) -> None:
         """Reorder middle channels by importance so narrow subnets keep the important ones (optional)."""

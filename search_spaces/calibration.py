@@ -21,6 +21,12 @@ def batch_norms(model: nn.Module) -> list[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm)]
 
 
+def running_statistics(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Running mean, running variance and batch count of a layer that tracks running statistics."""
+    assert bn.running_mean is not None and bn.running_var is not None and bn.num_batches_tracked is not None
+    return bn.running_mean, bn.running_var, bn.num_batches_tracked
+
+
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
     """Re-estimate every BN layer's running statistics from ``batches``; returns the number of images used
@@ -56,13 +62,11 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> int:
 @contextlib.contextmanager
 def preserved_bn_statistics(model: nn.Module) -> Iterator[None]:
     """Restore every BN buffer (running mean/var, batch count) on exit."""
-    saved = [(bn, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
-             for bn in batch_norms(model) if bn.track_running_stats]
+    saved = [(bn, [t.clone() for t in running_statistics(bn)]) for bn in batch_norms(model) if bn.track_running_stats]
     try:
         yield
     finally:
         with torch.no_grad():
-            for bn, mean, var, count in saved:
-                bn.running_mean.copy_(mean)
-                bn.running_var.copy_(var)
-                bn.num_batches_tracked.copy_(count)
+            for bn, copies in saved:
+                for buffer, copy in zip(running_statistics(bn), copies):
+                    buffer.copy_(copy)

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .calibration import running_statistics
+
 
 def _centre(weight: torch.Tensor, k: int) -> torch.Tensor:
     full = weight.shape[-1]
@@ -94,6 +96,7 @@ class DynamicConv2d(nn.Module):
                          groups=in_channels if self.depthwise else 1, bias=self.bias is not None)
         conv.weight.copy_(self.kernel_weight(out_channels, in_channels, kernel))
         if self.bias is not None:
+            assert conv.bias is not None
             conv.bias.copy_(self.bias[:out_channels])
         return conv
 
@@ -115,13 +118,18 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
             return super().forward(x)
         factor = 0.0
         if self.training and self.track_running_stats:
+            assert self.num_batches_tracked is not None
             self.num_batches_tracked.add_(1)
             factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         use_batch = self.training or not self.track_running_stats
+        mean = var = None
+        if self.track_running_stats:
+            assert self.running_mean is not None and self.running_var is not None
+            mean, var = self.running_mean[:c], self.running_var[:c]
         return F.batch_norm(
             x,
-            self.running_mean[:c] if self.track_running_stats else None,
-            self.running_var[:c] if self.track_running_stats else None,
+            mean,
+            var,
             self.weight[:c] if self.affine else None,
             self.bias[:c] if self.affine else None,
             use_batch, factor, self.eps,
@@ -136,9 +144,11 @@ class DynamicBatchNorm2d(nn.BatchNorm2d):
             bn.weight.copy_(self.weight[:channels])
             bn.bias.copy_(self.bias[:channels])
         if self.track_running_stats:
-            bn.running_mean.copy_(self.running_mean[:channels])
-            bn.running_var.copy_(self.running_var[:channels])
-            bn.num_batches_tracked.copy_(self.num_batches_tracked)
+            mean, var, batches = running_statistics(bn)
+            running_mean, running_var, running_batches = running_statistics(self)
+            mean.copy_(running_mean[:channels])
+            var.copy_(running_var[:channels])
+            batches.copy_(running_batches)
         return bn
 
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import numbers
 import random
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .base import Arch, InvalidArchitecture, Supernet, make_rng, one_hot
+from .calibration import running_statistics
 from .elastic import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear
 
 __all__ = ["OFAMobileNetV3", "DynamicSE", "DynamicMBConv", "DynamicDepthwiseConv2d", "depthwise_conv2d",
@@ -203,10 +204,11 @@ class _DepthwiseConv2d(torch.autograd.Function):
 
     oneDNN's depthwise weight-gradient kernel is slow on CPU for 5x5 and 7x7 kernels (measured on
     a 2-core CPU: up to 10x slower than this for NCHW inputs, 1–1.5x for channels_last, so the
-    largest ``cpu``-preset subnet's forward + backward went from 1.3 to 0.7 s). The weight gradient of a depthwise conv is the correlation of
-    each image's input channel with its output gradient, i.e. a conv of the input, viewed as one
-    image of ``N·C`` channels, with the gradient as ``N·C`` depthwise kernels (dilated by the
-    stride), summed over the batch. Forward and input gradient are the native ones.
+    largest ``cpu``-preset subnet's forward + backward went from 1.3 to 0.7 s). The weight
+    gradient of a depthwise conv is the correlation of each image's input channel with its output
+    gradient, i.e. a conv of the input, viewed as one image of ``N·C`` channels, with the gradient
+    as ``N·C`` depthwise kernels (dilated by the stride), summed over the batch. Forward and input
+    gradient are the native ones.
     """
 
     @staticmethod
@@ -259,6 +261,12 @@ class DynamicDepthwiseConv2d(DynamicConv2d):
         return depthwise_conv2d(x, self.kernel_weight(c, c, self.active_kernel), self.stride, self.active_kernel // 2)
 
 
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The bias of a conv built with ``bias=True``."""
+    assert conv.bias is not None
+    return conv.bias
+
+
 class DynamicSE(nn.Module):
     """Squeeze-excite over the first ``C`` channels of its input (``C`` read from the input).
 
@@ -284,8 +292,8 @@ class DynamicSE(nn.Module):
         c = x.shape[1]
         r = self.reduced_channels(c)
         s = x.mean((2, 3), keepdim=True)
-        s = F.conv2d(s, self.reduce.weight[:r, :c], self.reduce.bias[:r])
-        s = F.conv2d(self.act(s), self.expand.weight[:c, :r], self.expand.bias[:c])
+        s = F.conv2d(s, self.reduce.weight[:r, :c], _bias(self.reduce)[:r])
+        s = F.conv2d(self.act(s), self.expand.weight[:c, :r], _bias(self.expand)[:c])
         return x * self.gate(s)
 
     @torch.no_grad()
@@ -293,9 +301,9 @@ class DynamicSE(nn.Module):
         r = self.reduced_channels(channels)
         se = SqueezeExcite(channels, r, self.act_name, self.gate_name)
         se.reduce.weight.copy_(self.reduce.weight[:r, :channels])
-        se.reduce.bias.copy_(self.reduce.bias[:r])
+        _bias(se.reduce).copy_(_bias(self.reduce)[:r])
         se.expand.weight.copy_(self.expand.weight[:channels, :r])
-        se.expand.bias.copy_(self.expand.bias[:channels])
+        _bias(se.expand).copy_(_bias(self.expand)[:channels])
         return se
 
     def extra_repr(self) -> str:
@@ -320,6 +328,8 @@ class DynamicMBConv(nn.Module):
         self.mid_of = {e: (mid_channels(in_channels, e) if self.has_expand else in_channels)
                        for e in self.expand_choices}
         self.max_mid = max(self.mid_of.values())
+        self.expand_conv: DynamicConv2d | None
+        self.expand_bn: DynamicBatchNorm2d | None
         if self.has_expand:
             self.expand_conv = DynamicConv2d(in_channels, self.max_mid, 1)
             self.expand_bn = DynamicBatchNorm2d(self.max_mid)
@@ -344,6 +354,7 @@ class DynamicMBConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         if self.expand_conv is not None:
+            assert self.expand_bn is not None
             h = self.act(self.expand_bn(self.expand_conv(h)))
         h = self.act(self.dw_bn(self.dw_conv(h)))
         if self.se is not None:
@@ -355,6 +366,7 @@ class DynamicMBConv(nn.Module):
     def export(self, kernel: int, mid: int) -> InvertedResidual:
         expand = None
         if self.expand_conv is not None:
+            assert self.expand_bn is not None
             expand = nn.Sequential(self.expand_conv.export(self.in_channels, mid, 1),
                                    self.expand_bn.export(mid), _act(self.act_name))
         depthwise = nn.Sequential(self.dw_conv.export(mid, mid, kernel), self.dw_bn.export(mid),
@@ -394,6 +406,7 @@ class DynamicMBConv(nn.Module):
         """
         if self.expand_conv is None:  # the middle channels are the block's input: not ours to permute
             return
+        assert self.expand_bn is not None
         importance = self.project_conv.weight.abs().sum(dim=(0, 2, 3))
         bounds = sorted({w for w in nested_widths if 0 < w < self.max_mid})
         band = torch.zeros_like(importance)
@@ -415,12 +428,12 @@ class DynamicMBConv(nn.Module):
             se = self.se
             se.reduce.weight.copy_(se.reduce.weight[:, idx])
             se.expand.weight.copy_(se.expand.weight[idx])
-            se.expand.bias.copy_(se.expand.bias[idx])
+            _bias(se.expand).copy_(_bias(se.expand)[idx])
             # the SE's own middle (reduced) channels, by the L1 norm of the expand weights
             se_idx = torch.argsort(se.expand.weight.abs().sum(dim=(0, 2, 3)), descending=True, stable=True)
             se.expand.weight.copy_(se.expand.weight[:, se_idx])
             se.reduce.weight.copy_(se.reduce.weight[se_idx])
-            se.reduce.bias.copy_(se.reduce.bias[se_idx])
+            _bias(se.reduce).copy_(_bias(se.reduce)[se_idx])
 
 
 def _permute_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
@@ -428,8 +441,9 @@ def _permute_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
         bn.weight.copy_(bn.weight[idx])
         bn.bias.copy_(bn.bias[idx])
     if bn.track_running_stats:
-        bn.running_mean.copy_(bn.running_mean[idx])
-        bn.running_var.copy_(bn.running_var[idx])
+        mean, var, _ = running_statistics(bn)
+        mean.copy_(mean[idx])
+        var.copy_(var[idx])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -542,7 +556,7 @@ class OFAMobileNetV3(Supernet):
         # canonical expand ratio of every (slot, ratio): the smallest ratio with the same middle width
         self._expand_canon: list[dict[float, float]] = []
         self._expand_distinct: list[tuple[float, ...]] = []
-        for block in self.blocks:
+        for block in self._elastic_blocks:
             canon: dict[float, float] = {}
             first_of_mid: dict[int, float] = {}
             for e in block.expand_choices:  # ascending
@@ -552,6 +566,11 @@ class OFAMobileNetV3(Supernet):
         self.set_active(self.largest())
 
     # -- construction helpers ------------------------------------------------------------------
+    @property
+    def _elastic_blocks(self) -> Sequence[DynamicMBConv]:
+        """``self.blocks`` as what it holds: one elastic block per slot."""
+        return cast(Sequence[DynamicMBConv], self.blocks)
+
     @staticmethod
     def _check_config(in_channels: int, num_classes: int, cfg: dict[str, Any]) -> dict[str, Any]:
         def positive_int(name: str, v: Any) -> int:
@@ -584,7 +603,8 @@ class OFAMobileNetV3(Supernet):
         n = len(out["stage_widths"])
         if n < 1:
             raise ValueError("stage_widths must not be empty")
-        out["depth_choices"] = [positive_int("depth_choices", d) for d in choices("depth_choices", out["depth_choices"], int)]
+        out["depth_choices"] = [positive_int("depth_choices", d)
+                                for d in choices("depth_choices", out["depth_choices"], int)]
         out["kernel_choices"] = choices("kernel_choices", out["kernel_choices"], int)
         if any(k % 2 == 0 for k in out["kernel_choices"]):
             raise ValueError(f"kernel_choices must be odd, got {out['kernel_choices']}")
@@ -597,7 +617,7 @@ class OFAMobileNetV3(Supernet):
         for a in out["stage_acts"]:
             _act(a)
         dropout = out["dropout"]
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or dropout < 0 or not dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         out["dropout"] = float(dropout)
         if n > MAX_STAGES or max(out["depth_choices"]) > MAX_BLOCKS or max(out["kernel_choices"]) > MAX_KERNEL:
@@ -678,7 +698,8 @@ class OFAMobileNetV3(Supernet):
         missing, extra = expected - set(arch), set(arch) - expected
         if missing or extra:
             raise InvalidArchitecture(
-                f"architecture keys must be {sorted(expected)}; missing {sorted(missing)}, unexpected {sorted(map(str, extra))}")
+                f"architecture keys must be {sorted(expected)}; missing {sorted(missing)}, "
+                f"unexpected {sorted(map(str, extra))}")
         lengths = {"depth": self.n_stages, "kernel": self.n_slots, "expand": self.n_slots}
         for key, n in lengths.items():
             value = arch[key]
@@ -713,11 +734,11 @@ class OFAMobileNetV3(Supernet):
     # -- running and extracting ------------------------------------------------------------------
     def set_active(self, arch: Arch) -> None:
         arch = self.validate(arch)
-        for j, block in enumerate(self.blocks):
+        for j, block in enumerate(self._elastic_blocks):
             if arch["kernel"][j] is not None:
                 block.set_active(arch["kernel"][j], block.mid_of[arch["expand"][j]])
         self._active = arch
-        self._active_blocks = [self.blocks[j] for j in range(self.n_slots) if arch["kernel"][j] is not None]
+        self._active_blocks = [self._elastic_blocks[j] for j in range(self.n_slots) if arch["kernel"][j] is not None]
 
     def active(self) -> Arch:
         return copy.deepcopy(self._active)
@@ -736,14 +757,14 @@ class OFAMobileNetV3(Supernet):
     def extract(self, arch: Arch) -> MobileNetV3Subnet:
         arch = self.validate(arch)
         blocks = [self.first_block.export(3, self.first_block.max_mid)]
-        for j, block in enumerate(self.blocks):
+        for j, block in enumerate(self._elastic_blocks):
             if arch["kernel"][j] is not None:
                 blocks.append(block.export(arch["kernel"][j], block.mid_of[arch["expand"][j]]))
         net = MobileNetV3Subnet(copy.deepcopy(self.stem), blocks, copy.deepcopy(self.final_expand),
                                 copy.deepcopy(self.feature_mix), self._config["dropout"],
                                 self.classifier.export(self.num_features), arch=arch, config=self.config())
         # the supernet's parameters may be channels_last or on a device: follow them
-        ref = self.stem[0].weight
+        ref = cast(nn.Conv2d, self.stem[0]).weight
         net = net.to(device=ref.device, dtype=ref.dtype)
         if ref.dim() == 4 and ref.is_contiguous(memory_format=torch.channels_last) and not ref.is_contiguous():
             net = net.to(memory_format=torch.channels_last)
@@ -758,7 +779,7 @@ class OFAMobileNetV3(Supernet):
         stay inside it (only reordered within their band), so that subnets already trained in
         earlier expand phases keep their channels.
         """
-        for block in self.blocks:
+        for block in self._elastic_blocks:
             mids = sorted(set(block.mid_of.values()), reverse=True)
             nested = mids[1:expand_stage + 1] if expand_stage > 0 else []
             block.sort_channels(nested)
@@ -791,7 +812,7 @@ class OFAMobileNetV3(Supernet):
         arch = self.validate(arch)
         if input_size is None:
             input_size = self._config["image_size"]
-        size = [input_size] if isinstance(input_size, numbers.Integral) else list(input_size)
+        size = [input_size] if isinstance(input_size, (int, numbers.Integral)) else list(input_size)
         if len(size) == 3:
             if size[0] != self._config["in_channels"]:
                 raise ValueError(f"input has {size[0]} channels, the network takes {self._config['in_channels']}")
@@ -806,7 +827,7 @@ class OFAMobileNetV3(Supernet):
         macs = h * w * self.stem_channels * c["in_channels"] * 9
         p, m, (h, w) = self.first_block.cost(3, self.first_block.max_mid, (h, w))
         params, macs = params + p, macs + m
-        for j, block in enumerate(self.blocks):
+        for j, block in enumerate(self._elastic_blocks):
             if arch["kernel"][j] is not None:
                 p, m, (h, w) = block.cost(arch["kernel"][j], block.mid_of[arch["expand"][j]], (h, w))
                 params, macs = params + p, macs + m

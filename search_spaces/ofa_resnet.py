@@ -43,7 +43,7 @@ import math
 import numbers
 import random
 from collections import OrderedDict
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence, cast
 
 import numpy as np
 import torch
@@ -120,7 +120,7 @@ def _avgpool_ceil_out(size: int, kernel: int) -> int:
     return out
 
 
-def _bottleneck_forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _bottleneck_forward(block: Bottleneck | _ElasticBottleneck, x: torch.Tensor) -> torch.Tensor:
     residual = x if block.downsample is None else block.downsample(x)
     out = F.relu(block.bn1(block.conv1(x)), inplace=True)
     out = F.relu(block.bn2(block.conv2(out)), inplace=True)
@@ -186,15 +186,15 @@ class _ElasticBottleneck(nn.Module):
         self.conv1.active_out = self.conv2.active_out = mid
         self.conv3.active_out = out
         if self.downsample is not None:
-            self.downsample.conv.active_out = out
+            cast(DynamicConv2d, self.downsample.conv).active_out = out
 
     forward = _bottleneck_forward
 
     def export(self, in_channels: int, mid: int, out: int) -> Bottleneck:
         downsample = None
         if self.downsample is not None:
-            downsample = _downsample(self.downsample.conv.export(in_channels, out), self.downsample.bn.export(out),
-                                     self.stride)
+            conv, bn = cast(DynamicConv2d, self.downsample.conv), cast(DynamicBatchNorm2d, self.downsample.bn)
+            downsample = _downsample(conv.export(in_channels, out), bn.export(out), self.stride)
         return Bottleneck(self.conv1.export(in_channels, mid), self.bn1.export(mid),
                           self.conv2.export(mid, mid), self.bn2.export(mid),
                           self.conv3.export(mid, out), self.bn3.export(out), downsample)
@@ -303,7 +303,7 @@ class OFAResNet(Supernet):
         if problems:
             raise ValueError("OFAResNet: " + "; ".join(problems))
 
-        self._config = {
+        self._config: dict[str, Any] = {
             "in_channels": int(in_channels), "num_classes": int(num_classes), "preset": preset,
             "image_size": image_size, "stage_widths": stage_widths, "base_depths": base_depths,
             "depth_choices": depth_choices, "expand_choices": expand_choices, "width_mults": width_mults,
@@ -358,6 +358,11 @@ class OFAResNet(Supernet):
         self.set_active(self.largest())
 
     # -- helpers ---------------------------------------------------------------
+    @property
+    def _elastic_blocks(self) -> Sequence[_ElasticBottleneck]:
+        """``self.blocks`` as what it holds: one elastic block per slot."""
+        return cast(Sequence[_ElasticBottleneck], self.blocks)
+
     def _div(self, value: float) -> int:
         return int(make_divisible(value, self.divisor))
 
@@ -449,8 +454,9 @@ class OFAResNet(Supernet):
             if isinstance(value, (str, bytes, dict)) or not isinstance(value, Sequence):
                 raise InvalidArchitecture(f"{key}: expected a list of {n} values, got {type(value).__name__}")
             if len(value) != n:
-                raise InvalidArchitecture(f"{key}: expected {n} values "
-                                          f"({'one per stage' if key == 'depth' else 'one per block slot' if key == 'expand' else 'stem + one per stage'}), "
+                what = ('one per stage' if key == 'depth' else 'one per block slot' if key == 'expand'
+                        else 'stem + one per stage')
+                raise InvalidArchitecture(f"{key}: expected {n} values ({what}), "
                                           f"got {len(value)}")
         depth = []
         for s, d in enumerate(arch["depth"]):
@@ -464,7 +470,7 @@ class OFAResNet(Supernet):
                 raise InvalidArchitecture(f"width[{i}]: {w!r} is not one of {self.width_mults} "
                                           f"(width multipliers, not indices)")
             width.append(self._width_canon[i][c])
-        expand = []
+        expand: list[float | None] = []
         for j, e in enumerate(arch["expand"]):
             s = self.slot_stage[j]
             active = self.slot_offset[j] < self.base_depths[s] + depth[s]
@@ -488,9 +494,10 @@ class OFAResNet(Supernet):
         stem, outs, mids = self._channels(arch)
         self.stem_conv.active_out = stem
         active = []
-        for j, block in enumerate(self.blocks):
-            if mids[j] is not None:
-                block.set(mids[j], outs[self.slot_stage[j]])
+        for j, block in enumerate(self._elastic_blocks):
+            mid = mids[j]
+            if mid is not None:
+                block.set(mid, outs[self.slot_stage[j]])
                 active.append(block)
         self._active, self._active_blocks = arch, active
 
@@ -517,11 +524,12 @@ class OFAResNet(Supernet):
         if self.stem_pool:
             stem_layers.append(("pool", nn.MaxPool2d(3, 2, 1)))
         blocks, in_ch = [], stem_ch
-        for j, block in enumerate(self.blocks):
-            if mids[j] is None:
+        for j, block in enumerate(self._elastic_blocks):
+            mid = mids[j]
+            if mid is None:
                 continue
             out = outs[self.slot_stage[j]]
-            blocks.append(block.export(in_ch, mids[j], out))
+            blocks.append(block.export(in_ch, mid, out))
             in_ch = out
         subnet = ResNetSubnet(nn.Sequential(OrderedDict(stem_layers)), nn.Sequential(*blocks),
                               self._config["dropout"], self.classifier.export(in_ch), arch)
@@ -544,12 +552,13 @@ class OFAResNet(Supernet):
         Optimizer state (momentum) no longer matches the permuted weights:
         call this between training phases and build a new optimizer.
         """
-        for j, block in enumerate(self.blocks):
+        for j, block in enumerate(self._elastic_blocks):
             groups = None
             if expand_stage > 0:
                 full = max(self._slot_channels[self.slot_stage[j] + 1].values())
                 groups = [self._mid_table[full][e] for e in reversed(self.expand_choices)][: expand_stage + 1]
-            for producer, bn, consumer in ((block.conv2, block.bn2, block.conv3), (block.conv1, block.bn1, block.conv2)):
+            for producer, bn, consumer in ((block.conv2, block.bn2, block.conv3),
+                                           (block.conv1, block.bn1, block.conv2)):
                 importance = consumer.weight.abs().sum(dim=(0, 2, 3))
                 if groups is not None:
                     # OFA: channels beyond each smaller expand ratio's width sort after it
@@ -592,7 +601,8 @@ class OFAResNet(Supernet):
         and additions are not counted.
         """
         arch = self.validate(arch)
-        size = [int(input_size)] * 2 if isinstance(input_size, numbers.Integral) else [int(v) for v in input_size]
+        size = ([int(input_size)] * 2 if isinstance(input_size, (int, numbers.Integral))
+                else [int(v) for v in input_size])
         if len(size) == 3:
             if size[0] != self.in_channels:
                 raise ValueError(f"input has {size[0]} channels, the network takes {self.in_channels}")
@@ -608,7 +618,7 @@ class OFAResNet(Supernet):
         if self.stem_pool:
             h, w = _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1)
         in_ch = stem_ch
-        for j, block in enumerate(self.blocks):
+        for j, block in enumerate(self._elastic_blocks):
             mid = mids[j]
             if mid is None:
                 continue

@@ -40,7 +40,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -63,6 +63,16 @@ RESULTS_FILE = "results.json"
 Plan = Callable[[int, Condition], list[Candidate]]
 #: Zoo models whose embeddings a fold keeps for the t-SNE figure.
 EMBEDDING_SAMPLE = 1500
+
+
+def _fixed(candidate: Candidate) -> Plan:
+    """A plan that starts every seed and condition from ``candidate``."""
+    return lambda seed, condition: [candidate]
+
+
+def _first(order: Plan, k: int) -> Plan:
+    """A plan that starts from the first ``k`` candidates of ``order``."""
+    return lambda seed, condition: order(seed, condition)[:k]
 
 
 def _slug(value: Any) -> str:
@@ -243,28 +253,28 @@ class Fold:
                 return list(cs) if v.rerank is None else self.reranked(v, rows, cs, seed, condition)
 
             name = variant.method("mednns")
-            plans[name], setup[name] = (lambda seed, condition, o=order: o(seed, condition)[:1]), {"query": spent}
+            plans[name], setup[name] = _first(order, 1), {"query": spent}
             if "mednns_topk" in wanted:
                 name = variant.method("mednns_topk")
                 if variant.top_k < 2:
                     skipped[name] = "top_k is 1 (the same as mednns top-1)"
                 else:
-                    plans[name] = lambda seed, condition, o=order, k=variant.top_k: o(seed, condition)[:k]
+                    plans[name] = _first(order, variant.top_k)
                     setup[name] = {"query": spent}
         if "random_init" in wanted:
             space_spec = self.supernets(first["supernet"])[1]["space"]
             candidate = random_init(self.run.manager, space_spec, first["arch"], top[0].model["arch_hash"], info,
                                     label=f"{first['space']} subnet (mednns's top-1), random init")
-            plans["random_init"] = lambda seed, condition, c=candidate: [c]
+            plans["random_init"] = _fixed(candidate)
         if "timm_scratch" in wanted:
             scratch = timm_network(settings.timm_model, info, pretrained=False)
-            plans["timm_scratch"] = lambda seed, condition, c=scratch: [c]
+            plans["timm_scratch"] = _fixed(scratch)
         if "imagenet" in wanted:
             name = settings.timm_model
             if name not in self.imagenet_errors:
                 try:
                     pretrained = timm_network(name, info, pretrained=True)
-                    plans["imagenet"] = lambda seed, condition, c=pretrained: [c]
+                    plans["imagenet"] = _fixed(pretrained)
                 except UsageError as exc:
                     self.imagenet_errors[name] = exc.message
             if name in self.imagenet_errors:
@@ -289,15 +299,16 @@ class Fold:
             space = self.supernets(folder)[0]
             largest = inherited(self.supernets, folder, space.arch_to_json(space.largest()), info, source=nearest,
                                 label=f"largest subnet of {nearest} (FID {facts['fid'][nearest]:.3g})")
-            plans["nearest_fid"] = lambda seed, condition, c=largest: [c]
+            plans["nearest_fid"] = _fixed(largest)
             encoding = self.encoding(trained)
             setup["nearest_fid"] = {"query": _phase(encoding["seconds"] + fid_seconds, encoding["image_macs"])}
         if "tans" in wanted:
-            tans, spent = self.query(self.meta_space({**settings.meta_space, "losses": settings.tans_losses}), "score", 1)
+            tans, spent = self.query(self.meta_space({**settings.meta_space, "losses": settings.tans_losses}),
+                                     "score", 1)
             write_json(self.directory / "queries" / "tans.json", tans)
             row = tans["results"][0]
             tans_top = self.from_row(row, f"{row['space']} subnet of {row['dataset']} (TANS-style top-1)")
-            plans["tans"], setup["tans"] = (lambda seed, condition, c=tans_top: [c]), {"query": spent}
+            plans["tans"], setup["tans"] = _fixed(tans_top), {"query": spent}
         if "random_pick" in wanted:
             with ZooStore(self.zoo_path, readonly=True) as store:
                 folders = {s["id"]: str(Path(s["path"]).parent) for s in store.supernets()}
@@ -316,9 +327,9 @@ class Fold:
                 skipped["own_supernet_search"] = search
             else:
                 plans["own_supernet_search"], facts["own_supernet_search"] = search
-        order = settings.method_names()
-        return ({m: plans[m] for m in order if m in plans}, skipped, facts,
-                self.first_measurement({m: setup.get(m, {}) for m in order if m in plans}))
+        names = settings.method_names()
+        return ({m: plans[m] for m in names if m in plans}, skipped, facts,
+                self.first_measurement({m: setup.get(m, {}) for m in names if m in plans}))
 
     def first_measurement(self, setup: dict[str, Any]) -> dict[str, Any]:
         """The setup compute measured the first time each method was planned (``setup_compute.json``):
@@ -417,7 +428,7 @@ class Fold:
             candidates = plan(seed, condition)  # first: a re-ranking records its cost
             totals[m] = (_total(self.plan_setup(m, setup[m], seed, condition), "image_macs") or 0) + sum(
                 self.finetune_macs(c, seed, condition, epochs, epochs) for c in candidates)
-        method = max(totals, key=totals.get)
+        method = max(totals, key=totals.__getitem__)
         return {"image_macs": int(totals[method]), "method": method}
 
     def compute_epochs(self, candidate: Candidate, share: float, seed: int, condition: Condition) -> tuple[int, bool]:
@@ -491,7 +502,8 @@ class Fold:
                               sum(r["history"][-1]["image_macs"] for r in options))
             others = finetune["seconds"] - options[best]["history"][-1]["target_seconds"]
             other_macs = finetune["image_macs"] - options[best]["history"][-1]["image_macs"]
-            chosen["compute"] = {"setup": setup, "finetune": finetune, "offset_seconds": round(setup_seconds + others, 3),
+            chosen["compute"] = {"setup": setup, "finetune": finetune,
+                                 "offset_seconds": round(setup_seconds + others, 3),
                                  "offset_image_macs": int((setup_macs or 0) + other_macs),
                                  "total_seconds": round(setup_seconds + finetune["seconds"], 3),
                                  "total_image_macs": (None if setup_macs is None
@@ -542,7 +554,7 @@ class Fold:
         """Fine-tune a seeded random sample of transfer candidates and correlate every ranking with
         their test ACC (:mod:`mednns.evaluation.ranking`)."""
         from mednns.export import adapt_network
-        from mednns.metaspace.query import predict_all, rank_key
+        from mednns.metaspace.query import RankBy, predict_all, rank_key
         from mednns.transfer.rerank import TargetSample, candidate_outputs
         from mednns.zoo.store import ZooStore
 
@@ -570,7 +582,7 @@ class Fold:
             seen.add(identity)
             predictions = predict_all(self.meta_space(variant.meta_space), self.dataset, manager=self.run.manager,
                                       device=self.run.device)
-            key = rank_key(predictions.predicted, predictions.score, variant.by)
+            key = rank_key(predictions.predicted, predictions.score, cast(RankBy, variant.by))
             position = {int(i): k for k, i in enumerate(predictions.table.ids)}
             values[variant.method(ranking.META)] = [float(key[position[c["zoo_id"]]]) for c in candidates]
         data, batch = self.finetune_data(seed, condition), condition.batch_size

@@ -173,7 +173,9 @@ def report_epochs(results: dict[str, Any]) -> list[int]:
 
 
 def _ran(entry: dict[str, Any] | None) -> bool:
-    return bool(entry) and entry.get("status") == "ok" and bool(entry.get("runs") or entry.get("summary"))
+    if not entry:
+        return False
+    return entry.get("status") == "ok" and bool(entry.get("runs") or entry.get("summary"))
 
 
 def _finite(value: Any) -> float | None:
@@ -211,8 +213,8 @@ def curve(entry: dict[str, Any], metric: str) -> tuple[list[int], list[float], l
     stds = summary.get(f"{metric}_std") or [0.0] * len(summary.get("epochs", []))
     points = [(int(e), _finite(m), _finite(sd) or 0.0)
               for e, m, sd in zip(summary.get("epochs", []), summary.get(f"{metric}_mean", []), stds)]
-    points = [p for p in points if p[1] is not None]
-    return [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+    kept = [(e, m, sd) for e, m, sd in points if m is not None]
+    return [p[0] for p in kept], [p[1] for p in kept], [p[2] for p in kept]
 
 
 def seeds_run(entry: dict[str, Any]) -> int:
@@ -685,11 +687,11 @@ def fid_line(results: dict[str, Any], dataset: str) -> str | None:
     :param results: evaluation results. :param dataset: the dataset.
     """
     fid = {k: _finite(v) for k, v in (results["datasets"][dataset].get("fid") or {}).items()}
-    fid = {k: v for k, v in fid.items() if v is not None}
-    if not fid:
+    finite = {k: v for k, v in fid.items() if v is not None}
+    if not finite:
         return None
     return "FID to the source datasets (nearest first): " + ", ".join(
-        f"{k} {v:.3g}" for k, v in sorted(fid.items(), key=lambda kv: kv[1]))
+        f"{k} {v:.3g}" for k, v in sorted(finite.items(), key=lambda kv: kv[1]))
 
 
 # -- figures: names and plan ----------------------------------------------------------------------------
@@ -849,9 +851,12 @@ def _save(figure: Any, path: str | Path) -> Path:
 
 def _colors(results: dict[str, Any]) -> dict[str, Any]:
     from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
 
     others = [m for m in method_order(results) if m != REFERENCE]
-    palette = colormaps["tab10" if len(others) <= 9 else "tab20"].colors
+    colormap = colormaps["tab10" if len(others) <= 9 else "tab20"]
+    assert isinstance(colormap, ListedColormap)  # tab10 and tab20 are lists of colors
+    palette: Any = colormap.colors  # RGB tuples
     colors = {REFERENCE: "#d62728"}
     red = (3,) if len(others) <= 9 else (6, 7)  # the reds are mednns's
     free = [c for i, c in enumerate(palette) if i not in red]
@@ -968,7 +973,8 @@ def plot_embeddings(npz_path: str | Path, path: str | Path, *, seed: int = 0) ->
     with np.load(npz_path, allow_pickle=False) as data:
         missing = [k for k in EMBEDDING_KEYS if k not in data.files]
         if missing:
-            raise UsageError(f"{npz_path} lacks {', '.join(missing)}", hint=f"expected keys: {', '.join(EMBEDDING_KEYS)}")
+            raise UsageError(f"{npz_path} lacks {', '.join(missing)}",
+                             hint=f"expected keys: {', '.join(EMBEDDING_KEYS)}")
         models = np.asarray(data["model_embeddings"], dtype=np.float64)
         accuracy = np.asarray(data["model_acc"], dtype=np.float64)
         datasets = np.asarray(data["dataset_embeddings"], dtype=np.float64)
@@ -1081,7 +1087,8 @@ def plot_forest(view: dict[str, Any], path: str | Path, metric: str = "test_acc"
     """
     view = as_view(view)
     ours = [m for m in method_order(view) if is_ours(view, m) and (view.get("statistics") or {}).get(m)]
-    others = [m for m in method_order(view) if not is_ours(view, m) and any(_gain_stats(view, o, m, metric) for o in ours)]
+    others = [m for m in method_order(view)
+              if not is_ours(view, m) and any(_gain_stats(view, o, m, metric) for o in ours)]
     if not ours or not others:
         raise UsageError("no paired statistics in these results: nothing to plot")
     colors = _colors(view)
@@ -1089,7 +1096,7 @@ def plot_forest(view: dict[str, Any], path: str | Path, metric: str = "test_acc"
     axes = figure.add_subplot()
     step = 0.7 / max(1, len(ours))
     for i, mine in enumerate(ours):
-        legend = label(view, mine)
+        legend: str | None = label(view, mine)
         for row, other in enumerate(others):
             stats = _gain_stats(view, mine, other, metric)
             if not stats:
@@ -1098,7 +1105,7 @@ def plot_forest(view: dict[str, Any], path: str | Path, metric: str = "test_acc"
             interval = stats.get("ci")
             if interval:
                 axes.plot(interval, [y, y], "-", color=colors.get(mine), linewidth=1.6)
-            excludes_zero = bool(interval) and (interval[0] > 0 or interval[1] < 0)
+            excludes_zero = interval is not None and bool(interval) and (interval[0] > 0 or interval[1] < 0)
             axes.plot([stats["mean"]], [y], "o", color=colors.get(mine), markersize=6,
                       markerfacecolor=colors.get(mine) if excludes_zero else "white", label=legend)
             legend = None
@@ -1343,8 +1350,8 @@ def overall_rich_table(results: dict[str, Any], condition: str | None = None) ->
     return table
 
 
-__all__ = ["FORMAT", "INTRO", "REFERENCE", "Row", "Table", "as_view", "budgets_table", "comparison", "compute_table", "conditions",
-           "curve", "dataset_table", "html_report", "load_results", "markdown_report", "method_items",
+__all__ = ["FORMAT", "INTRO", "REFERENCE", "Row", "Table", "as_view", "budgets_table", "comparison", "compute_table",
+           "conditions", "curve", "dataset_table", "html_report", "load_results", "markdown_report", "method_items",
            "overall_rich_table", "metric_at", "overall_table", "planned_figures", "plot_compute_curves",
            "plot_convergence", "plot_embeddings", "plot_fid_heatmap", "plot_forest", "plot_overview", "plot_sizes",
            "protocol_items", "render_report", "report_sections", "results_path", "statistics_table", "title", "tsne"]

@@ -121,8 +121,8 @@ class EvaluationSettings:
                                  f"method shares)")
             if "top_k" in variant and int(variant["top_k"]) < 1:
                 raise UsageError(f"variant {name}: top_k must be >= 1")
-        for variant in self.variant_list():
-            variant.settings()  # checks the re-ranking settings
+        for checked in self.variant_list():
+            checked.settings()  # checks the re-ranking settings
         if self.ranking is not None:
             self.ranking_settings()  # checks it
 

@@ -96,6 +96,7 @@ class TimmEncoder(DatasetEncoder):
         self.model_name = model
         self.image_size = image_size
         self.batch_size = batch_size
+        self.model: Any  # a timm model: pretrained_cfg and num_features are not nn.Module attributes
         if pretrained is True:
             self.model = self._imagenet(model)
             cfg = self.model.pretrained_cfg or {}
@@ -143,7 +144,7 @@ class TimmEncoder(DatasetEncoder):
         if not path.is_file():
             raise UsageError(f"timm encoder: weights file not found: {path}",
                              hint="give the path of a .safetensors or .pth state dict of the model")
-        net = self._random(model)
+        net: Any = self._random(model)  # a timm model (pretrained_cfg)
         state = _read_state_dict(path)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         classifier = (net.pretrained_cfg or {}).get("classifier") or ()

@@ -163,8 +163,7 @@ def encode(encoder: DatasetEncoder, images: torch.Tensor, *, batch_size: int = 1
         with torch.inference_mode():
             for start in starts:
                 batch = images[start:start + batch_size]
-                out = encoder.encode_images(batch)
-                out = out.detach().to("cpu", torch.float32).numpy()
+                out = encoder.encode_images(batch).detach().to("cpu", torch.float32).numpy()
                 if out.shape != (batch.shape[0], encoder.feature_dim):
                     raise ValueError(f"{type(encoder).__name__}.encode_images returned shape {out.shape}, expected "
                                      f"{(batch.shape[0], encoder.feature_dim)}")

@@ -20,7 +20,7 @@ import copy
 import logging
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import numpy as np
 import torch
@@ -147,14 +147,14 @@ class MetaSpaceFitter:
         best, best_state, best_step, stale = -math.inf, copy.deepcopy(self.model.state_dict()), 0, 0
         start = time.perf_counter()
         self.model.train()
-        columns = (TextColumn("[bold]meta-space"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                   TimeElapsedColumn())
+        columns = (TextColumn("[bold]meta-space"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[status]}"), TimeElapsedColumn())
         with Progress(*columns, console=self.console, disable=not self.progress) as bar:
             task = bar.add_task("fit", total=c.steps, status="")
             for step in range(1, c.steps + 1):
                 batch = self.sample_batch()
                 parts = [(w, term(batch)) for w, term in self.losses]
-                loss = sum(w * value for w, value in parts)
+                loss = cast(torch.Tensor, sum(w * value for w, value in parts))  # losses is never empty
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -164,7 +164,8 @@ class MetaSpaceFitter:
                     report = self.validate()
                     objective = self.objective(report)
                     self.history.append({"step": step, "loss": float(loss.detach()), "objective": objective,
-                                         "terms": [float(v.detach()) for _, v in parts], "seconds": time.perf_counter() - start})
+                                         "terms": [float(v.detach()) for _, v in parts],
+                                         "seconds": time.perf_counter() - start})
                     bar.update(task, status=f"loss {float(loss.detach()):.4f} | val spearman {objective:.3f}")
                     if objective > best or best == -math.inf:
                         best, best_state, best_step, stale = objective, copy.deepcopy(self.model.state_dict()), step, 0

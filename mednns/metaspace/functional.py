@@ -351,8 +351,8 @@ def table_signatures(table: ModelTable, probe: torch.Tensor, *, cache_dir: str |
                                  f"{folder} is {space_name!r}", hint="check ModelTable.space and .supernet")
         identity = json.dumps({"format": SIGNATURE_FORMAT, "weights": weights_identity(weights_path), "probe": p_hash,
                                "input": spec, "seed": seed}, sort_keys=True)
-        path = cache_root / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.npz" if cache_root else None
-        cached = SignatureFile(path)
+        cache_path = cache_root / f"{hashlib.sha256(identity.encode()).hexdigest()[:32]}.npz" if cache_root else None
+        cached = SignatureFile(cache_path)
         missing: dict[str, list[int]] = {}
         for i in rows:
             key = row_key(table.space[i], table.arch[i])

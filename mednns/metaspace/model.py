@@ -41,6 +41,9 @@ class SetEncoder(nn.Module):
     :param mean: :param std: per-feature standardization (from the training datasets' features).
     """
 
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
+
     def __init__(self, feature_dim: int, embed_dim: int, hidden: int = 128, *, mean: torch.Tensor | None = None,
                  std: torch.Tensor | None = None):
         super().__init__()

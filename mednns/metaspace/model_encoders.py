@@ -20,7 +20,7 @@ embeds rows by index, in index order.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 
 import numpy as np
 import torch
@@ -126,6 +126,8 @@ def _module_key(space: str) -> str:
 class _Inputs(nn.Module):
     """Holds one precomputed input matrix as a non-persistent buffer (moves with ``.to``)."""
 
+    values: torch.Tensor
+
     def __init__(self, values: np.ndarray):
         super().__init__()
         self.register_buffer("values", torch.as_tensor(values, dtype=torch.float32), persistent=False)
@@ -224,7 +226,7 @@ class ArchEncoder(_IndexedEncoder):
 
     def input_dim(self, space: str) -> int:
         """Length of the MLP input of ``space`` (encoding, plus 2 with costs, plus 2F with source)."""
-        return self.inputs[_module_key(space)].values.shape[1]
+        return cast(_Inputs, self.inputs[_module_key(space)]).values.shape[1]
 
     def forward(self, index: torch.Tensor) -> torch.Tensor:
         """``(B,)`` row indices → ``(B, embed_dim)``; each space's rows go through its MLP in one batch."""
@@ -236,7 +238,7 @@ class ArchEncoder(_IndexedEncoder):
             if len(where) == 0:
                 continue
             key = _module_key(space)
-            y = self.nets[key](self.inputs[key].values[self.row_pos[index[where]]])
+            y = self.nets[key](cast(_Inputs, self.inputs[key]).values[self.row_pos[index[where]]])
             if out is None:
                 out = y.new_zeros(len(index), self.embed_dim)
             out = out.index_copy(0, where, y)

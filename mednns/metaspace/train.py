@@ -109,7 +109,8 @@ def train_meta_space(run, stage, directory: Path | None = None) -> dict[str, Any
     torch.manual_seed(seed)
     model = MetaSpace(stacked.shape[1], model_encoder, config.embed_dim, config.hidden,
                       feature_mean=torch.as_tensor(stacked.mean(0)), feature_std=torch.as_tensor(stacked.std(0)))
-    losses = [(float(stage.loss_weights.get(spec["name"], 1.0)), run.manager.create("losses", spec["name"], **spec["args"]))
+    losses = [(float(stage.loss_weights.get(spec["name"], 1.0)),
+               run.manager.create("losses", spec["name"], **spec["args"]))
               for spec in stage.losses]
     fitter = MetaSpaceFitter(model, table, features, train_names, stage.held_out, normalized_fid(fid), losses, config,
                              device=run.device, console=run.console, progress=stage.progress)
@@ -123,7 +124,8 @@ def train_meta_space(run, stage, directory: Path | None = None) -> dict[str, Any
     np.save(buffer, embeddings)
     atomic_write_bytes(directory / EMBEDDINGS_FILE, buffer.getvalue())
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **{n: np.asarray(f, dtype=np.float32) for n, f in features.items()})
+    arrays: dict[str, Any] = {n: np.asarray(f, dtype=np.float32) for n, f in features.items()}
+    np.savez_compressed(buffer, **arrays)
     atomic_write_bytes(directory / FEATURES_FILE, buffer.getvalue())  # the model encoder's setup reads them
     save_weights(directory / WEIGHTS_FILE, model)
     metadata = {

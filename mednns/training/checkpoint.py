@@ -20,7 +20,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import safetensors.torch
@@ -90,7 +90,8 @@ def load_weights(module: nn.Module, path: str | os.PathLike) -> None:
 # -- RNG states ----------------------------------------------------------------
 def capture_rng_state() -> dict[str, Any]:
     """Python, numpy, torch (and CUDA) global RNG states, in types ``torch.load(weights_only=True)`` accepts."""
-    key, keys, pos, has_gauss, cached = np.random.get_state()
+    # the legacy tuple (numpy's stubs type the default as the dict of legacy=False)
+    key, keys, pos, has_gauss, cached = cast("tuple[str, np.ndarray, int, int, float]", np.random.get_state())
     state = {
         "python": random.getstate(),
         "numpy": {"key": key, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),

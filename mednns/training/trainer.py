@@ -130,9 +130,9 @@ class SupernetTrainer:
     :param on_checkpoint: called with a :class:`CheckpointEvent` after every checkpoint (tests, monitoring).
     """
 
-    def __init__(self, space: Supernet, dataset: MedicalDataset, directory: str | Path, config: TrainConfig | None = None,
-                 *, space_name: str, seed: int = 0, device: str | torch.device = "cpu", rank: int = 0,
-                 world_size: int = 1, console: Console | None = None,
+    def __init__(self, space: Supernet, dataset: MedicalDataset, directory: str | Path,
+                 config: TrainConfig | None = None, *, space_name: str, seed: int = 0,
+                 device: str | torch.device = "cpu", rank: int = 0, world_size: int = 1, console: Console | None = None,
                  on_checkpoint: Callable[[CheckpointEvent], None] | None = None):
         self.config = config or TrainConfig()
         self.space = space
@@ -226,7 +226,8 @@ class SupernetTrainer:
         self.progress.phase_index = len(self.phases)
 
     def finalize(self) -> dict[str, Any]:
-        """Evaluate on the TEST split (largest, median-sized, smallest; after BN recalibration) and write the final files."""
+        """Evaluate on the TEST split (largest, median-sized, smallest; after BN recalibration) and write the final
+        files."""
         start = time.perf_counter()
         test_x, test_y = self.data.test()
         input_size = self.info.image_size

@@ -27,14 +27,18 @@ log = logging.getLogger("mednns.zoo")
 
 
 def build_zoo(store: ZooStore, supernet: str | os.PathLike, dataset: MedicalDataset, *,
-              settings: BuildSettings = BuildSettings(), protocol: ZooProtocol = ZooProtocol(),
+              settings: BuildSettings | None = None, protocol: ZooProtocol | None = None,
               device: str = "cpu", manager: Any = None, console: Console | None = None) -> dict[str, Any]:
     """Evaluate this shard's planned subnets of one trained supernet into ``store``.
 
     :param supernet: a trained supernet folder (or its ``supernet.json``).
     :param dataset: the dataset it was trained on.
+    :param settings: what to evaluate and how fast (default: ``BuildSettings()``).
+    :param protocol: how every subnet is evaluated (default: ``ZooProtocol()``).
     :returns: a summary: planned, already stored, evaluated now, seconds, subnets per second.
     """
+    settings = BuildSettings() if settings is None else settings
+    protocol = ZooProtocol() if protocol is None else protocol
     space, metadata = load_supernet(supernet, device=device, manager=manager)
     name, space_name = metadata["dataset"]["name"], metadata["space"]["name"]
     if dataset.info.name != name:
@@ -75,8 +79,8 @@ def build_zoo(store: ZooStore, supernet: str | os.PathLike, dataset: MedicalData
 
     start = time.perf_counter()
     pending: list[ModelRow] = []
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-               TimeElapsedColumn(), TimeRemainingColumn())
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not settings.progress) as bar:
         task = bar.add_task(f"zoo {name}/{space_name}", total=len(todo), rate="")
         for done, planned in enumerate(todo, 1):

@@ -370,7 +370,8 @@ class ZooStore:
                 self.db.execute("INSERT OR IGNORE INTO protocols (spec) SELECT spec FROM src.protocols")
                 mapped = (
                     "SELECT ds.id AS supernet_id, dp.id AS protocol_id, m.* FROM src.models m "
-                    "JOIN src.supernets ss ON ss.id = m.supernet_id JOIN supernets ds ON ds.weights_sha256 = ss.weights_sha256 "
+                    "JOIN src.supernets ss ON ss.id = m.supernet_id "
+                    "JOIN supernets ds ON ds.weights_sha256 = ss.weights_sha256 "
                     "JOIN src.protocols sp ON sp.id = m.protocol_id JOIN protocols dp ON dp.spec = sp.spec")
                 differs = " OR ".join(
                     [f"NOT ((e.{c} IS NULL AND n.{c} IS NULL) OR (e.{c} IS NOT NULL AND n.{c} IS NOT NULL "
