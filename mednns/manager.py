@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import pluggy
 
 from mednns import hookspecs
-from mednns.errors import ConfigError, MednnsError, PluginLoadError
+from mednns.errors import ConfigError, ConfigIssue, MednnsError, PluginLoadError
 from mednns.registry import KIND_HOOKS, Component, Registry, check_component
 from mednns.typecheck import suggest
 
@@ -254,6 +254,12 @@ class PluginManager:
         if kind not in registries:
             Registry(kind)  # raises the unknown-kind error
         return registries[kind]
+
+    def check(self, kind: str, name: str, args: dict[str, Any], path: str) -> list[ConfigIssue]:
+        """Problems of ``args`` for the component ``name`` of ``kind``, as a config check finds them
+        (missing, unexpected and mistyped arguments, nested components too), each located under
+        ``path`` (``path.<argument>``); nothing is built."""
+        return check_component(self, {"name": name, "args": args}, kind, path, args_path=path)
 
     def create(self, kind: str, name: str, /, **args: Any) -> Any:
         """Build a component after validating ``args`` against its factory's signature."""

@@ -149,8 +149,12 @@ class Registry:
 SUPPLIED_ARGS: dict[str, frozenset[str]] = {"search-spaces": frozenset({"in_channels", "num_classes"})}
 
 
-def check_component(manager: "PluginManager", value: Any, kind: str, path: str) -> list[ConfigIssue]:
-    """Problems of one ``{name, args}`` component of ``kind`` (recursing into nested components)."""
+def check_component(manager: "PluginManager", value: Any, kind: str, path: str,
+                    args_path: str | None = None) -> list[ConfigIssue]:
+    """Problems of one ``{name, args}`` component of ``kind`` (recursing into nested components).
+
+    :param args_path: where its arguments are located (default: ``<path>.args``).
+    """
     registry = manager.registry(kind)
     if not isinstance(value, dict):
         example = registry.names()[0] if len(registry) else "..."
@@ -178,7 +182,7 @@ def check_component(manager: "PluginManager", value: Any, kind: str, path: str) 
     if not isinstance(args, dict):
         return issues + [ConfigIssue(f"{path}.args", f"expected a mapping of arguments, got {args!r}")]
     on_component = lambda v, k, p: check_component(manager, v, k, p)  # noqa: E731
-    return issues + check_args(component.factory, args, f"{path}.args", on_component,
+    return issues + check_args(component.factory, args, args_path or f"{path}.args", on_component,
                                supplied=SUPPLIED_ARGS.get(kind, frozenset()))
 
 

@@ -136,10 +136,15 @@ class Evaluate(Stage):
 
     def run(self, run) -> dict[str, Any]:
         from mednns.evaluation.leave_one_out import evaluate
+        from mednns.metaspace.settings import MetaSpaceSettings
 
-        # the fold meta-spaces are built through the registry: check their arguments now, not after an hour
+        # check every fold meta-space's arguments now (as a fit_meta_space stage's), not after an hour
         for variant in self.settings.variant_list():
-            run.manager.create("stages", "fit_meta_space", **variant.meta_space)
+            where = f"{STAGE}.variants.{variant.name}.meta_space" if variant.name else f"{STAGE}.meta_space"
+            issues = run.manager.check("stages", layout.META_SPACE_STAGE, variant.meta_space, where)
+            if issues:
+                raise mednns.ConfigError(issues)
+            MetaSpaceSettings.from_args(**variant.meta_space)
             rerank = variant.settings()
             if rerank is not None:
                 run.manager.create("transfer-scores", rerank.score["name"], **rerank.score["args"])

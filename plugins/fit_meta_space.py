@@ -13,27 +13,16 @@ training datasets (cached), sets the model encoder up on every zoo row, and trai
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any, Literal
 
 import mednns
-from mednns.errors import UsageError
-from mednns.layout import META_SPACE_STAGE, zoo_store
+from mednns.layout import META_SPACE_STAGE
 from mednns.stages import Stage
 
 STAGE = META_SPACE_STAGE
 #: The stage's files (``mednns.metaspace.train`` writes them under these names).
 FILES = ("metaspace.safetensors", "metaspace.json", "model_embeddings.npy", "report.json")
-DEFAULT_DATASET_ENCODER: dict[str, Any] = {"name": "image_stats", "args": {}}
-DEFAULT_MODEL_ENCODER: dict[str, Any] = {"name": "arch", "args": {}}
-DEFAULT_LOSSES: list[dict[str, Any]] = [{"name": "performance", "args": {}}, {"name": "rank", "args": {}},
-                                        {"name": "fid", "args": {}}]
-
-
-def _spec(value: dict[str, Any]) -> dict[str, Any]:
-    """A component spec with its ``args`` always a dict (a config may leave them out)."""
-    return {"name": value["name"], "args": copy.deepcopy(value.get("args") or {})}
 
 
 class FitMetaSpace(Stage):
@@ -66,31 +55,14 @@ class FitMetaSpace(Stage):
                  models_per_dataset: int = 64, images_per_set: int = 256, val_fraction: float = 0.2,
                  eval_every: int = 100, patience: int = 8, select_by: Literal["predicted", "score"] = "predicted",
                  progress: bool = True):
-        from mednns.metaspace.settings import FitConfig
+        from mednns.metaspace.settings import MetaSpaceSettings
 
-        self.zoo = zoo
-        self.held_out = list(held_out or [])
-        self.target = target
-        self.dataset_encoder = _spec(dataset_encoder or DEFAULT_DATASET_ENCODER)
-        self.model_encoder = _spec(model_encoder or DEFAULT_MODEL_ENCODER)
-        self.losses = [_spec(s) for s in (losses if losses is not None else DEFAULT_LOSSES)]
-        names = [spec["name"] for spec in self.losses]
-        self.loss_weights = dict(loss_weights or {})
-        unknown = sorted(set(self.loss_weights) - set(names))
-        if unknown:
-            raise UsageError(f"loss_weights names {', '.join(unknown)}, which are not in losses ({', '.join(names)})")
-        if images < 2:
-            raise UsageError("images must be >= 2")
-        self.images = images
-        self.progress = progress
-        self.fit_args: dict[str, Any] = dict(
-            embed_dim=embed_dim, hidden=hidden, steps=steps, lr=lr, weight_decay=weight_decay,
-            models_per_dataset=models_per_dataset, images_per_set=images_per_set, val_fraction=val_fraction,
-            eval_every=eval_every, patience=patience, select_by=select_by)
-        FitConfig(**self.fit_args)  # validate before any work
-
-    def zoo_path(self, run) -> Path:
-        return Path(self.zoo) if self.zoo else zoo_store(run.directory)
+        self.settings = MetaSpaceSettings.from_args(
+            zoo=zoo, held_out=held_out, target=target, dataset_encoder=dataset_encoder, model_encoder=model_encoder,
+            losses=losses, loss_weights=loss_weights, images=images, progress=progress, embed_dim=embed_dim,
+            hidden=hidden, steps=steps, lr=lr, weight_decay=weight_decay, models_per_dataset=models_per_dataset,
+            images_per_set=images_per_set, val_fraction=val_fraction, eval_every=eval_every, patience=patience,
+            select_by=select_by)  # validated before any work
 
     def outputs(self, run) -> list[Path]:
         directory = run.stage_dir(self.name)
@@ -99,7 +71,7 @@ class FitMetaSpace(Stage):
     def run(self, run) -> dict[str, Any]:
         from mednns.metaspace.train import train_meta_space
 
-        return train_meta_space(run, self)
+        return train_meta_space(run, self.settings)
 
 
 @mednns.hookimpl

@@ -565,3 +565,20 @@ def test_re_ranking_reads_each_runs_own_fine_tuning_subset_and_counts_as_its_set
                                                           + run["compute"]["finetune"]["image_macs"])
     plain = methods_of(results, "c")["mednns"]["runs"][0]["compute"]["setup"]
     assert "rerank" not in plain
+
+
+def test_fold_meta_space_arguments_are_checked_with_their_key_paths_before_any_work():
+    from types import SimpleNamespace
+
+    from mednns.errors import ConfigError
+    from mednns.manager import get_plugin_manager
+
+    manager = get_plugin_manager()
+    for args, path in (({"variants": {"slow": {"meta_space": {"steps": "many"}}}},
+                        "evaluate.variants.slow.meta_space.steps"),
+                       ({"meta_space": {"losses": [{"name": "performance", "args": {"colour": 1}}]}},
+                        "evaluate.meta_space.losses[0].args.colour")):
+        stage = manager.create("stages", "evaluate", **args)
+        with pytest.raises(ConfigError) as info:
+            stage.run(SimpleNamespace(manager=manager))  # fails before it touches the run's files
+        assert [issue.path for issue in info.value.issues] == [path]

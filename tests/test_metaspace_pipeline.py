@@ -265,3 +265,25 @@ def test_the_lift_target_makes_zoo_accuracies_comparable_across_majority_rates(p
     finally:
         with ZooStore(zoo) as store:
             store.update_supernet_metadata(supernet_id, val_majority_rate=majority["a"])
+
+
+def test_the_stage_and_the_evaluation_build_the_same_meta_space_settings():
+    from dataclasses import replace
+
+    from mednns.errors import UsageError
+    from mednns.manager import get_plugin_manager
+    from mednns.metaspace.settings import FitConfig, MetaSpaceSettings
+
+    args = {"held_out": ["c"], "target": "val_lift", "losses": [{"name": "rank"}], "loss_weights": {"rank": 2.0},
+            "steps": 40, "images": 64, "model_encoder": {"name": "arch", "args": {"source": True}}}
+    stage = get_plugin_manager().create("stages", "fit_meta_space", **args)
+    settings = MetaSpaceSettings.from_args(**args)
+    assert stage.settings == settings
+    assert settings.held_out == ("c",) and settings.fit == replace(FitConfig(), steps=40)
+    assert settings.losses == ({"name": "rank", "args": {}},) and settings.weight("rank") == 2.0
+    assert settings.dataset_encoder == {"name": "image_stats", "args": {}}
+    assert MetaSpaceSettings() == MetaSpaceSettings.from_args()  # one set of defaults
+    with pytest.raises(UsageError, match="loss_weights names fid"):
+        MetaSpaceSettings.from_args(losses=[{"name": "rank"}], loss_weights={"fid": 1.0})
+    with pytest.raises(UsageError, match="unexpected meta-space argument"):
+        MetaSpaceSettings.from_args(stepz=3)

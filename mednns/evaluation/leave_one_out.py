@@ -139,14 +139,15 @@ class Fold:
     # --- meta-spaces and the query ------------------------------------------------------------
     def meta_space(self, args: dict[str, Any]) -> Path:
         """Fit (once) a meta-space with ``args`` and the target held out; returns its folder."""
+        from mednns.metaspace.settings import MetaSpaceSettings
         from mednns.metaspace.train import train_meta_space
 
         args = {**args, "zoo": str(self.zoo_path), "held_out": [self.target]}
         directory = self.directory / "meta_spaces" / _slug({"args": args, "zoo": self.zoo_key})
         if not (directory / "metaspace.json").is_file():
             self.run.console.print(f"[bold]{self.target}[/]: fitting a meta-space without it ({directory.name})")
-            spec = {**args, "progress": self.settings.progress}
-            train_meta_space(self.run, self.run.manager.create("stages", "fit_meta_space", **spec), directory)
+            train_meta_space(self.run, MetaSpaceSettings.from_args(**{**args, "progress": self.settings.progress}),
+                             directory)
             write_json(directory / "arguments.json", args)
         return directory
 

@@ -1,9 +1,10 @@
-"""Meta-space training hyper-parameters (plain data, no torch: the ``fit_meta_space`` plugin imports it)."""
+"""Meta-space training settings (plain data, no torch: the ``fit_meta_space`` plugin and the evaluation import it)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+import copy
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal, Mapping, Sequence
 
 from mednns.errors import UsageError
 
@@ -48,3 +49,71 @@ class FitConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: What a meta-space learns to predict (:func:`mednns.metaspace.table.load_table`).
+Target = Literal["val_acc", "val_auc", "val_lift"]
+DEFAULT_DATASET_ENCODER: dict[str, Any] = {"name": "image_stats", "args": {}}
+DEFAULT_MODEL_ENCODER: dict[str, Any] = {"name": "arch", "args": {}}
+DEFAULT_LOSSES: tuple[dict[str, Any], ...] = ({"name": "performance", "args": {}}, {"name": "rank", "args": {}},
+                                              {"name": "fid", "args": {}})
+#: FitConfig fields a caller sets (the seed is derived from the run's).
+FIT_KEYS = tuple(f.name for f in fields(FitConfig) if f.name != "seed")
+
+
+def component(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A component spec with its ``args`` always a dict (a config may leave them out)."""
+    return {"name": value["name"], "args": copy.deepcopy(dict(value.get("args") or {}))}
+
+
+@dataclass(frozen=True)
+class MetaSpaceSettings:
+    """Everything one meta-space training is made of: what the ``fit_meta_space`` stage and the
+    evaluation's per-fold meta-spaces hand to :func:`mednns.metaspace.train.train_meta_space`.
+
+    :param zoo: the zoo store (``None``: the run's ``build_zoo`` store).
+    :param held_out: datasets whose rows and FIDs stay out of training.
+    :param target: the zoo metric to learn. :param dataset_encoder: :param model_encoder: component
+        specs ``{name, args}``. :param losses: loss-term specs. :param loss_weights: weight per loss
+        name (default 1). :param images: training images encoded per dataset.
+    :param fit: the training hyper-parameters (its seed is replaced by one derived from the run's).
+    :param progress: show progress bars.
+    """
+
+    zoo: str | None = None
+    held_out: tuple[str, ...] = ()
+    target: Target = "val_acc"
+    dataset_encoder: dict[str, Any] = field(default_factory=lambda: component(DEFAULT_DATASET_ENCODER))
+    model_encoder: dict[str, Any] = field(default_factory=lambda: component(DEFAULT_MODEL_ENCODER))
+    losses: tuple[dict[str, Any], ...] = field(default_factory=lambda: tuple(component(s) for s in DEFAULT_LOSSES))
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    images: int = 1000
+    fit: FitConfig = field(default_factory=FitConfig)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        names = [spec["name"] for spec in self.losses]
+        unknown = sorted(set(self.loss_weights) - set(names))
+        if unknown:
+            raise UsageError(f"loss_weights names {', '.join(unknown)}, which are not in losses ({', '.join(names)})")
+        if self.images < 2:
+            raise UsageError("images must be >= 2")
+
+    @classmethod
+    def from_args(cls, *, zoo: str | None = None, held_out: Sequence[str] | None = None, target: Target = "val_acc",
+                  dataset_encoder: Mapping[str, Any] | None = None, model_encoder: Mapping[str, Any] | None = None,
+                  losses: Sequence[Mapping[str, Any]] | None = None, loss_weights: Mapping[str, float] | None = None,
+                  images: int = 1000, progress: bool = True, **fit: Any) -> MetaSpaceSettings:
+        """The settings from a ``fit_meta_space`` stage's arguments (``fit``: :class:`FitConfig` fields)."""
+        unexpected = sorted(set(fit) - set(FIT_KEYS))
+        if unexpected:
+            raise UsageError(f"unexpected meta-space argument(s): {', '.join(unexpected)}")
+        return cls(zoo=zoo, held_out=tuple(held_out or ()), target=target,
+                   dataset_encoder=component(dataset_encoder or DEFAULT_DATASET_ENCODER),
+                   model_encoder=component(model_encoder or DEFAULT_MODEL_ENCODER),
+                   losses=tuple(component(s) for s in (losses if losses is not None else DEFAULT_LOSSES)),
+                   loss_weights=dict(loss_weights or {}), images=images, fit=FitConfig(**fit), progress=progress)
+
+    def weight(self, loss: str) -> float:
+        """The weight of the loss term named ``loss``."""
+        return float(self.loss_weights.get(loss, 1.0))

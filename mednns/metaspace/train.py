@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,13 @@ from torch import nn
 
 from mednns.errors import UsageError
 from mednns.files import atomic_write_bytes, write_json
+from mednns.layout import META_SPACE_STAGE, zoo_store
 from mednns.metaspace.contracts import ModelTable
 from mednns.metaspace.features import dataset_features, features_key
 from mednns.metaspace.fid import fid_matrix
 from mednns.metaspace.fit import MetaSpaceFitter
 from mednns.metaspace.model import MetaSpace
-from mednns.metaspace.settings import FitConfig
+from mednns.metaspace.settings import MetaSpaceSettings
 from mednns.metaspace.table import load_table
 from mednns.paths import cache_dir
 from mednns.seeding import derive_seed
@@ -69,55 +70,54 @@ def correlation_table(report: dict[str, Any]) -> Table:
     return table
 
 
-def train_meta_space(run, stage, directory: Path | None = None) -> dict[str, Any]:
-    """Train and save the meta-space of ``run`` as configured by the ``fit_meta_space`` ``stage``.
+def train_meta_space(run, settings: MetaSpaceSettings, directory: Path | None = None) -> dict[str, Any]:
+    """Train and save the meta-space of ``run`` made of ``settings``.
 
-    :param directory: where its files go (default: the stage's directory).
+    :param directory: where its files go (default: the run's ``fit_meta_space`` folder).
     """
-    zoo_path = stage.zoo_path(run)
+    zoo_path = Path(settings.zoo) if settings.zoo else zoo_store(run.directory)
     if not zoo_path.is_file():
         raise UsageError(f"fit_meta_space: no zoo at {zoo_path}", hint="run a build_zoo stage first, or set 'zoo'")
     with ZooStore(zoo_path, readonly=True) as store:
-        table = load_table(store, stage.target)
-    train_names = [d for d in table.datasets if d not in stage.held_out]
-    wanted = train_names + [d for d in stage.held_out if d not in train_names]
+        table = load_table(store, settings.target)
+    train_names = [d for d in table.datasets if d not in settings.held_out]
+    wanted = train_names + [d for d in settings.held_out if d not in train_names]
     missing = [d for d in wanted if d not in run.datasets]
     if missing:
         raise UsageError(f"fit_meta_space: the run has no dataset {', '.join(missing)} (the zoo or held_out names it)",
                          hint="add it under 'datasets' so its images can be encoded")
-    seed = derive_seed(run.seed, stage.name)
+    seed = derive_seed(run.seed, META_SPACE_STAGE)
     cache = cache_dir()
-    encoder_spec = stage.dataset_encoder
+    encoder_spec = settings.dataset_encoder
     encoder = run.manager.create("dataset-encoders", encoder_spec["name"], **encoder_spec["args"]).to(run.device)
     features, keys = {}, {}
     for name in wanted:
         dataset = run.dataset(name)
-        features[name] = dataset_features(encoder, dataset, images=stage.images, seed=run.seed, cache_dir=cache,
-                                          progress=stage.progress)
-        keys[name] = features_key(encoder, dataset, images=stage.images, seed=run.seed)
+        features[name] = dataset_features(encoder, dataset, images=settings.images, seed=run.seed, cache_dir=cache,
+                                          progress=settings.progress)
+        keys[name] = features_key(encoder, dataset, images=settings.images, seed=run.seed)
     fid_names, fid = fid_matrix({n: features[n] for n in train_names}, cache=cache / "fid" / "pairs.json",
                                 keys={n: keys[n] for n in train_names})
     order = [fid_names.index(n) for n in train_names]
     fid = fid[np.ix_(order, order)]
 
-    model_spec = stage.model_encoder
+    model_spec = settings.model_encoder
     model_encoder = run.manager.create("model-encoders", model_spec["name"], **model_spec["args"])
-    model_encoder.setup(table, {"device": run.device, "cache_dir": cache, "seed": seed, "progress": stage.progress,
+    model_encoder.setup(table, {"device": run.device, "cache_dir": cache, "seed": seed, "progress": settings.progress,
                                 "dataset_features": features})
     stacked = np.concatenate([features[n] for n in train_names])
-    config = FitConfig(**stage.fit_args, seed=seed)
+    config = replace(settings.fit, seed=seed)
     torch.manual_seed(seed)
     model = MetaSpace(stacked.shape[1], model_encoder, config.embed_dim, config.hidden,
                       feature_mean=torch.as_tensor(stacked.mean(0)), feature_std=torch.as_tensor(stacked.std(0)))
-    losses = [(float(stage.loss_weights.get(spec["name"], 1.0)),
-               run.manager.create("losses", spec["name"], **spec["args"]))
-              for spec in stage.losses]
-    fitter = MetaSpaceFitter(model, table, features, train_names, stage.held_out, normalized_fid(fid), losses, config,
-                             device=run.device, console=run.console, progress=stage.progress)
+    losses = [(settings.weight(spec["name"]), run.manager.create("losses", spec["name"], **spec["args"]))
+              for spec in settings.losses]
+    fitter = MetaSpaceFitter(model, table, features, train_names, list(settings.held_out), normalized_fid(fid),
+                             losses, config, device=run.device, console=run.console, progress=settings.progress)
     result = fitter.fit()
     run.console.print(correlation_table(result["datasets"]))
 
-    directory = Path(directory) if directory is not None else run.stage_dir(stage.name)
+    directory = Path(directory) if directory is not None else run.stage_dir(META_SPACE_STAGE)
     directory.mkdir(parents=True, exist_ok=True)
     embeddings = all_model_embeddings(model, len(table))
     buffer = io.BytesIO()
@@ -129,18 +129,18 @@ def train_meta_space(run, stage, directory: Path | None = None) -> dict[str, Any
     atomic_write_bytes(directory / FEATURES_FILE, buffer.getvalue())  # the model encoder's setup reads them
     save_weights(directory / WEIGHTS_FILE, model)
     metadata = {
-        "format": FORMAT, "zoo": str(zoo_path.resolve()), "target": stage.target, "row_ids": table.ids.tolist(),
-        "train_datasets": train_names, "held_out": stage.held_out, "feature_dim": int(stacked.shape[1]),
+        "format": FORMAT, "zoo": str(zoo_path.resolve()), "target": settings.target, "row_ids": table.ids.tolist(),
+        "train_datasets": train_names, "held_out": list(settings.held_out), "feature_dim": int(stacked.shape[1]),
         "model_embed_dim": int(model_encoder.embed_dim),
-        "dataset_encoder": encoder_spec, "model_encoder": model_spec, "losses": stage.losses,
-        "loss_weights": {spec["name"]: float(stage.loss_weights.get(spec["name"], 1.0)) for spec in stage.losses},
-        "images": stage.images, "image_seed": run.seed, "config": config.to_dict(),
+        "dataset_encoder": encoder_spec, "model_encoder": model_spec, "losses": list(settings.losses),
+        "loss_weights": {spec["name"]: settings.weight(spec["name"]) for spec in settings.losses},
+        "images": settings.images, "image_seed": run.seed, "config": config.to_dict(),
     }
     write_json(directory / METADATA_FILE, metadata)
     write_json(directory / REPORT_FILE, {**result, "history": fitter.history,
                                            "fid": {"datasets": train_names, "matrix": fid.tolist()}})
     return {"best_step": result["best_step"], "objective": result["objective"], "summary": result["summary"],
-            "rows": len(table), "train_datasets": train_names, "held_out": stage.held_out}
+            "rows": len(table), "train_datasets": train_names, "held_out": list(settings.held_out)}
 
 
 @dataclass
