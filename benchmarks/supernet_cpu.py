@@ -32,7 +32,7 @@ import yaml
 import mednns
 from mednns.data import dataset_tensors
 from mednns.files import atomic_write_text, write_json
-from mednns.search_spaces.calibration import preserved_bn_statistics, recalibrate_bn
+from mednns.supernets import preserved_bn_statistics, recalibrate_bn
 from mednns.training import DistillationLoss, SupernetTrainer, TrainConfig, sandwich_step, supervised_loss
 
 

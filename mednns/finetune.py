@@ -193,7 +193,7 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
     """
     from timm.scheduler import CosineLRScheduler
 
-    from mednns.search_spaces.calibration import recalibrate_bn
+    from mednns.supernets import recalibrate_bn
 
     model = model.to(device)
     train_x, train_y = data.train_x, data.train_y

@@ -53,7 +53,7 @@ def register_search_spaces(register: Register) -> None:
     :param register: call ``register(name, factory, description=...)`` once per space.
     :returns: nothing; results flow through ``register``.
 
-    ``factory(**args)`` returns the supernet: a :class:`mednns.search_spaces.base.Supernet`
+    ``factory(**args)`` returns the supernet: a :class:`mednns.supernets.Supernet`
     (an ``nn.Module`` with ``sample``, ``largest``, ``smallest``, ``set_active``,
     ``extract``, ``encode``, ``cost``, ``arch_to_json`` ...). It must accept
     ``in_channels`` and ``num_classes``, which stages fill in from the dataset.

@@ -37,17 +37,24 @@ from typing import Any, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from timm.layers import get_act_layer, make_divisible
+from timm.layers import make_divisible
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from .base import Arch, InvalidArchitecture, Supernet, make_rng, one_hot
-from .calibration import running_statistics
-from .elastic import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear
+from mednns.supernets import (
+    Arch,
+    DynamicLinear,
+    InvalidArchitecture,
+    Supernet,
+    conv_out,
+    make_rng,
+    match_choice,
+    one_hot,
+)
 
-__all__ = ["OFAMobileNetV3", "DynamicSE", "DynamicMBConv", "DynamicDepthwiseConv2d", "depthwise_conv2d",
-           "SqueezeExcite", "InvertedResidual", "MobileNetV3Subnet", "PRESETS", "mid_channels"]
+from .mobilenetv3_blocks import DynamicMBConv
+from .mobilenetv3_layers import MobileNetV3Subnet, activation
+
+__all__ = ["OFAMobileNetV3", "PRESETS"]
 
 #: Stage strides of the paper (224 px, after a stride-2 stem: total stride 32).
 PAPER_STAGE_STRIDES = (2, 2, 2, 1, 2)
@@ -90,360 +97,6 @@ _DEFAULTS: dict[str, Any] = {
 _STEM_ACT = "hard_swish"
 _HEAD_ACT = "hard_swish"
 _FIRST_BLOCK_ACT = "relu"
-
-
-def mid_channels(in_channels: int, expand: float) -> int:
-    """The middle (expanded) width of a block with an expand conv (OFA: ``make_divisible(round(c·e), 8)``)."""
-    return make_divisible(round(in_channels * expand), 8)
-
-
-def _act(name: str) -> nn.Module:
-    layer = get_act_layer(name)
-    if layer is None:
-        raise ValueError(f"unknown activation {name!r}")
-    return layer()
-
-
-def _match(value: Any, choices: Sequence[Any]) -> Any:
-    """The element of ``choices`` equal to ``value`` (a real number, not a bool), else ``None``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    for choice in choices:
-        if value == choice:
-            return choice
-    return None
-
-
-def _conv_out(size: int, kernel: int, stride: int) -> int:
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
-
-
-# ---------------------------------------------------------------------------------------------
-# plain layers of extracted networks
-# ---------------------------------------------------------------------------------------------
-class SqueezeExcite(nn.Module):
-    """Squeeze-excite: global mean → 1x1 conv (reduce) → act → 1x1 conv (expand) → gate → scale."""
-
-    def __init__(self, channels: int, reduced: int, act: str = "relu", gate: str = "hard_sigmoid"):
-        super().__init__()
-        self.reduce = nn.Conv2d(channels, reduced, 1, bias=True)
-        self.act = _act(act)
-        self.expand = nn.Conv2d(reduced, channels, 1, bias=True)
-        self.gate = _act(gate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        s = self.expand(self.act(self.reduce(s)))
-        return x * self.gate(s)
-
-
-class InvertedResidual(nn.Module):
-    """A plain MBConv block: [expand (conv, BN, act)] → depthwise (conv, BN, act) → [SE] → project (conv, BN) [+ x]."""
-
-    def __init__(self, expand: nn.Module | None, depthwise: nn.Module, se: nn.Module | None,
-                 project: nn.Module, residual: bool):
-        super().__init__()
-        self.expand = expand
-        self.depthwise = depthwise
-        self.se = se
-        self.project = project
-        self.residual = residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.expand(x) if self.expand is not None else x
-        h = self.depthwise(h)
-        if self.se is not None:
-            h = self.se(h)
-        h = self.project(h)
-        return h + x if self.residual else h
-
-
-class MobileNetV3Subnet(nn.Module):
-    """A standalone network extracted from :class:`OFAMobileNetV3` (plain torch layers only).
-
-    ``arch`` and ``supernet_config`` are kept as plain attributes for bookkeeping.
-    """
-
-    def __init__(self, stem: nn.Module, blocks: Sequence[nn.Module], final_expand: nn.Module,
-                 feature_mix: nn.Module, dropout: float, classifier: nn.Linear,
-                 arch: Arch | None = None, config: dict[str, Any] | None = None):
-        super().__init__()
-        self.stem = stem
-        self.blocks = nn.Sequential(*blocks)
-        self.final_expand = final_expand
-        self.feature_mix = feature_mix
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = classifier
-        self.num_features = classifier.in_features
-        self.arch = copy.deepcopy(arch)
-        self.supernet_config = copy.deepcopy(config)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.final_expand(self.blocks(self.stem(x)))
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.feature_mix(x.mean((2, 3), keepdim=True)).flatten(1)
-        if pre_logits:
-            return x
-        return self.classifier(self.dropout(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """A new, freshly initialised linear head (fine-tuning on another task)."""
-        old = self.classifier.weight
-        self.classifier = nn.Linear(self.num_features, num_classes).to(device=old.device, dtype=old.dtype)
-
-
-# ---------------------------------------------------------------------------------------------
-# dynamic layers
-# ---------------------------------------------------------------------------------------------
-class _DepthwiseConv2d(torch.autograd.Function):
-    """Depthwise conv whose weight gradient for kernels ≥ 5 is one grouped convolution.
-
-    oneDNN's depthwise weight-gradient kernel is slow on CPU for 5x5 and 7x7 kernels (measured on
-    a 2-core CPU: up to 10x slower than this for NCHW inputs, 1–1.5x for channels_last, so the
-    largest ``cpu``-preset subnet's forward + backward went from 1.3 to 0.7 s). The weight
-    gradient of a depthwise conv is the correlation of each image's input channel with its output
-    gradient, i.e. a conv of the input, viewed as one image of ``N·C`` channels, with the gradient
-    as ``N·C`` depthwise kernels (dilated by the stride), summed over the batch. Forward and input
-    gradient are the native ones.
-    """
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.stride, ctx.padding = stride, padding
-        return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        s, p = ctx.stride, ctx.padding
-        n, c, h, w = x.shape
-        k = weight.shape[-1]
-        dtype = grad.dtype  # under autocast the forward ran in the autocast dtype
-        xd, wd = x.to(dtype), weight.to(dtype)
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, xd, wd, None, [s, s], [p, p], [1, 1], False, [0, 0], c, (True, False, False))[0].to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            if k >= 5:
-                xi = xd.transpose(0, 1).reshape(1, c * n, h, w)
-                gi = grad.transpose(0, 1).reshape(c * n, 1, grad.shape[2], grad.shape[3])
-                out = F.conv2d(xi, gi, None, 1, p, s, c * n)[..., :k, :k]
-                grad_w = out.reshape(c, n, k, k).sum(1, keepdim=True)
-            else:
-                grad_w = torch.ops.aten.convolution_backward(
-                    grad, xd, wd, None, [s, s], [p, p], [1, 1], False, [0, 0], c, (False, True, False))[1]
-            grad_w = grad_w.to(dtype=weight.dtype, memory_format=torch.contiguous_format)
-        return grad_x, grad_w, None, None
-
-
-def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
-    """``F.conv2d(x, weight, None, stride, padding, groups=C)`` with a faster weight gradient on CPU."""
-    if x.device.type != "cpu" or not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
-        return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
-    return _DepthwiseConv2d.apply(x, weight, stride, padding)
-
-
-class DynamicDepthwiseConv2d(DynamicConv2d):
-    """:class:`DynamicConv2d` in depthwise mode, without bias, using :func:`depthwise_conv2d`."""
-
-    def __init__(self, max_channels: int, kernel_sizes: Sequence[int] | int, stride: int = 1):
-        super().__init__(max_channels, max_channels, kernel_sizes, stride, depthwise=True, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        return depthwise_conv2d(x, self.kernel_weight(c, c, self.active_kernel), self.stride, self.active_kernel // 2)
-
-
-def _bias(conv: nn.Conv2d) -> torch.Tensor:
-    """The bias of a conv built with ``bias=True``."""
-    assert conv.bias is not None
-    return conv.bias
-
-
-class DynamicSE(nn.Module):
-    """Squeeze-excite over the first ``C`` channels of its input (``C`` read from the input).
-
-    The reduced width is ``make_divisible(C // reduction, divisor)`` as in OFA's ``DynamicSE``;
-    the reduce/expand 1x1 convs hold the weights of the widest configuration and are sliced.
-    """
-
-    def __init__(self, max_channels: int, reduction: int = 4, divisor: int = 8,
-                 act: str = "relu", gate: str = "hard_sigmoid"):
-        super().__init__()
-        self.max_channels, self.reduction, self.divisor = max_channels, reduction, divisor
-        self.act_name, self.gate_name = act, gate
-        self.max_reduced = max(self.reduced_channels(c) for c in range(1, max_channels + 1))
-        self.reduce = nn.Conv2d(max_channels, self.max_reduced, 1, bias=True)
-        self.expand = nn.Conv2d(self.max_reduced, max_channels, 1, bias=True)
-        self.act = _act(act)
-        self.gate = _act(gate)
-
-    def reduced_channels(self, channels: int) -> int:
-        return make_divisible(channels // self.reduction, self.divisor)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = x.shape[1]
-        r = self.reduced_channels(c)
-        s = x.mean((2, 3), keepdim=True)
-        s = F.conv2d(s, self.reduce.weight[:r, :c], _bias(self.reduce)[:r])
-        s = F.conv2d(self.act(s), self.expand.weight[:c, :r], _bias(self.expand)[:c])
-        return x * self.gate(s)
-
-    @torch.no_grad()
-    def export(self, channels: int) -> SqueezeExcite:
-        r = self.reduced_channels(channels)
-        se = SqueezeExcite(channels, r, self.act_name, self.gate_name)
-        se.reduce.weight.copy_(self.reduce.weight[:r, :channels])
-        _bias(se.reduce).copy_(_bias(self.reduce)[:r])
-        se.expand.weight.copy_(self.expand.weight[:channels, :r])
-        _bias(se.expand).copy_(_bias(self.expand)[:channels])
-        return se
-
-    def extra_repr(self) -> str:
-        return f"max_channels={self.max_channels}, reduction={self.reduction}, max_reduced={self.max_reduced}"
-
-
-class DynamicMBConv(nn.Module):
-    """An MBConv block with an elastic depthwise kernel and an elastic middle width.
-
-    The input and output widths are fixed (the width multiplier is fixed per supernet).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_choices: Sequence[int],
-                 expand_choices: Sequence[float], stride: int, act: str, use_se: bool):
-        super().__init__()
-        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
-        self.kernel_choices = tuple(sorted(set(kernel_choices)))
-        self.expand_choices = tuple(sorted(set(expand_choices)))
-        self.act_name, self.use_se = act, use_se
-        self.has_expand = any(e != 1 for e in self.expand_choices)
-        #: middle width of every expand choice
-        self.mid_of = {e: (mid_channels(in_channels, e) if self.has_expand else in_channels)
-                       for e in self.expand_choices}
-        self.max_mid = max(self.mid_of.values())
-        self.expand_conv: DynamicConv2d | None
-        self.expand_bn: DynamicBatchNorm2d | None
-        if self.has_expand:
-            self.expand_conv = DynamicConv2d(in_channels, self.max_mid, 1)
-            self.expand_bn = DynamicBatchNorm2d(self.max_mid)
-        else:
-            self.expand_conv = self.expand_bn = None
-        self.dw_conv = DynamicDepthwiseConv2d(self.max_mid, self.kernel_choices, stride)
-        self.dw_bn = DynamicBatchNorm2d(self.max_mid)
-        self.se = DynamicSE(self.max_mid) if use_se else None
-        self.project_conv = DynamicConv2d(self.max_mid, out_channels, 1)
-        self.project_bn = DynamicBatchNorm2d(out_channels)
-        self.act = _act(act)
-        self.residual = stride == 1 and in_channels == out_channels
-        self.set_active(self.kernel_choices[-1], self.max_mid)
-
-    def set_active(self, kernel: int, mid: int) -> None:
-        self.active_kernel, self.active_mid = kernel, mid
-        self.dw_conv.active_kernel = kernel
-        self.dw_conv.active_out = mid
-        if self.expand_conv is not None:
-            self.expand_conv.active_out = mid
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x
-        if self.expand_conv is not None:
-            assert self.expand_bn is not None
-            h = self.act(self.expand_bn(self.expand_conv(h)))
-        h = self.act(self.dw_bn(self.dw_conv(h)))
-        if self.se is not None:
-            h = self.se(h)
-        h = self.project_bn(self.project_conv(h))
-        return h + x if self.residual else h
-
-    @torch.no_grad()
-    def export(self, kernel: int, mid: int) -> InvertedResidual:
-        expand = None
-        if self.expand_conv is not None:
-            assert self.expand_bn is not None
-            expand = nn.Sequential(self.expand_conv.export(self.in_channels, mid, 1),
-                                   self.expand_bn.export(mid), _act(self.act_name))
-        depthwise = nn.Sequential(self.dw_conv.export(mid, mid, kernel), self.dw_bn.export(mid),
-                                  _act(self.act_name))
-        se = self.se.export(mid) if self.se is not None else None
-        project = nn.Sequential(self.project_conv.export(mid, self.out_channels, 1),
-                                self.project_bn.export(self.out_channels))
-        return InvertedResidual(expand, depthwise, se, project, self.residual)
-
-    # -- analytic cost -----------------------------------------------------------------------
-    def cost(self, kernel: int, mid: int, size: tuple[int, int]) -> tuple[int, int, tuple[int, int]]:
-        """``(params, macs, output size)`` of the exported block for an input of spatial ``size``."""
-        h, w = size
-        params = macs = 0
-        if self.has_expand:
-            params += self.in_channels * mid + 2 * mid
-            macs += h * w * mid * self.in_channels
-        oh, ow = _conv_out(h, kernel, self.stride), _conv_out(w, kernel, self.stride)
-        params += mid * kernel * kernel + 2 * mid
-        macs += oh * ow * mid * kernel * kernel
-        if self.se is not None:
-            r = self.se.reduced_channels(mid)
-            params += (mid * r + r) + (r * mid + mid)
-            macs += 2 * mid * r
-        params += mid * self.out_channels + 2 * self.out_channels
-        macs += oh * ow * self.out_channels * mid
-        return params, macs, (oh, ow)
-
-    @torch.no_grad()
-    def sort_channels(self, nested_widths: Sequence[int] = ()) -> None:
-        """OFA ``re_organize_middle_weights``: order the middle channels by the L1 norm of the
-        project conv's weights (descending), permuting every layer that touches them.
-
-        ``nested_widths`` (ascending middle widths) keeps the channels of each narrower width
-        within that width (the channels are only reordered inside each nested band), so
-        subnets released earlier keep their channel sets.
-        """
-        if self.expand_conv is None:  # the middle channels are the block's input: not ours to permute
-            return
-        assert self.expand_bn is not None
-        importance = self.project_conv.weight.abs().sum(dim=(0, 2, 3))
-        bounds = sorted({w for w in nested_widths if 0 < w < self.max_mid})
-        band = torch.zeros_like(importance)
-        for lo in bounds:  # channels beyond each nested width rank below every channel inside it
-            band[lo:] -= 1.0
-        # lexicographic order: band (descending), then importance (descending)
-        by_importance = torch.argsort(importance, descending=True, stable=True)
-        idx = by_importance[torch.argsort(band[by_importance], descending=True, stable=True)]
-        self.project_conv.weight.copy_(self.project_conv.weight[:, idx])
-        self.dw_conv.weight.copy_(self.dw_conv.weight[idx])
-        if self.dw_conv.bias is not None:
-            self.dw_conv.bias.copy_(self.dw_conv.bias[idx])
-        _permute_bn(self.dw_bn, idx)
-        self.expand_conv.weight.copy_(self.expand_conv.weight[idx])
-        if self.expand_conv.bias is not None:
-            self.expand_conv.bias.copy_(self.expand_conv.bias[idx])
-        _permute_bn(self.expand_bn, idx)
-        if self.se is not None:
-            se = self.se
-            se.reduce.weight.copy_(se.reduce.weight[:, idx])
-            se.expand.weight.copy_(se.expand.weight[idx])
-            _bias(se.expand).copy_(_bias(se.expand)[idx])
-            # the SE's own middle (reduced) channels, by the L1 norm of the expand weights
-            se_idx = torch.argsort(se.expand.weight.abs().sum(dim=(0, 2, 3)), descending=True, stable=True)
-            se.expand.weight.copy_(se.expand.weight[:, se_idx])
-            se.reduce.weight.copy_(se.reduce.weight[se_idx])
-            _bias(se.reduce).copy_(_bias(se.reduce)[se_idx])
-
-
-def _permute_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
-    if bn.affine:
-        bn.weight.copy_(bn.weight[idx])
-        bn.bias.copy_(bn.bias[idx])
-    if bn.track_running_stats:
-        mean, var, _ = running_statistics(bn)
-        mean.copy_(mean[idx])
-        var.copy_(var[idx])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,7 +186,7 @@ class OFAMobileNetV3(Supernet):
 
         self.stem = nn.Sequential(
             nn.Conv2d(c["in_channels"], self.stem_channels, 3, c["stem_stride"], 1, bias=False),
-            nn.BatchNorm2d(self.stem_channels), _act(_STEM_ACT))
+            nn.BatchNorm2d(self.stem_channels), activation(_STEM_ACT))
         self.first_block = DynamicMBConv(self.stem_channels, self.first_block_channels, (3,), (1,), 1,
                                          _FIRST_BLOCK_ACT, False)
         blocks = []
@@ -546,9 +199,9 @@ class OFAMobileNetV3(Supernet):
                 feature = self.stage_channels[s]
         self.blocks = nn.ModuleList(blocks)
         self.final_expand = nn.Sequential(nn.Conv2d(feature, self.final_expand_channels, 1, bias=False),
-                                          nn.BatchNorm2d(self.final_expand_channels), _act(_HEAD_ACT))
+                                          nn.BatchNorm2d(self.final_expand_channels), activation(_HEAD_ACT))
         self.feature_mix = nn.Sequential(nn.Conv2d(self.final_expand_channels, self.num_features, 1, bias=False),
-                                         _act(_HEAD_ACT))
+                                         activation(_HEAD_ACT))
         self.dropout = nn.Dropout(c["dropout"])
         self.classifier = DynamicLinear(self.num_features, c["num_classes"])
         self._init_weights()
@@ -615,7 +268,7 @@ class OFAMobileNetV3(Supernet):
             if len(out[name]) != n:
                 raise ValueError(f"{name} must have one entry per stage ({n}), got {out[name]}")
         for a in out["stage_acts"]:
-            _act(a)
+            activation(a)
         dropout = out["dropout"]
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or dropout < 0 or not dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
@@ -707,7 +360,7 @@ class OFAMobileNetV3(Supernet):
                 raise InvalidArchitecture(f"{key!r} must be a list of {n} entries, got {value!r}")
         depth = []
         for s, v in enumerate(arch["depth"]):
-            d = _match(v, self.depth_choices)
+            d = match_choice(v, self.depth_choices)
             if d is None:
                 raise InvalidArchitecture(f"depth[{s}] = {v!r} is not one of {list(self.depth_choices)}")
             depth.append(d)
@@ -717,12 +370,12 @@ class OFAMobileNetV3(Supernet):
             s, i = divmod(j, self.max_depth)
             active = i < depth[s]
             k, e = arch["kernel"][j], arch["expand"][j]
-            kk = _match(k, self.kernel_choices)
+            kk = match_choice(k, self.kernel_choices)
             if kk is None and (active or k is not None):
                 raise InvalidArchitecture(
                     f"kernel[{j}] = {k!r} is not one of {list(self.kernel_choices)}"
                     + ("" if active else " (or None: the block is inactive)"))
-            ee = _match(e, self.expand_choices)
+            ee = match_choice(e, self.expand_choices)
             if ee is None and (active or e is not None):
                 raise InvalidArchitecture(
                     f"expand[{j}] = {e!r} is not one of {list(self.expand_choices)}"
@@ -822,7 +475,7 @@ class OFAMobileNetV3(Supernet):
         if len(size) != 2 or any(not isinstance(v, numbers.Integral) or v < 1 for v in size):
             raise ValueError(f"input_size must be H, (H, W) or (C, H, W), got {input_size!r}")
         c = self._config
-        h, w = _conv_out(size[0], 3, c["stem_stride"]), _conv_out(size[1], 3, c["stem_stride"])
+        h, w = conv_out(size[0], 3, c["stem_stride"]), conv_out(size[1], 3, c["stem_stride"])
         params = c["in_channels"] * self.stem_channels * 9 + 2 * self.stem_channels
         macs = h * w * self.stem_channels * c["in_channels"] * 9
         p, m, (h, w) = self.first_block.cost(3, self.first_block.max_mid, (h, w))

@@ -39,7 +39,6 @@ Extracted networks (:class:`ResNetSubnet`) are rebuilt from checkpoint metadata 
 
 from __future__ import annotations
 
-import math
 import numbers
 import random
 from collections import OrderedDict
@@ -51,8 +50,21 @@ import torch.nn.functional as F
 from timm.layers import make_divisible
 from torch import nn
 
-from .base import Arch, InvalidArchitecture, Supernet, make_rng, one_hot
-from .elastic import DynamicBatchNorm2d, DynamicConv2d, DynamicLinear
+from mednns.supernets import (
+    Arch,
+    DynamicBatchNorm2d,
+    DynamicConv2d,
+    DynamicLinear,
+    InvalidArchitecture,
+    Supernet,
+    conv_out,
+    make_rng,
+    match_choice,
+    one_hot,
+    permute_bn,
+)
+
+from .resnet_blocks import Bottleneck, ElasticBottleneck, ResNetSubnet
 
 __all__ = ["OFAResNet", "ResNetSubnet", "Bottleneck", "PRESETS", "small_image_defaults"]
 
@@ -108,103 +120,12 @@ def small_image_defaults(image_size: int, n_stages: int = 4) -> dict[str, Any]:
     return {**stem, "stage_strides": strides}
 
 
-def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def _avgpool_ceil_out(size: int, kernel: int) -> int:
     # nn.AvgPool2d(kernel, stride=kernel, padding=0, ceil_mode=True)
     out = -((kernel - size) // kernel) + 1
     if (out - 1) * kernel >= size:
         out -= 1
     return out
-
-
-def _bottleneck_forward(block: Bottleneck | _ElasticBottleneck, x: torch.Tensor) -> torch.Tensor:
-    residual = x if block.downsample is None else block.downsample(x)
-    out = F.relu(block.bn1(block.conv1(x)), inplace=True)
-    out = F.relu(block.bn2(block.conv2(out)), inplace=True)
-    out = block.bn3(block.conv3(out))
-    out += residual
-    return F.relu(out, inplace=True)
-
-
-def _downsample(conv: nn.Module, bn: nn.Module, stride: int) -> nn.Sequential:
-    layers: list[tuple[str, nn.Module]] = []
-    if stride > 1:
-        layers.append(("pool", nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)))
-    layers += [("conv", conv), ("bn", bn)]
-    return nn.Sequential(OrderedDict(layers))
-
-
-class Bottleneck(nn.Module):
-    """A plain bottleneck block of an extracted network (``nn.Conv2d``/``nn.BatchNorm2d`` only)."""
-
-    def __init__(self, conv1: nn.Conv2d, bn1: nn.BatchNorm2d, conv2: nn.Conv2d, bn2: nn.BatchNorm2d,
-                 conv3: nn.Conv2d, bn3: nn.BatchNorm2d, downsample: nn.Sequential | None):
-        super().__init__()
-        self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3 = conv1, bn1, conv2, bn2, conv3, bn3
-        self.downsample = downsample
-
-    forward = _bottleneck_forward
-
-
-class ResNetSubnet(nn.Module):
-    """A standalone network extracted from :class:`OFAResNet` (plain torch layers).
-
-    ``arch`` holds the canonical architecture it was extracted for.
-    """
-
-    def __init__(self, stem: nn.Sequential, blocks: nn.Sequential, dropout: float, classifier: nn.Linear,
-                 arch: Arch | None = None):
-        super().__init__()
-        self.stem, self.blocks, self.classifier = stem, blocks, classifier
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.arch = arch
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))
-        return self.classifier(self.dropout(x.mean((2, 3))))
-
-
-class _ElasticBottleneck(nn.Module):
-    """Bottleneck block of the supernet; ``set(mid, out)`` picks the active widths."""
-
-    def __init__(self, max_in: int, max_mid: int, max_out: int, stride: int, projection: bool):
-        super().__init__()
-        self.stride = stride
-        self.conv1 = DynamicConv2d(max_in, max_mid, 1)
-        self.bn1 = DynamicBatchNorm2d(max_mid)
-        self.conv2 = DynamicConv2d(max_mid, max_mid, 3, stride)
-        self.bn2 = DynamicBatchNorm2d(max_mid)
-        self.conv3 = DynamicConv2d(max_mid, max_out, 1)
-        self.bn3 = DynamicBatchNorm2d(max_out)
-        self.downsample = (_downsample(DynamicConv2d(max_in, max_out, 1), DynamicBatchNorm2d(max_out), stride)
-                           if projection else None)
-
-    def set(self, mid: int, out: int) -> None:
-        self.conv1.active_out = self.conv2.active_out = mid
-        self.conv3.active_out = out
-        if self.downsample is not None:
-            cast(DynamicConv2d, self.downsample.conv).active_out = out
-
-    forward = _bottleneck_forward
-
-    def export(self, in_channels: int, mid: int, out: int) -> Bottleneck:
-        downsample = None
-        if self.downsample is not None:
-            conv, bn = cast(DynamicConv2d, self.downsample.conv), cast(DynamicBatchNorm2d, self.downsample.bn)
-            downsample = _downsample(conv.export(in_channels, out), bn.export(out), self.stride)
-        return Bottleneck(self.conv1.export(in_channels, mid), self.bn1.export(mid),
-                          self.conv2.export(mid, mid), self.bn2.export(mid),
-                          self.conv3.export(mid, out), self.bn3.export(out), downsample)
-
-
-@torch.no_grad()
-def _permute_bn(bn: nn.BatchNorm2d, idx: torch.Tensor) -> None:
-    for tensor in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
-        if tensor is not None:
-            tensor.copy_(tensor.index_select(0, idx))
 
 
 #: Bounds that keep a space buildable (far above any published OFA-ResNet: 4 stages, 4+2 blocks).
@@ -347,21 +268,21 @@ class OFAResNet(Supernet):
                 stride = stage_strides[s] if i == 0 else 1
                 if i == 0:
                     projection = stride != 1 or not (len(in_set) == 1 and in_set == out_set)
-                    blocks.append(_ElasticBottleneck(max_ch[s], max_mid, max_ch[s + 1], stride, projection))
+                    blocks.append(ElasticBottleneck(max_ch[s], max_mid, max_ch[s + 1], stride, projection))
                 else:
-                    blocks.append(_ElasticBottleneck(max_ch[s + 1], max_mid, max_ch[s + 1], 1, False))
+                    blocks.append(ElasticBottleneck(max_ch[s + 1], max_mid, max_ch[s + 1], 1, False))
         self.blocks = nn.ModuleList(blocks)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = DynamicLinear(max_ch[-1], num_classes)
         self._active: Arch = {}
-        self._active_blocks: list[_ElasticBottleneck] = []
+        self._active_blocks: list[ElasticBottleneck] = []
         self.set_active(self.largest())
 
     # -- helpers ---------------------------------------------------------------
     @property
-    def _elastic_blocks(self) -> Sequence[_ElasticBottleneck]:
+    def _elastic_blocks(self) -> Sequence[ElasticBottleneck]:
         """``self.blocks`` as what it holds: one elastic block per slot."""
-        return cast(Sequence[_ElasticBottleneck], self.blocks)
+        return cast(Sequence[ElasticBottleneck], self.blocks)
 
     def _div(self, value: float) -> int:
         return int(make_divisible(value, self.divisor))
@@ -373,15 +294,6 @@ class OFAResNet(Supernet):
         for choice in sorted(table):
             first.setdefault(table[choice], choice)
         return {choice: first[table[choice]] for choice in table}
-
-    @staticmethod
-    def _match(value: Any, choices: Sequence[float]) -> float | None:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return None
-        for c in choices:
-            if value == c or math.isclose(float(value), c, rel_tol=1e-6, abs_tol=1e-12):
-                return c
-        return None
 
     def _channels(self, arch: Arch) -> tuple[int, list[int], list[int | None]]:
         """(stem channels, per-stage output channels, per-slot middle channels or None) of a canonical arch."""
@@ -465,7 +377,7 @@ class OFAResNet(Supernet):
             depth.append(int(d))
         width = []
         for i, w in enumerate(arch["width"]):
-            c = self._match(w, self.width_mults)
+            c = match_choice(w, self.width_mults)
             if c is None:
                 raise InvalidArchitecture(f"width[{i}]: {w!r} is not one of {self.width_mults} "
                                           f"(width multipliers, not indices)")
@@ -480,7 +392,7 @@ class OFAResNet(Supernet):
                                               f"it needs one of {self.expand_choices}")
                 expand.append(None)
                 continue
-            c = self._match(e, self.expand_choices)
+            c = match_choice(e, self.expand_choices)
             if c is None:
                 raise InvalidArchitecture(f"expand[{j}]: {e!r} is not one of {self.expand_choices} "
                                           f"(or null for an inactive block)")
@@ -572,7 +484,7 @@ class OFAResNet(Supernet):
                 producer.weight.copy_(producer.weight.index_select(0, idx))
                 if producer.bias is not None:
                     producer.bias.copy_(producer.bias.index_select(0, idx))
-                _permute_bn(bn, idx)
+                permute_bn(bn, idx)
 
     # -- identity and encodings ------------------------------------------------
     @property
@@ -612,18 +524,18 @@ class OFAResNet(Supernet):
         h, w = size
         stem_ch, outs, mids = self._channels(arch)
         k, pad = self.stem_kernel, self.stem_kernel // 2
-        h, w = _conv_out(h, k, self.stem_stride, pad), _conv_out(w, k, self.stem_stride, pad)
+        h, w = conv_out(h, k, self.stem_stride, pad), conv_out(w, k, self.stem_stride, pad)
         params = self.in_channels * stem_ch * k * k + 2 * stem_ch
         macs = h * w * stem_ch * self.in_channels * k * k
         if self.stem_pool:
-            h, w = _conv_out(h, 3, 2, 1), _conv_out(w, 3, 2, 1)
+            h, w = conv_out(h, 3, 2, 1), conv_out(w, 3, 2, 1)
         in_ch = stem_ch
         for j, block in enumerate(self._elastic_blocks):
             mid = mids[j]
             if mid is None:
                 continue
             out, stride = outs[self.slot_stage[j]], block.stride
-            oh, ow = _conv_out(h, 3, stride, 1), _conv_out(w, 3, stride, 1)
+            oh, ow = conv_out(h, 3, stride, 1), conv_out(w, 3, stride, 1)
             params += in_ch * mid + mid * mid * 9 + mid * out + 2 * (2 * mid + out)
             macs += h * w * in_ch * mid + oh * ow * (mid * mid * 9 + mid * out)
             if block.downsample is not None:

@@ -52,7 +52,7 @@ def bn_net(classes: int) -> nn.Module:
 
 
 def test_transfer_recipe_recalibrates_bn_then_trains_the_head_alone_and_counts_its_passes(one_thread):
-    from mednns.search_spaces.calibration import recalibrate_bn
+    from mednns.supernets import recalibrate_bn
 
     dataset = tiny_dataset("t", n_classes=3)
     config = FinetuneConfig(epochs=3, batch_size=16, max_train_images=40, seed=1, recalibrate_bn=True,

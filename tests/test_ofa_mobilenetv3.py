@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from timm.layers import make_divisible
 from torch import nn
 
-from mednns.search_spaces.base import InvalidArchitecture
-from mednns.search_spaces.calibration import preserved_bn_statistics, recalibrate_bn
-from mednns.search_spaces.ofa_mobilenetv3 import OFAMobileNetV3, depthwise_conv2d
+from mednns.supernets import InvalidArchitecture
+from mednns.supernets import preserved_bn_statistics, recalibrate_bn
+from mednns.search_spaces.ofa_mobilenetv3 import OFAMobileNetV3
+from mednns.supernets import depthwise_conv2d
 
 
 
@@ -101,7 +102,7 @@ def test_extracted_network_is_plain_and_state_dict_round_trips():
     sub = net.extract(arch).eval()
     for m in sub.modules():
         assert not type(m).__name__.startswith("Dynamic"), type(m)
-        assert type(m).__module__.startswith("torch.nn") or type(m).__module__.endswith("ofa_mobilenetv3")
+        assert type(m).__module__.startswith("torch.nn") or type(m).__module__.endswith("mobilenetv3_layers")
     supernet_storage = {p.data_ptr() for p in net.parameters()} | {b.data_ptr() for b in net.buffers()}
     assert not any(t.data_ptr() in supernet_storage for t in sub.state_dict().values())  # copies
     expected_params = net.cost(arch)["params"]

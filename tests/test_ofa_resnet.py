@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from mednns.search_spaces.base import InvalidArchitecture, Supernet
-from mednns.search_spaces.calibration import batch_norms, preserved_bn_statistics, recalibrate_bn
+from mednns.supernets import InvalidArchitecture, Supernet
+from mednns.supernets import batch_norms, preserved_bn_statistics, recalibrate_bn
 from mednns.search_spaces.ofa_resnet import OFAResNet, ResNetSubnet
 
 #: a tiny space with make_divisible collisions (stem 0.5/0.75 → 8; expand 0.2/0.25 → 8 at 16 and 24 channels)

@@ -38,7 +38,7 @@ from mednns.data.tensors import LUMINANCE
 from mednns.errors import UsageError
 from mednns.files import atomic_write_bytes, read_json
 from mednns.metaspace.contracts import ModelTable
-from mednns.search_spaces.calibration import recalibrate_bn
+from mednns.supernets import recalibrate_bn
 from mednns.training.checkpoint import load_supernet, supernet_files
 from mednns.zoo.store import sha256_file
 

@@ -3,7 +3,7 @@
 :func:`evaluate` is what training validation, the final test report and the model zoo share:
 the subnet is extracted (a standalone copy) and its BN statistics re-estimated on fixed
 training batches, so the supernet's shared buffers are never touched; with ``extract=False`` the
-supernet itself runs the subnet inside :func:`~mednns.search_spaces.calibration.preserved_bn_statistics`.
+supernet itself runs the subnet inside :func:`~mednns.supernets.preserved_bn_statistics`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from mednns.data import Task, balanced_accuracy, compute_metrics, logits_to_scores
-from mednns.search_spaces.base import Arch, Supernet
-from mednns.search_spaces.calibration import preserved_bn_statistics, recalibrate_bn
+from mednns.supernets import Arch, Supernet, preserved_bn_statistics, recalibrate_bn
 from mednns.training.losses import evaluation_loss
 
 

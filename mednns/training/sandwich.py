@@ -17,7 +17,7 @@ from typing import Callable, ContextManager, Iterable, Sequence
 import torch
 from torch import nn
 
-from mednns.search_spaces.base import Arch, InvalidArchitecture, Supernet
+from mednns.supernets import Arch, InvalidArchitecture, Supernet
 
 log = logging.getLogger("mednns.training")
 

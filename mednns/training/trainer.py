@@ -47,8 +47,8 @@ import mednns
 from mednns.data import MedicalDataset
 from mednns.errors import UsageError
 from mednns.files import read_json, write_json
-from mednns.search_spaces.base import Supernet
 from mednns.seeding import derive_seed, torch_generator
+from mednns.supernets import Arch, Supernet
 from mednns.training.augment import Augmentation
 from mednns.training.checkpoint import (
     FORMAT,
@@ -118,7 +118,7 @@ class CheckpointEvent:
 class SupernetTrainer:
     """Train ``space`` on ``dataset`` into ``directory``.
 
-    :param space: the supernet (a :class:`~mednns.search_spaces.base.Supernet`), freshly built and seeded.
+    :param space: the supernet (a :class:`~mednns.supernets.Supernet`), freshly built and seeded.
     :param dataset: the dataset; ``train`` and ``val`` are read at construction, ``test`` only by :meth:`finalize`.
     :param directory: output folder (created).
     :param config: hyper-parameters.
@@ -320,8 +320,9 @@ class SupernetTrainer:
                 generator = torch_generator(derive_seed(self.seed, "augment", self.rank, phase.name, epoch, step))
                 x = self.augment(x, generator)
             x = x.contiguous(memory_format=self.memory_format) if x.ndim == 4 else x
-            others = []
+            others: list[Arch] = []
             if phase.sandwich:
+                assert smallest is not None  # planned with the phase
                 rng = random.Random(derive_seed(self.seed, "arch", phase.name, epoch, step))
                 others = [smallest, *sample_subnets(self.space, rng, phase.released, config.num_random)]
             progress.image_macs += 3 * len(x) * self.world_size * sum(self.macs(a) for a in [largest, *others])

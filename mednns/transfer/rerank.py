@@ -124,7 +124,7 @@ def candidate_outputs(network: "torch.nn.Module", sample: TargetSample, *, devic
     import torch
 
     from mednns.metaspace.functional import capture_head_input
-    from mednns.search_spaces.calibration import recalibrate_bn
+    from mednns.supernets import recalibrate_bn
 
     network = network.to(device)
     recalibrate_bn(network, [b.to(device) for b in sample.calibration])

@@ -22,9 +22,8 @@ from torch import nn
 
 from mednns.data import MedicalDataset, Task, dataset_tensors
 from mednns.errors import UsageError
-from mednns.search_spaces.base import Arch, Supernet
-from mednns.search_spaces.calibration import recalibrate_bn
 from mednns.seeding import derive_seed, torch_generator
+from mednns.supernets import Arch, Supernet, recalibrate_bn
 from mednns.training.evaluation import metrics_from_logits, predict
 from mednns.zoo.settings import ZooProtocol
 

@@ -15,8 +15,8 @@ import random
 from dataclasses import dataclass
 
 from mednns.errors import UsageError
-from mednns.search_spaces.base import Arch, Supernet
 from mednns.seeding import derive_seed
+from mednns.supernets import Arch, Supernet
 from mednns.zoo.settings import Shard
 
 log = logging.getLogger("mednns.zoo")

@@ -1,5 +1,5 @@
 """``tiny_vit``: a weight-sharing supernet of small vision transformers (elastic depth, MLP ratio,
-heads and embedding width), implementing the whole :class:`mednns.search_spaces.base.Supernet` contract.
+heads and embedding width), implementing the whole :class:`mednns.supernets.Supernet` contract.
 
 Architecture format (a JSON-compatible dict)::
 
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from mednns.errors import UsageError
-from mednns.search_spaces.base import Arch, InvalidArchitecture, Supernet, make_rng, one_hot
+from mednns.supernets import Arch, InvalidArchitecture, Supernet, make_rng, one_hot
 
 from .elastic import ElasticLayerNorm, ElasticLinear, ElasticPatchEmbed
 from .network import TinyViTNet, ViTBlock, block_forward, head_forward, tokens

@@ -20,7 +20,7 @@ import mednns
 import mednns_tinyvit.plugin as tinyvit_plugin
 from mednns.cli import cli
 from mednns.export import adapt_network, export_subnet
-from mednns.search_spaces.base import InvalidArchitecture, Supernet
+from mednns.supernets import InvalidArchitecture, Supernet
 from mednns.testing import check_search_space, plugin_manager, using_plugins, write_tiny_npz
 from mednns.training import load_supernet
 from mednns.zoo import ZooStore

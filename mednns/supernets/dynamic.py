@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .calibration import running_statistics
 
@@ -172,3 +173,71 @@ class DynamicLinear(nn.Module):
         if self.bias is not None:
             linear.bias.copy_(self.bias)
         return linear
+
+
+def conv_out(size: int, kernel: int, stride: int, padding: int | None = None) -> int:
+    """Output size of a convolution (or pooling) over ``size`` pixels (default padding: ``kernel // 2``)."""
+    padding = kernel // 2 if padding is None else padding
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class _DepthwiseConv2d(torch.autograd.Function):
+    """Depthwise conv whose weight gradient for kernels ≥ 5 is one grouped convolution.
+
+    oneDNN's depthwise weight-gradient kernel is slow on CPU for 5x5 and 7x7 kernels (measured on
+    a 2-core CPU: up to 10x slower than this for NCHW inputs, 1–1.5x for channels_last, so the
+    largest ``cpu``-preset subnet's forward + backward went from 1.3 to 0.7 s). The weight
+    gradient of a depthwise conv is the correlation of each image's input channel with its output
+    gradient, i.e. a conv of the input, viewed as one image of ``N·C`` channels, with the gradient
+    as ``N·C`` depthwise kernels (dilated by the stride), summed over the batch. Forward and input
+    gradient are the native ones.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        s, p = ctx.stride, ctx.padding
+        n, c, h, w = x.shape
+        k = weight.shape[-1]
+        dtype = grad.dtype  # under autocast the forward ran in the autocast dtype
+        xd, wd = x.to(dtype), weight.to(dtype)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, xd, wd, None, [s, s], [p, p], [1, 1], False, [0, 0], c, (True, False, False))[0].to(x.dtype)
+        if ctx.needs_input_grad[1]:
+            if k >= 5:
+                xi = xd.transpose(0, 1).reshape(1, c * n, h, w)
+                gi = grad.transpose(0, 1).reshape(c * n, 1, grad.shape[2], grad.shape[3])
+                out = F.conv2d(xi, gi, None, 1, p, s, c * n)[..., :k, :k]
+                grad_w = out.reshape(c, n, k, k).sum(1, keepdim=True)
+            else:
+                grad_w = torch.ops.aten.convolution_backward(
+                    grad, xd, wd, None, [s, s], [p, p], [1, 1], False, [0, 0], c, (False, True, False))[1]
+            grad_w = grad_w.to(dtype=weight.dtype, memory_format=torch.contiguous_format)
+        return grad_x, grad_w, None, None
+
+
+def depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, stride: int, padding: int) -> torch.Tensor:
+    """``F.conv2d(x, weight, None, stride, padding, groups=C)`` with a faster weight gradient on CPU."""
+    if x.device.type != "cpu" or not torch.is_grad_enabled() or not (x.requires_grad or weight.requires_grad):
+        return F.conv2d(x, weight, None, stride, padding, 1, x.shape[1])
+    return _DepthwiseConv2d.apply(x, weight, stride, padding)
+
+
+class DynamicDepthwiseConv2d(DynamicConv2d):
+    """:class:`DynamicConv2d` in depthwise mode, without bias, using :func:`depthwise_conv2d`."""
+
+    def __init__(self, max_channels: int, kernel_sizes: Sequence[int] | int, stride: int = 1):
+        super().__init__(max_channels, max_channels, kernel_sizes, stride, depthwise=True, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        return depthwise_conv2d(x, self.kernel_weight(c, c, self.active_kernel), self.stride, self.active_kernel // 2)

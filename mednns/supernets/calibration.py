@@ -70,3 +70,12 @@ def preserved_bn_statistics(model: nn.Module) -> Iterator[None]:
             for bn, copies in saved:
                 for buffer, copy in zip(running_statistics(bn), copies):
                     buffer.copy_(copy)
+
+
+@torch.no_grad()
+def permute_bn(bn: _BatchNorm, idx: torch.Tensor) -> None:
+    """Reorder a batch norm's channels (affine parameters and running statistics) by ``idx``, in place:
+    what channel sorting does to the BN after a conv whose output channels it reorders."""
+    for tensor in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+        if tensor is not None:
+            tensor.copy_(tensor.index_select(0, idx))

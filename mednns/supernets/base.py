@@ -20,6 +20,8 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import math
+import numbers
 import random
 from typing import Any, Iterable, Sequence
 
@@ -146,3 +148,14 @@ class Supernet(nn.Module, abc.ABC):
 def one_hot(value: Any, choices: Sequence[Any]) -> list[float]:
     """One-hot of ``value`` among ``choices``; all zeros for ``None`` (an inactive block)."""
     return [1.0 if value is not None and value == c else 0.0 for c in choices]
+
+
+def match_choice(value: Any, choices: Sequence[Any]) -> Any:
+    """The element of ``choices`` equal to ``value`` (a real number, not a bool; floats within rounding
+    error match), else ``None``: how an architecture's entries are checked against a space's choices."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    for choice in choices:
+        if value == choice or math.isclose(float(value), float(choice), rel_tol=1e-6, abs_tol=1e-12):
+            return choice
+    return None
