@@ -8,7 +8,7 @@ numbers only*: real architectures of the ``cpu``-preset OFA-ResNet space (real e
 MACs), with a measured-looking target (a fixed random function of the encoding plus noise) and
 random image features per dataset. What is timed is the real code: :class:`MetaSpaceFitter` with the
 default :class:`FitConfig` and the ``arch`` model encoder, and the query's vectorized scoring,
-filtering and ranking over every row (:func:`mednns.metaspace.query.rank_key` and the network's
+filtering and ranking over every row (:func:`mednns.metaspace.retrieval.rank_key` and the network's
 ``pair``), after the meta-space is loaded.
 
     python benchmarks/metaspace_cpu.py
@@ -30,7 +30,7 @@ from mednns.files import atomic_write_text, write_json
 from mednns.metaspace.contracts import ModelTable
 from mednns.metaspace.fit import MetaSpaceFitter
 from mednns.metaspace.model import MetaSpace
-from mednns.metaspace.query import rank_key
+from mednns.metaspace.retrieval import rank_key
 from mednns.metaspace.settings import FitConfig
 
 

@@ -5,7 +5,7 @@ run with a zoo (default: the published CPU protocol's, ``runs/evaluation_cpu``),
 that run and every built-in transfer score, it re-ranks ``--candidates`` zoo models of the other
 datasets (a seeded random draw: the cost does not depend on how they were chosen) on ``--images``
 labelled training images of the target (plus 512 calibration images), through
-:func:`mednns.transfer.rerank.rerank` exactly as the query does, and records the wall time,
+:func:`mednns.transfer.reranking.rerank` exactly as the query does, and records the wall time,
 candidates per second and image-MACs. The target sample is drawn once per score (it is part of
 the cost a query pays).
 
@@ -28,7 +28,7 @@ import torch
 from mednns.config import load_config
 from mednns.files import atomic_write_text, write_json
 from mednns.manager import get_plugin_manager
-from mednns.transfer.rerank import RerankSettings, rerank
+from mednns.transfer.reranking import RerankSettings, rerank
 from mednns.zoo import ZooStore
 
 SCORES = ("knn", "ridge", "logme", "leep", "nce")

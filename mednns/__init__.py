@@ -6,13 +6,18 @@ The public API, timm-style::
     mednns.list_components("datasets", "*mnist")
     ds = mednns.create("datasets", "pneumoniamnist", root="data/medmnist")
 
-Plugins import :data:`hookimpl` from here.
+Plugins import :data:`hookimpl` and the contracts they implement (``mednns.Supernet``,
+``mednns.MedicalDataset``, ``mednns.Stage``, ...) from here; the tools built on them come from the
+public packages (``mednns.data``, ``mednns.supernets``, ``mednns.training``, ``mednns.zoo``,
+``mednns.metaspace``, ``mednns.transfer``, ``mednns.evaluation``) and top-level modules, never from a
+package's submodules (``tests/test_public_api.py`` keeps the built-in plugins to that).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from mednns._exports import lazy_exports
 from mednns.errors import (
     ConfigError,
     DatasetError,
@@ -53,6 +58,30 @@ def load_model(path: Any, **kwargs: Any) -> Any:
     return _load_model(path, **kwargs)
 
 
+#: The contracts a plugin author implements or receives, imported on first use (``import mednns``
+#: stays free of torch): search spaces, datasets, meta-space encoders and loss terms, transfer
+#: scores, stages, runs and the plugin manager.
+_CONTRACTS, __getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "Arch": "mednns.supernets",
+    "ComponentSource": "mednns.registry",
+    "DatasetEncoder": "mednns.metaspace",
+    "DatasetInfo": "mednns.data",
+    "InvalidArchitecture": "mednns.supernets",
+    "LossTerm": "mednns.metaspace",
+    "MedicalDataset": "mednns.data",
+    "MetaBatch": "mednns.metaspace",
+    "ModelEncoder": "mednns.metaspace",
+    "ModelTable": "mednns.metaspace",
+    "PluginManager": "mednns.manager",
+    "Run": "mednns.runs",
+    "SplitArrays": "mednns.data",
+    "Stage": "mednns.stages",
+    "Supernet": "mednns.supernets",
+    "Task": "mednns.data",
+    "TransferScore": "mednns.transfer",
+    "get_plugin_manager": "mednns.manager",
+})
+
 __all__ = [
     "KINDS",
     "ComponentSpec",
@@ -70,3 +99,4 @@ __all__ = [
     "list_components",
     "load_model",
 ]
+__all__ += _CONTRACTS

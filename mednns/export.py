@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 from torch import nn
 
 from mednns.errors import UsageError
 from mednns.files import read_json, write_json
+
+if TYPE_CHECKING:
+    from mednns.registry import ComponentSource
 
 FORMAT = "mednns-model/1"
 WEIGHTS, METADATA, ARCH = "model.safetensors", "model.json", "arch.json"
@@ -114,7 +117,8 @@ def export_subnet(space: Any, space_spec: dict[str, Any], arch: Any, directory: 
     return directory
 
 
-def load_model(path: str | os.PathLike, *, manager: Any = None, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(path: str | os.PathLike, *, manager: ComponentSource | None = None,
+               device: str | torch.device = "cpu") -> nn.Module:
     """A plain ``nn.Module`` (eval mode) from an export folder (or its ``model.json``)."""
     from mednns.manager import get_plugin_manager
     from mednns.training.checkpoint import load_weights

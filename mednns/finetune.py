@@ -15,7 +15,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 import torch
 from rich.console import Console
@@ -31,6 +31,9 @@ from mednns.training.checkpoint import save_weights
 from mednns.training.evaluation import metrics_from_logits, predict
 from mednns.training.losses import supervised_loss
 from mednns.training.metrics_log import write_metrics_csv
+
+if TYPE_CHECKING:
+    from mednns.registry import ComponentSource
 
 BEST, METRICS, FINAL = "best", "metrics.csv", "final.json"
 #: Columns of a fine-tuning ``metrics.csv``.
@@ -142,7 +145,7 @@ class FinetuneData:
 
 def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path,
              config: FinetuneConfig = FinetuneConfig(),
-             *, device: str = "cpu", manager: Any = None, console: Console | None = None,
+             *, device: str = "cpu", manager: ComponentSource | None = None, console: Console | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Fine-tune the export in ``model_dir`` on ``dataset``; files go to ``out_dir``.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar, cast
 
 from mednns.errors import ConfigIssue, DuplicateComponentError, MednnsError, UnknownComponentError, UsageError
 from mednns.paths import name_problem
@@ -147,6 +147,15 @@ class Registry:
 #: Required factory arguments that whoever builds the component supplies, per kind: a search space
 #: gets ``in_channels`` and ``num_classes`` from the dataset it is trained on.
 SUPPLIED_ARGS: dict[str, frozenset[str]] = {"search-spaces": frozenset({"in_channels", "num_classes"})}
+
+
+class ComponentSource(Protocol):
+    """What building components takes from a plugin manager (:class:`mednns.manager.PluginManager` is
+    one; a test may pass any object with these two methods)."""
+
+    def registry(self, kind: str) -> Registry: ...
+
+    def create(self, kind: str, name: str, /, **args: Any) -> Any: ...
 
 
 def check_component(manager: "PluginManager", value: Any, kind: str, path: str,

@@ -20,8 +20,8 @@ import mednns
 from mednns.errors import MednnsError, UsageError
 from mednns.layout import ZOO_STAGE, ZOO_STORE, supernet_root, zoo_store
 from mednns.stages import Stage
-from mednns.training.config import SUPERNET_METADATA
-from mednns.zoo.settings import BuildSettings, Shard, ZooProtocol
+from mednns.training import SUPERNET_METADATA
+from mednns.zoo import BuildSettings, Shard, ZooProtocol
 
 STAGE, STORE = ZOO_STAGE, ZOO_STORE
 _S, _P = BuildSettings(), ZooProtocol()  # defaults: one source of truth

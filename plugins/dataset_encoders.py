@@ -97,10 +97,9 @@ def register_commands(cli):
 
         from rich.console import Console
 
-        from mednns.data.resolve import resolve_dataset
+        from mednns.data import resolve_dataset
         from mednns.manager import get_plugin_manager
-        from mednns.metaspace.features import dataset_features, features_key
-        from mednns.metaspace.fid import fid_matrix, save_heatmap
+        from mednns.metaspace import dataset_features, features_key, fid_matrix, save_heatmap
         from mednns.paths import cache_dir as default_cache_dir
 
         manager = get_plugin_manager()

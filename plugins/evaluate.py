@@ -58,7 +58,7 @@ class Evaluate(Stage):
     :param top_k: models of the query fine-tuned by ``mednns_topk`` (the best validation ACC wins).
     :param by: how the query ranks: ``predicted`` metric, retrieval ``score`` or ``combined``.
     :param rerank: re-rank the query's top candidates on each run's own fine-tuning subset (the
-        labelled images that run may use; :class:`mednns.transfer.rerank.RerankSettings`:
+        labelled images that run may use; :class:`mednns.transfer.reranking.RerankSettings`:
         ``{score: NAME or {name, args}, candidates, images, calibration_images, combine}``); its
         cost counts as the run's ``rerank`` setup phase.
     :param source_gate: the query leaves out source supernets that learned nothing.
@@ -98,7 +98,7 @@ class Evaluate(Stage):
                  meta_space: dict[str, Any] | None = None,
                  tans_losses: list[mednns.ComponentSpec[Literal["losses"]]] | None = None, timm_model: str = "resnet18",
                  search_budget: int = 100, zoo: str | None = None, report: bool = True, progress: bool = True):
-        from mednns.evaluation.settings import DEFAULT_TANS_LOSSES, EvaluationSettings
+        from mednns.evaluation import DEFAULT_TANS_LOSSES, EvaluationSettings
         from mednns.finetune import FinetuneConfig
 
         chosen = list(dict.fromkeys(["mednns", *(methods or DEFAULT_METHODS)]))
@@ -135,8 +135,8 @@ class Evaluate(Stage):
         return [run.stage_dir(self.name) / "results.json"]
 
     def run(self, run) -> dict[str, Any]:
-        from mednns.evaluation.leave_one_out import evaluate
-        from mednns.metaspace.settings import MetaSpaceSettings
+        from mednns.evaluation import evaluate
+        from mednns.metaspace import MetaSpaceSettings
 
         # check every fold meta-space's arguments now (as a fit_meta_space stage's), not after an hour
         for variant in self.settings.variant_list():
@@ -176,7 +176,7 @@ def register_commands(cli):
         from rich.console import Console
 
         from mednns.config import load_config
-        from mednns.evaluation.report import overall_rich_table
+        from mednns.evaluation import overall_rich_table
         from mednns.files import read_json
         from mednns.manager import get_plugin_manager
         from mednns.runner import execute

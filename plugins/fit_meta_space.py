@@ -55,7 +55,7 @@ class FitMetaSpace(Stage):
                  models_per_dataset: int = 64, images_per_set: int = 256, val_fraction: float = 0.2,
                  eval_every: int = 100, patience: int = 8, select_by: Literal["predicted", "score"] = "predicted",
                  progress: bool = True):
-        from mednns.metaspace.settings import MetaSpaceSettings
+        from mednns.metaspace import MetaSpaceSettings
 
         self.settings = MetaSpaceSettings.from_args(
             zoo=zoo, held_out=held_out, target=target, dataset_encoder=dataset_encoder, model_encoder=model_encoder,
@@ -69,7 +69,7 @@ class FitMetaSpace(Stage):
         return [directory / f for f in FILES]
 
     def run(self, run) -> dict[str, Any]:
-        from mednns.metaspace.train import train_meta_space
+        from mednns.metaspace import train_meta_space
 
         return train_meta_space(run, self.settings)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import click
 from rich.console import Console
@@ -22,6 +22,9 @@ import mednns
 from mednns.errors import UsageError
 from mednns.layout import QUERY_STAGE, meta_space_dir, stage_dir
 from mednns.stages import Stage
+
+if TYPE_CHECKING:
+    from mednns.registry import ComponentSource
 
 FINETUNE_STAGE = "finetune"
 
@@ -52,8 +55,8 @@ def results_table(result: dict[str, Any]) -> Table:
     return table
 
 
-def export_top(result: dict[str, Any], dataset: Any, directory: Path, *, rank: int = 1, manager: Any = None,
-               seed: int = 0) -> Path:
+def export_top(result: dict[str, Any], dataset: Any, directory: Path, *, rank: int = 1,
+               manager: ComponentSource | None = None, seed: int = 0) -> Path:
     """Export the ``rank``-th model of a query result for ``dataset`` into ``directory``."""
     from mednns.export import export_subnet
     from mednns.training import load_supernet
@@ -84,7 +87,7 @@ class Query(Stage):
         on this run's device for the finalists).
     :param export: export the top model of each dataset.
     :param rerank: re-rank the meta-space's top candidates on the target's training images with this
-        ``transfer-scores`` component (:mod:`mednns.transfer.rerank`).
+        ``transfer-scores`` component (:mod:`mednns.transfer.reranking`).
     :param candidates: how many candidates are re-ranked.
     :param rerank_images: labelled training images the score sees.
     :param combine: the final order: the ``score``'s, or the mean of both ranks (``rank_sum``).
@@ -101,7 +104,7 @@ class Query(Stage):
                  rerank: mednns.ComponentSpec[Literal["transfer-scores"]] | None = None, candidates: int = 20,
                  rerank_images: int = 500, combine: Literal["score", "rank_sum"] = "rank_sum",
                  source_gate: bool = False):
-        from mednns.transfer.rerank import RerankSettings
+        from mednns.transfer import RerankSettings
 
         if top_k < 1:
             raise UsageError("top_k must be >= 1")
@@ -132,7 +135,7 @@ class Query(Stage):
 
     def run(self, run) -> dict[str, Any]:
         from mednns.files import write_json
-        from mednns.metaspace.query import Constraints, query
+        from mednns.metaspace import Constraints, query
 
         summary = {}
         for name in self.targets(run):
@@ -252,18 +255,18 @@ def register_commands(cli):
                       rerank_images: int, combine: str, source_gate: bool, device: str) -> None:
         """Rank every zoo model of a run's trained meta-space for a dataset; optionally export the best."""
         from mednns.config import load_config
-        from mednns.data.resolve import resolve_dataset
+        from mednns.data import resolve_dataset
         from mednns.files import write_json
         from mednns.manager import get_plugin_manager
-        from mednns.metaspace.query import Constraints, query
-        from mednns.transfer.rerank import RerankSettings
+        from mednns.metaspace import Constraints, query
+        from mednns.transfer import RerankSettings
 
         manager = get_plugin_manager()
         rerank = None
         if rerank_score:
             manager.create("transfer-scores", rerank_score)  # an unknown name fails before any work
             rerank = RerankSettings({"name": rerank_score, "args": {}}, candidates, rerank_images,
-                                    combine=combine)  # type: ignore[arg-type]
+                                    combine=combine)
         run_path = Path(run_dir)
         known = {}
         if (run_path / "config.yaml").is_file():
@@ -272,7 +275,7 @@ def register_commands(cli):
         spec = known.get(dataset_spec)
         dataset = (manager.create("datasets", spec["name"], **spec["args"]) if spec
                    else resolve_dataset(manager, dataset_spec))
-        result = query(meta_space_dir(run_path), dataset, top_k=top_k, by=by,  # type: ignore[arg-type]
+        result = query(meta_space_dir(run_path), dataset, top_k=top_k, by=by,
                        constraints=Constraints(max_params, max_macs, max_latency_ms),
                        exclude_sources=list(exclude) if exclude else None, manager=manager, device=device,
                        rerank=rerank, source_gate=source_gate)
@@ -311,7 +314,7 @@ def register_commands(cli):
                          batch_size: int, max_train_images: int | None, recalibrate_bn: bool, head_epochs: int,
                          body_lr_scale: float, seed: int, device: str, no_progress: bool) -> None:
         """Fine-tune an exported model: per-epoch val/test metrics in metrics.csv, the best epoch in best/."""
-        from mednns.data.resolve import resolve_dataset
+        from mednns.data import resolve_dataset
         from mednns.finetune import FinetuneConfig, finetune
         from mednns.manager import get_plugin_manager
 

@@ -25,7 +25,7 @@ def register_commands(cli):
     def report_command(run_dir: str, out_dir: str | None) -> None:
         """Render an evaluation (RUN_DIR, its stages/evaluate folder or results.json) as markdown, figures and
         one self-contained HTML page."""
-        from mednns.evaluation.report import load_results, overall_rich_table, render_report
+        from mednns.evaluation import load_results, overall_rich_table, render_report
 
         html_path = render_report(run_dir, out_dir)
         results = load_results(run_dir)

@@ -27,7 +27,7 @@ from mednns.data import MedicalDataset
 from mednns.errors import MednnsError, UsageError
 from mednns.seeding import derive_seed, seed_everything
 from mednns.stages import Stage
-from mednns.training.config import FINAL, SUPERNET_METADATA, SUPERNET_WEIGHTS, TrainConfig
+from mednns.training import FINAL, SUPERNET_METADATA, SUPERNET_WEIGHTS, TrainConfig
 
 STAGE = "train_supernet"
 #: The search space used when the stage's ``space`` is not given.
@@ -162,7 +162,7 @@ class TrainSupernet(Stage):
 
     def damaged_outputs(self, run) -> list[str]:
         """Supernet weights that are not whole (truncated by a crash or a full disk)."""
-        from mednns.training.checkpoint import weights_problem
+        from mednns.training import weights_problem
 
         problems = (weights_problem(self.directory(run, name) / SUPERNET_WEIGHTS) for name in self._selected(run))
         return [p for p in problems if p]

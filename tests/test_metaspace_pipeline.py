@@ -140,8 +140,8 @@ def test_finetune_command_on_an_export(pipeline, tmp_path):
 
 
 def test_rerank_orders_candidates_by_a_transfer_score_on_training_images_only(pipeline):
-    from mednns.metaspace.query import query
-    from mednns.transfer.rerank import RerankSettings, combined_order
+    from mednns.metaspace.retrieval import query
+    from mednns.transfer.reranking import RerankSettings, combined_order
     from supernet_helpers import CountingDataset
 
     target = CountingDataset(mednns.create("datasets", "npz", path=str(pipeline["root"] / "c.npz"), name="c"))
@@ -178,7 +178,7 @@ def test_query_command_reranks_and_shows_both_orders(pipeline):
 
 
 def test_combined_order_by_score_or_by_rank_sum():
-    from mednns.transfer.rerank import combined_order
+    from mednns.transfer.reranking import combined_order
 
     meta_ranks, scores = [1, 2, 3, 4], [0.2, 0.9, 0.5, 0.1]
     assert combined_order(meta_ranks, scores, "score") == [1, 2, 0, 3]
@@ -188,7 +188,7 @@ def test_combined_order_by_score_or_by_rank_sum():
 
 def test_the_source_gate_leaves_out_supernets_that_learned_nothing(pipeline):
     from mednns.errors import UsageError
-    from mednns.metaspace.query import query
+    from mednns.metaspace.retrieval import query
     from mednns.zoo import ZooStore, source_quality
 
     run = pipeline["run"]

@@ -9,6 +9,7 @@ from mednns.data.base import ArrayDataset, MedicalDataset, SplitArrays, check_sp
 from mednns.data.info import SPLITS, DatasetInfo, Task
 from mednns.data.metrics import balanced_accuracy, compute_metrics, logits_to_scores, majority_rate, roc_auc
 from mednns.data.npz import NpzDataset, read_npz_headers
+from mednns.data.resolve import resolve_dataset
 from mednns.data.tensors import (
     LUMINANCE,
     channel_stats,
@@ -39,6 +40,7 @@ __all__ = [
     "logits_to_scores",
     "make_loader",
     "read_npz_headers",
+    "resolve_dataset",
     "roc_auc",
     "to_tensor",
 ]

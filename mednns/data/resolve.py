@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Container
+from typing import TYPE_CHECKING, Any, Container
 
 from mednns.config import parse_key_values
 from mednns.data.base import MedicalDataset
 from mednns.errors import UsageError
+
+if TYPE_CHECKING:
+    from mednns.registry import ComponentSource
 
 
 def parse_dataset_spec(spec: str, registered: Container[str] = ()) -> tuple[str, dict[str, Any]]:
@@ -45,7 +48,7 @@ def parse_dataset_spec(spec: str, registered: Container[str] = ()) -> tuple[str,
     return head, args
 
 
-def resolve_dataset(manager: Any, text: str) -> MedicalDataset:
+def resolve_dataset(manager: ComponentSource, text: str) -> MedicalDataset:
     """The dataset a command-line ``text`` names (see :func:`parse_dataset_spec`)."""
     registry = manager.registry("datasets")
     name, args = parse_dataset_spec(text, registry)

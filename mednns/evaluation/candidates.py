@@ -13,7 +13,7 @@ network for a seed. Kinds:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from torch import nn
 from mednns.data.info import DatasetInfo
 from mednns.errors import UsageError
 from mednns.export import adapt_network
+
+if TYPE_CHECKING:
+    from mednns.registry import ComponentSource
 
 
 @dataclass
@@ -58,7 +61,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 class SupernetCache:
     """Trained supernets loaded once per folder (a fold builds several subnets from each)."""
 
-    def __init__(self, manager: Any = None):
+    def __init__(self, manager: ComponentSource | None = None):
         self.manager = manager
         self._loaded: dict[str, tuple[Any, dict[str, Any]]] = {}
 
@@ -87,8 +90,8 @@ def inherited(supernets: SupernetCache, folder: str, arch_json: str, info: Datas
                       "arch_hash": arch_hash, "arch": arch_json}, build)
 
 
-def random_init(manager: Any, space_spec: dict[str, Any], arch_json: str, arch_hash: str, info: DatasetInfo, *,
-                label: str) -> Candidate:
+def random_init(manager: ComponentSource, space_spec: dict[str, Any], arch_json: str, arch_hash: str,
+                info: DatasetInfo, *, label: str) -> Candidate:
     """``arch_json`` (canonical hash ``arch_hash``) of the space ``space_spec`` from a seeded random
     initialization."""
     def build(seed: int) -> nn.Module:

@@ -155,7 +155,7 @@ class Fold:
               ) -> tuple[dict[str, Any], dict[str, Any]]:
         """The query's result and what it spent on the target: encoding its images (measured once per
         dataset encoder, without the feature cache) and ranking the zoo."""
-        from mednns.metaspace.query import query
+        from mednns.metaspace.retrieval import query
 
         start = time.perf_counter()
         result = query(meta_dir, self.dataset, top_k=top_k, by=by, manager=self.run.manager,  # type: ignore[arg-type]
@@ -171,7 +171,7 @@ class Fold:
         first-measured cost) in ``queries/<variant>@<subset digest>.json`` (conditions that share a
         subset share it); the cost is recorded for the variant's methods as the run's ``rerank``
         setup phase."""
-        from mednns.transfer.rerank import TargetSample, rerank
+        from mednns.transfer.reranking import TargetSample, rerank
 
         settings = variant.settings()
         path = self.directory / "queries" / f"{variant.name or 'default'}@{self.subset_digest(seed, condition)}.json"
@@ -555,8 +555,8 @@ class Fold:
         """Fine-tune a seeded random sample of transfer candidates and correlate every ranking with
         their test ACC (:mod:`mednns.evaluation.ranking`)."""
         from mednns.export import adapt_network
-        from mednns.metaspace.query import RankBy, predict_all, rank_key
-        from mednns.transfer.rerank import TargetSample, candidate_outputs
+        from mednns.metaspace.retrieval import RankBy, predict_all, rank_key
+        from mednns.transfer.reranking import TargetSample, candidate_outputs
         from mednns.zoo.store import ZooStore
 
         chosen = self.settings.ranking_settings()

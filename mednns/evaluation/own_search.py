@@ -21,12 +21,15 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from mednns.errors import UsageError
 from mednns.files import read_json, write_json
+
+if TYPE_CHECKING:
+    from mednns.registry import ComponentSource
 
 SEARCH_FILE = "search.json"
 
@@ -40,8 +43,8 @@ def tensor_digest(x: torch.Tensor, y: torch.Tensor) -> str:
 
 def search_own_supernet(template: str | Path, dataset: Any, directory: str | Path, *, seed: int,
                         train_images: int | None, subset_digest: str, archs: list[str],
-                        load: Callable[[str], tuple[Any, dict[str, Any]]], manager: Any, device: str = "cpu",
-                        progress: bool = False) -> dict[str, Any]:
+                        load: Callable[[str], tuple[Any, dict[str, Any]]], manager: ComponentSource,
+                        device: str = "cpu", progress: bool = False) -> dict[str, Any]:
     """Train the target's own supernet on one fine-tuning subset and search it (or read the saved search).
 
     :param template: the run's trained supernet of the target: its space and training settings are

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from mednns.errors import UsageError
-from mednns.transfer.rerank import check_keys, component_spec
+from mednns.transfer.reranking import check_keys, component_spec
 
 META, SOURCE = "meta-space", "source val ACC"
 

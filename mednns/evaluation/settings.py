@@ -57,8 +57,8 @@ class Variant:
     finetune: dict[str, Any] = field(default_factory=dict)
 
     def settings(self):
-        """The :class:`~mednns.transfer.rerank.RerankSettings` of the query (``None``: no re-ranking)."""
-        from mednns.transfer.rerank import RerankSettings
+        """The :class:`~mednns.transfer.reranking.RerankSettings` of the query (``None``: no re-ranking)."""
+        from mednns.transfer.reranking import RerankSettings
 
         return RerankSettings.from_dict(self.rerank) if self.rerank is not None else None
 

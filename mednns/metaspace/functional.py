@@ -27,7 +27,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,9 @@ from mednns.metaspace.contracts import ModelTable
 from mednns.supernets import recalibrate_bn
 from mednns.training.checkpoint import load_supernet, supernet_files
 from mednns.zoo.store import sha256_file
+
+if TYPE_CHECKING:
+    from mednns.registry import ComponentSource
 
 #: Version of the signature computation; part of every cache key (bump it when the maths changes).
 SIGNATURE_FORMAT = "mednns-functional-signature/1"
@@ -307,7 +310,7 @@ def _progress_bar(enabled: bool) -> Any:
 
 def table_signatures(table: ModelTable, probe: torch.Tensor, *, cache_dir: str | os.PathLike | None = None,
                      device: str | torch.device = "cpu", seed: int = 0, progress: bool = False,
-                     manager: Any = None) -> np.ndarray:
+                     manager: ComponentSource | None = None) -> np.ndarray:
     """The functional signature of every row of ``table``.
 
     Rows are grouped by supernet folder; each group's cache file is read first and only missing

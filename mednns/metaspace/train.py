@@ -14,7 +14,7 @@ import io
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from mednns.paths import cache_dir
 from mednns.seeding import derive_seed
 from mednns.training.checkpoint import read_weights, save_weights
 from mednns.zoo.store import ZooStore
+
+if TYPE_CHECKING:
+    from mednns.registry import ComponentSource
 
 log = logging.getLogger("mednns.metaspace")
 FORMAT = "mednns-metaspace/1"
@@ -169,7 +172,7 @@ class _SavedEmbeddingsOnly(nn.Module):
         raise UsageError("this meta-space was loaded without its model encoder (with_model_encoder=False)")
 
 
-def load_meta_space(directory: str | Path, *, manager: Any = None, device: str = "cpu",
+def load_meta_space(directory: str | Path, *, manager: ComponentSource | None = None, device: str = "cpu",
                     with_model_encoder: bool = True) -> TrainedMetaSpace:
     """The trained meta-space of a ``fit_meta_space`` folder.
 

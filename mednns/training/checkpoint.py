@@ -20,7 +20,7 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import safetensors.torch
@@ -35,6 +35,9 @@ log = logging.getLogger("mednns.training")
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.json"
 from mednns.training.config import SUPERNET_METADATA, SUPERNET_WEIGHTS  # noqa: E402 (re-exported)
+
+if TYPE_CHECKING:
+    from mednns.registry import ComponentSource
 
 FORMAT = "mednns-supernet/1"
 
@@ -222,7 +225,7 @@ def supernet_files(path: str | os.PathLike) -> tuple[Path, Path]:
                      hint=f"give the folder holding {SUPERNET_METADATA}, or the .json / .safetensors file")
 
 
-def load_supernet(path: str | os.PathLike, *, device: str | torch.device = "cpu", manager: Any = None
+def load_supernet(path: str | os.PathLike, *, device: str | torch.device = "cpu", manager: ComponentSource | None = None
                   ) -> tuple[Any, dict[str, Any]]:
     """Rebuild a trained supernet: ``(space, metadata)``.
 

@@ -3,3 +3,14 @@
 :mod:`.scores` holds the contract of the ``transfer-scores`` plugin kind (:class:`TransferScore`)
 and the built-in scores (LogME, k-NN accuracy, a ridge probe, LEEP, NCE); numpy only.
 """
+
+from __future__ import annotations
+
+from mednns._exports import lazy_exports
+
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), {
+    "TransferScore": "mednns.transfer.scores",
+    "RerankSettings": "mednns.transfer.reranking",
+    "TargetSample": "mednns.transfer.reranking",
+    "rerank": "mednns.transfer.reranking",
+})

@@ -10,10 +10,9 @@ does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mednns._exports import lazy_exports
 
-_EXPORTS = {
+__all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "BuildSettings": "mednns.zoo.settings",
     "Shard": "mednns.zoo.settings",
     "ZooProtocol": "mednns.zoo.settings",
@@ -31,20 +30,4 @@ _EXPORTS = {
     "ModelRow": "mednns.zoo.store",
     "ZooStore": "mednns.zoo.store",
     "merge_stores": "mednns.zoo.store",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    try:
-        module = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module 'mednns.zoo' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -23,12 +23,16 @@ from mednns.zoo.plan import plan_architectures, shard_plan
 from mednns.zoo.settings import BuildSettings, ZooProtocol
 from mednns.zoo.store import ModelRow, ZooStore, sha256_file
 
+if TYPE_CHECKING:
+    from mednns.registry import ComponentSource
+
 log = logging.getLogger("mednns.zoo")
 
 
 def build_zoo(store: ZooStore, supernet: str | os.PathLike, dataset: MedicalDataset, *,
               settings: BuildSettings | None = None, protocol: ZooProtocol | None = None,
-              device: str = "cpu", manager: Any = None, console: Console | None = None) -> dict[str, Any]:
+              device: str = "cpu", manager: ComponentSource | None = None,
+              console: Console | None = None) -> dict[str, Any]:
     """Evaluate this shard's planned subnets of one trained supernet into ``store``.
 
     :param supernet: a trained supernet folder (or its ``supernet.json``).

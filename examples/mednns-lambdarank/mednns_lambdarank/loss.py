@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from mednns.errors import UsageError
-from mednns.metaspace.contracts import LossTerm, MetaBatch
-from mednns.metaspace.losses import batch_mask, masked, masked_mean
+from mednns.metaspace import LossTerm, MetaBatch, batch_mask, masked, masked_mean
 from mednns_lambdarank.ndcg import current_ranks, rescaled_gains, swap_deltas
 
 

@@ -9,12 +9,12 @@ import math
 
 import pytest
 import torch
-
-import mednns
-from mednns.metaspace.contracts import LossTerm, MetaBatch
-from mednns.testing import check_loss_term, plugin_manager
 from mednns_lambdarank import plugin
 from mednns_lambdarank.ndcg import current_ranks, ndcg, rescaled_gains, swap_deltas
+
+import mednns
+from mednns.metaspace import LossTerm, MetaBatch
+from mednns.testing import check_loss_term, plugin_manager
 
 T = 0.05
 

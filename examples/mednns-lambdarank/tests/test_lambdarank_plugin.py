@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from mednns_lambdarank import plugin
 
 import mednns
 from mednns.config import validate_config
 from mednns.testing import plugin_manager, using_plugins
-from mednns_lambdarank import plugin
 
 
 def test_registered_through_the_entry_point():

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mednns_tinyvit.plugin as tinyvit_plugin
 import pytest
 import torch
 import yaml
@@ -17,7 +18,6 @@ from click.testing import CliRunner
 from torch import nn
 
 import mednns
-import mednns_tinyvit.plugin as tinyvit_plugin
 from mednns.cli import cli
 from mednns.export import adapt_network, export_subnet
 from mednns.supernets import InvalidArchitecture, Supernet

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mednns_volumes import dataset as dataset_module
+from mednns_volumes import plugin
+from mednns_volumes.slicing import axial_indices, window_table
 
 import mednns
 from mednns.data import Task
 from mednns.testing import check_dataset, plugin_manager, write_tiny_npz
-from mednns_volumes import dataset as dataset_module
-from mednns_volumes import plugin
-from mednns_volumes.slicing import axial_indices, window_table
 
 
 def write_volumes(path: Path, volumes: dict[str, np.ndarray], labels: dict[str, np.ndarray] | None = None) -> Path:

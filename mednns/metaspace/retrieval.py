@@ -14,7 +14,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from mednns.files import read_json, write_json
 from mednns.metaspace.features import dataset_features
 from mednns.metaspace.train import load_meta_space
 from mednns.paths import cache_dir
+
+if TYPE_CHECKING:
+    from mednns.registry import ComponentSource
 
 RankBy = Literal["predicted", "score", "combined"]
 #: Latency is measured for at most this many candidates per requested result (in rank order).
@@ -126,8 +129,8 @@ class Predictions:
     seconds: float
 
 
-def predict_all(meta_dir: str | Path, dataset: MedicalDataset, *, manager: Any = None, device: str = "cpu",
-                progress: bool = False) -> Predictions:
+def predict_all(meta_dir: str | Path, dataset: MedicalDataset, *, manager: ComponentSource | None = None,
+                device: str = "cpu", progress: bool = False) -> Predictions:
     """The predicted metric and retrieval score of every zoo row of the meta-space in ``meta_dir``
     for ``dataset`` (its training images encoded with the meta-space's dataset encoder, cached)."""
     from mednns.manager import get_plugin_manager
@@ -149,14 +152,14 @@ def predict_all(meta_dir: str | Path, dataset: MedicalDataset, *, manager: Any =
 
 def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by: RankBy = "predicted",
           constraints: Constraints = Constraints(), exclude_sources: Sequence[str] | None = None,
-          manager: Any = None, device: str = "cpu", latency: LatencyMeter | None = None,
+          manager: ComponentSource | None = None, device: str = "cpu", latency: LatencyMeter | None = None,
           progress: bool = False, rerank: Any = None, load: Any = None, source_gate: bool = False) -> dict[str, Any]:
     """Rank every zoo model of a trained meta-space for ``dataset``.
 
     :param meta_dir: a ``fit_meta_space`` folder.
     :param exclude_sources: source datasets whose models are not candidates (default: the
         meta-space's held-out datasets: held out of everything, they are no source either).
-    :param rerank: a :class:`mednns.transfer.rerank.RerankSettings`: re-rank the meta-space's top
+    :param rerank: a :class:`mednns.transfer.reranking.RerankSettings`: re-rank the meta-space's top
         ``rerank.candidates`` (that pass the constraints) on the target's training images with a
         transfer score, then keep the top ``top_k`` of the new order.
     :param load: ``folder -> (space, metadata)`` for the re-ranking (a cache shared by the caller).
@@ -212,7 +215,7 @@ def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by:
             break
     extra: dict[str, Any] = {}
     if rerank is not None and results:
-        from mednns.transfer.rerank import rerank as rerank_rows
+        from mednns.transfer.reranking import rerank as rerank_rows
 
         extra["meta_space_order"] = [r["zoo_id"] for r in results]
         results, extra["rerank"] = rerank_rows(results, dataset, rerank, manager=manager, device=device, load=load)

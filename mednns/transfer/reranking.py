@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from mednns.data import MedicalDataset
+    from mednns.registry import ComponentSource
 
 Combine = Literal["score", "rank_sum"]
 COMBINES = ("score", "rank_sum")
@@ -138,8 +139,9 @@ def candidate_outputs(network: "torch.nn.Module", sample: TargetSample, *, devic
     return features, probabilities
 
 
-def rerank(rows: list[dict[str, Any]], dataset: "MedicalDataset", settings: RerankSettings, *, manager: Any = None,
-           device: str = "cpu", load: Callable[[str], tuple[Any, dict[str, Any]]] | None = None,
+def rerank(rows: list[dict[str, Any]], dataset: "MedicalDataset", settings: RerankSettings, *,
+           manager: ComponentSource | None = None, device: str = "cpu",
+           load: Callable[[str], tuple[Any, dict[str, Any]]] | None = None,
            sample: TargetSample | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Re-rank the first ``settings.candidates`` of ``rows`` (query results in meta-space order).
 
