@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from mednns.errors import UsageError
-from mednns.files import read_json, write_json
+from mednns.files import read_manifest, write_json
 
 if TYPE_CHECKING:
     from mednns.registry import ComponentSource
@@ -123,15 +123,8 @@ def load_model(path: str | os.PathLike, *, manager: ComponentSource | None = Non
     from mednns.manager import get_plugin_manager
     from mednns.training.checkpoint import load_weights
 
-    path = Path(path)
-    directory = path.parent if path.is_file() else path
-    meta_path = directory / METADATA
-    if not meta_path.is_file():
-        raise UsageError(f"no exported model in {directory} ({METADATA} missing)",
-                         hint="export one with 'mednns query RUN_DIR --dataset ... --export DIR'")
-    metadata = read_json(meta_path)
-    if metadata.get("format") != FORMAT:
-        raise UsageError(f"{meta_path} is not a {FORMAT} file (format {metadata.get('format')!r})")
+    directory, metadata = read_manifest(path, METADATA, FORMAT, what="exported model",
+                                        hint="export one with 'mednns query RUN_DIR --dataset ... --export DIR'")
     manager = manager or get_plugin_manager()
     spec = metadata["space"]
     space = manager.create("search-spaces", spec["name"], **spec.get("args", {}))

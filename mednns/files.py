@@ -50,6 +50,27 @@ def read_json(path: str | os.PathLike) -> Any:
                               "makes it again; a run's stage folders are rebuilt by running with --restart") from None
 
 
+def read_manifest(path: str | os.PathLike, name: str, fmt: str, *, what: str,
+                  hint: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """The folder and the JSON manifest of an artifact (an export, a meta-space, a supernet), given its
+    folder, its manifest or any file beside it; the manifest's ``format`` must be ``fmt``.
+
+    :param name: the manifest's file name in the folder (``model.json``, ...).
+    :param what: what the folder holds, for messages (``exported model``, ...).
+    :raises UsageError: when the manifest is missing, damaged or of another format.
+    """
+    path = Path(path)
+    manifest = (path if path.suffix == ".json" and path.is_file()
+                else path / name if path.is_dir() else path.parent / name)
+    if not manifest.is_file():
+        raise UsageError(f"no {what} in {manifest.parent} ({manifest.name} missing)", hint=hint)
+    metadata = read_json(manifest)
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if found != fmt:
+        raise UsageError(f"{manifest} is not a {fmt} file (format {found!r})", hint=hint)
+    return manifest.parent, metadata
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and value != value:
         return None

@@ -52,13 +52,12 @@ from mednns.evaluation import results as summary
 from mednns.evaluation.candidates import Candidate, SupernetCache, count_macs, inherited, random_init, timm_network
 from mednns.evaluation.methods import describe
 from mednns.evaluation.own_search import tensor_digest
+from mednns.evaluation.results import FORMAT, RESULTS_FILE
 from mednns.evaluation.settings import QUERY_METHODS, Condition, EvaluationSettings
 from mednns.files import read_json, write_json
 from mednns.layout import zoo_store
 from mednns.seeding import derive_seed
 
-FORMAT = "mednns-evaluation/2"
-RESULTS_FILE = "results.json"
 #: A method's starting points for one seed and condition (several: the best by validation ACC wins).
 Plan = Callable[[int, Condition], list[Candidate]]
 #: Zoo models whose embeddings a fold keeps for the t-SNE figure.

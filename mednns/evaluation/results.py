@@ -9,6 +9,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+#: The ``format`` of ``results.json`` (what the ``evaluate`` stage writes and the report reads).
+FORMAT = "mednns-evaluation/2"
+#: Its file name in the stage folder.
+RESULTS_FILE = "results.json"
 #: The method every baseline is compared with.
 REFERENCE = "mednns"
 METRICS = ("test_acc", "test_auc", "test_bal_acc")

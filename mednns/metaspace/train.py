@@ -23,7 +23,7 @@ from rich.table import Table
 from torch import nn
 
 from mednns.errors import UsageError
-from mednns.files import atomic_write_bytes, write_json
+from mednns.files import atomic_write_bytes, read_manifest, write_json
 from mednns.layout import META_SPACE_STAGE, zoo_store
 from mednns.metaspace.contracts import ModelTable
 from mednns.metaspace.features import dataset_features, features_key
@@ -180,17 +180,10 @@ def load_meta_space(directory: str | Path, *, manager: ComponentSource | None = 
         (cached inputs make this cheap), so :meth:`MetaSpace.embed_models` works; queries need only
         the saved embeddings and skip it.
     """
-    from mednns.files import read_json
     from mednns.manager import get_plugin_manager
 
-    directory = Path(directory)
-    meta_path = directory / METADATA_FILE
-    if not meta_path.is_file():
-        raise UsageError(f"no trained meta-space in {directory} ({METADATA_FILE} missing)",
-                         hint="run a fit_meta_space stage; its folder is <run>/stages/fit_meta_space")
-    metadata = read_json(meta_path)
-    if metadata.get("format") != FORMAT:
-        raise UsageError(f"{meta_path} is not a {FORMAT} file")
+    directory, metadata = read_manifest(directory, METADATA_FILE, FORMAT, what="trained meta-space",
+                                        hint="run a fit_meta_space stage; its folder is <run>/stages/fit_meta_space")
     manager = manager or get_plugin_manager()
     with ZooStore(metadata["zoo"], readonly=True) as store:
         table = load_table(store, metadata["target"])

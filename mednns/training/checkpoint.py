@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from mednns.errors import UsageError
-from mednns.files import atomic_write_bytes, read_json, write_json
+from mednns.files import atomic_write_bytes, read_json, read_manifest, write_json
 
 log = logging.getLogger("mednns.training")
 
@@ -239,10 +239,10 @@ def load_supernet(path: str | os.PathLike, *, device: str | torch.device = "cpu"
     from mednns.manager import get_plugin_manager
 
     meta_path, weights_path = supernet_files(path)
-    for p in (meta_path, weights_path):
-        if not p.exists():
-            raise UsageError(f"supernet file not found: {p}")
-    metadata = read_json(meta_path)
+    _, metadata = read_manifest(meta_path, meta_path.name, FORMAT, what="trained supernet",
+                                hint="give a train_supernet folder (it holds supernet.json and supernet.safetensors)")
+    if not weights_path.exists():
+        raise UsageError(f"supernet file not found: {weights_path}")
     spec = metadata.get("space")
     if not isinstance(spec, dict) or "name" not in spec:
         raise UsageError(f"{meta_path} does not describe a search space (no 'space.name')")
