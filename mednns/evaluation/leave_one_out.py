@@ -29,6 +29,11 @@ MACs for a trained image, 1x for an evaluated one), which do not depend on the m
 its total target-side image-MACs reach those of the most expensive method at ``equal_epochs``
 (epochs rounded down, at least the equal-epochs count, at most ``max_epochs``), with the same
 schedule shape (warm-up, cosine) stretched over its epochs.
+
+Most of this module is :class:`Fold`, one target's state (its data subsets, supernet cache, setup
+costs, saved runs) shared by the planning of every method, the fine-tuning and the compute
+accounting; its ranking sample (:mod:`.ranking_sample`) and embeddings (:mod:`.embeddings`) live
+beside it.
 """
 
 from __future__ import annotations
@@ -40,10 +45,9 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import Any, Callable
 
 import numpy as np
-import torch
 
 from mednns.data.metrics import majority_rate
 from mednns.errors import UsageError
@@ -60,8 +64,6 @@ from mednns.seeding import derive_seed
 
 #: A method's starting points for one seed and condition (several: the best by validation ACC wins).
 Plan = Callable[[int, Condition], list[Candidate]]
-#: Zoo models whose embeddings a fold keeps for the t-SNE figure.
-EMBEDDING_SAMPLE = 1500
 
 
 def _fixed(candidate: Candidate) -> Plan:
@@ -74,7 +76,7 @@ def _first(order: Plan, k: int) -> Plan:
     return lambda seed, condition: order(seed, condition)[:k]
 
 
-def _slug(value: Any) -> str:
+def slug(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -85,7 +87,7 @@ def zoo_fingerprint(zoo_path: Path) -> str:
     from mednns.zoo.store import ZooStore
 
     with ZooStore(zoo_path, readonly=True) as store:
-        return _slug([sorted(s["weights_sha256"] for s in store.supernets()), store.count()])
+        return slug([sorted(s["weights_sha256"] for s in store.supernets()), store.count()])
 
 
 def _phase(seconds: float | None, image_macs: int | float | None) -> dict[str, Any]:
@@ -142,7 +144,7 @@ class Fold:
         from mednns.metaspace.train import train_meta_space
 
         args = {**args, "zoo": str(self.zoo_path), "held_out": [self.target]}
-        directory = self.directory / "meta_spaces" / _slug({"args": args, "zoo": self.zoo_key})
+        directory = self.directory / "meta_spaces" / slug({"args": args, "zoo": self.zoo_key})
         if not (directory / "metaspace.json").is_file():
             self.run.console.print(f"[bold]{self.target}[/]: fitting a meta-space without it ({directory.name})")
             train_meta_space(self.run, MetaSpaceSettings.from_args(**{**args, "progress": self.settings.progress}),
@@ -203,7 +205,7 @@ class Fold:
         from mednns.metaspace.features import dataset_features
 
         spec = trained["dataset_encoder"]
-        key = _slug([spec, trained["images"], trained["image_seed"]])
+        key = slug([spec, trained["images"], trained["image_seed"]])
         if key not in self.encodings:
             encoder = self.run.manager.create("dataset-encoders", spec["name"], **spec["args"]).to(self.run.device)
             counter = FlopCounterMode(display=False)
@@ -454,7 +456,7 @@ class Fold:
                        sorted({max(1, round(config.epochs * i / base)) for i in range(1, base + 1)}))
         identity = {"start": candidate.key, "finetune": config.identity(candidate.pretrained),
                     "eval_epochs": eval_epochs}
-        path = self.directory / "runs" / f"{_slug(identity)}-s{seed}.json"
+        path = self.directory / "runs" / f"{slug(identity)}-s{seed}.json"
         if path.is_file():
             return read_json(path)
         data = self.finetune_data(seed, condition)
@@ -550,90 +552,6 @@ class Fold:
                 "setup_compute": setup, "conditions": conditions, **facts,
                 "seconds": round(time.perf_counter() - start, 2)}
 
-    def ranking_quality(self) -> dict[str, Any]:
-        """Fine-tune a seeded random sample of transfer candidates and correlate every ranking with
-        their test ACC (:mod:`mednns.evaluation.ranking`)."""
-        from mednns.export import adapt_network
-        from mednns.metaspace.retrieval import RankBy, predict_all, rank_key
-        from mednns.transfer.reranking import TargetSample, candidate_outputs
-        from mednns.zoo.store import ZooStore
-
-        chosen = self.settings.ranking_settings()
-        condition = self.settings.conditions()[0]
-        seed = condition.seeds[0]
-        with ZooStore(self.zoo_path, readonly=True) as store:
-            folders = {s["id"]: str(Path(s["path"]).parent) for s in store.supernets()}
-            rows = [r for r in store.models(["id", "dataset", "space", "arch", "supernet_id", "val_acc"])
-                    if r["dataset"] != self.target]
-        sample = ranking.draw_sample(rows, chosen.candidates, self.target)
-        candidates = []
-        for row in sample:
-            candidate = self.from_row({**row, "supernet": folders[row["supernet_id"]]},
-                                      f"{row['space']} subnet of {row['dataset']} (zoo id {row['id']})")
-            run = self.train(candidate, seed, condition, f"{self.target} ranking sample {row['id']}")
-            candidates.append({"zoo_id": row["id"], "dataset": row["dataset"], "arch": row["arch"],
-                               "source_val_acc": row["val_acc"], "test_acc": run["history"][-1]["test_acc"]})
-        values: dict[str, list[float]] = {}
-        seen: set[str] = set()
-        for variant in self.settings.variant_list():
-            identity = _slug([variant.meta_space, variant.by])
-            if identity in seen:
-                continue
-            seen.add(identity)
-            predictions = predict_all(self.meta_space(variant.meta_space), self.dataset, manager=self.run.manager,
-                                      device=self.run.device)
-            key = rank_key(predictions.predicted, predictions.score, cast(RankBy, variant.by))
-            position = {int(i): k for k, i in enumerate(predictions.table.ids)}
-            values[variant.method(ranking.META)] = [float(key[position[c["zoo_id"]]]) for c in candidates]
-        data, batch = self.finetune_data(seed, condition), condition.batch_size
-        size = min(batch, len(data.train_x))
-        target_sample = TargetSample([data.train_x[i: i + size] for i in range(0, len(data.train_x) - size + 1, size)],
-                                     data.train_x[: chosen.images], data.train_y[: chosen.images].numpy(),
-                                     str(self.dataset.info.task))
-        scorers = {spec["name"]: self.run.manager.create("transfer-scores", spec["name"], **spec["args"])
-                   for spec in chosen.score_specs()}
-        for name in scorers:
-            values[name] = []
-        for row in sample:
-            space, _ = self.supernets(folders[row["supernet_id"]])
-            network = space.extract(space.arch_from_json(row["arch"])).cpu()
-            adapt_network(network, in_channels=self.dataset.info.n_channels)  # the source head stays: LEEP reads it
-            features, probabilities = candidate_outputs(network, target_sample, device=self.run.device)
-            for name, scorer in scorers.items():
-                values[name].append(float(scorer.score(features, target_sample.y, target_sample.task,
-                                                       source_probabilities=probabilities)))
-        for name in scorers:
-            values[f"{ranking.META}+{name}"] = ranking.rank_sum_key(values[ranking.META], values[name])
-        values[ranking.SOURCE] = [c["source_val_acc"] for c in candidates]
-        result = ranking.assess(candidates, values).to_dict()
-        return {"condition": condition.id, "seed": seed, **result}
-
-    def save_embeddings(self, path: Path, dataset_names: list[str]) -> None:
-        """The fold's meta-space embeddings of zoo models (a sample) and of datasets, for t-SNE."""
-        from mednns.metaspace.features import dataset_features
-        from mednns.metaspace.train import load_meta_space
-        from mednns.paths import cache_dir
-
-        trained = load_meta_space(self.meta_space(self.settings.meta_space), manager=self.run.manager,
-                                  device=self.run.device, with_model_encoder=False)
-        spec = trained.metadata["dataset_encoder"]
-        encoder = self.run.manager.create("dataset-encoders", spec["name"], **spec["args"]).to(self.run.device)
-        features = [torch.as_tensor(dataset_features(encoder, self.run.dataset(n), images=trained.metadata["images"],
-                                                     seed=trained.metadata["image_seed"], cache_dir=cache_dir(),
-                                                     progress=False), device=self.run.device)
-                    for n in dataset_names]
-        with torch.no_grad():  # unit length: the predictor and the retrieval score see them so
-            datasets = torch.nn.functional.normalize(trained.model.embed_datasets(features), dim=-1).cpu().numpy()
-        models = trained.embeddings / np.maximum(np.linalg.norm(trained.embeddings, axis=1, keepdims=True), 1e-12)
-        rows = len(trained.table)
-        keep = np.sort(np.random.default_rng(0).permutation(rows)[:EMBEDDING_SAMPLE])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(path, model_embeddings=models[keep].astype(np.float32),
-                            model_acc=trained.table.target[keep].astype(np.float32),
-                            model_dataset=np.asarray(trained.table.dataset)[keep].astype(str),
-                            dataset_embeddings=datasets.astype(np.float32),
-                            dataset_names=np.asarray(dataset_names, dtype=str), held_out=np.asarray(self.target))
-
 
 def _split_size(dataset, split: str) -> int:
     return int(len(dataset.split(split).labels))
@@ -665,6 +583,9 @@ def fid_overview(run, names: list[str], encoder_spec: dict[str, Any], images: in
 
 def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, Any]:
     """Run the leave-one-dataset-out evaluation; writes ``results.json`` after every target."""
+    from mednns.evaluation.embeddings import save_embeddings
+    from mednns.evaluation.ranking_sample import ranking_quality
+
     zoo_path = Path(settings.zoo) if settings.zoo else zoo_store(run.directory)
     if not zoo_path.is_file():
         raise UsageError(f"evaluate: no zoo at {zoo_path}", hint="run train_supernet and build_zoo first, or set 'zoo'")
@@ -689,9 +610,9 @@ def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, An
         fold = Fold(run, settings, target, directory / target, zoo_path, supernets, imagenet_errors, zoo_key)
         entry = fold.evaluate()
         if settings.ranking is not None:
-            entry["ranking"] = fold.ranking_quality()
+            entry["ranking"] = ranking_quality(fold)
         embeddings = Path("embeddings") / f"{target}.npz"
-        fold.save_embeddings(directory / embeddings, [*[n for n in in_zoo if n != target], target])
+        save_embeddings(fold, directory / embeddings, [*[n for n in in_zoo if n != target], target])
         results["datasets"][target] = {**entry, "embeddings": str(embeddings)}
         results["overall"], results["statistics"] = {}, {}
         if settings.ranking is not None:
