@@ -5,13 +5,15 @@ A factory's signature is its config schema: parameter names are the allowed
 types. Supported annotations: ``bool``, ``int``, ``float`` (ints accepted),
 ``str``, ``pathlib.Path`` (strings accepted), ``None``, ``Optional``/``Union``/
 ``X | Y``, ``Literal[...]``, ``list[X]``, ``tuple[X, ...]``, ``dict[K, V]``,
-``Any`` and :class:`ComponentSpec` for nested components. Anything else is
+``Any``, :class:`ComponentSpec` for nested components and dataclasses (a mapping of their
+fields, checked field by field: a stage may take ``training: TrainConfig``). Anything else is
 accepted as is: the factory itself stays the last line of defence.
 """
 
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import difflib
 import inspect
 import os
@@ -151,9 +153,39 @@ def check_value(value: Any, tp: Any, path: str, on_component: ComponentChecker |
             issues += check_value(key, key_tp, f"{path}.{key}", on_component)
             issues += check_value(item, value_tp, f"{path}.{key}", on_component)
         return issues
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return [] if isinstance(value, tp) else check_fields(value, tp, path, on_component)
     if isinstance(tp, type):
         return [] if isinstance(value, tp) else mismatch()
     return []
+
+
+def check_fields(value: Any, cls: type, path: str, on_component: ComponentChecker | None = None) -> list[ConfigIssue]:
+    """Problems of a mapping ``value`` as the keyword arguments of the dataclass ``cls``: every key a
+    field (with a suggestion), each value of its field's type, every field without a default given
+    (``init=False`` fields are not arguments)."""
+    if not isinstance(value, dict):
+        return [ConfigIssue(path, f"expected a mapping of {cls.__name__} settings, got {_type_name(value)} "
+                                  f"({value!r})")]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    try:
+        hints = typing.get_type_hints(cls, include_extras=True)
+    except Exception:  # unresolvable annotations: check names only
+        hints = {}
+    issues: list[ConfigIssue] = []
+    for key, item in value.items():
+        if key not in fields:
+            close = suggest(str(key), fields)
+            hint = (f"did you mean '{close}'? " if close else "") + f"accepted: {', '.join(fields)}"
+            issues.append(ConfigIssue(f"{path}.{key}", f"not a {cls.__name__} setting", hint))
+        else:
+            issues += check_value(item, hints.get(key, Any), f"{path}.{key}", on_component)
+    for name, field in fields.items():
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if required and name not in value:
+            issues.append(ConfigIssue(f"{path}.{name}", "missing required setting",
+                                      f"add '{name}' ({describe(hints.get(name, Any))}) under {path}"))
+    return issues
 
 
 def factory_parameters(factory: Callable[..., Any]) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -267,3 +268,42 @@ def test_component_spec_takes_a_literal_kind_or_the_string_shorthand():
     assert literal == shorthand and literal.__metadata__ == (ComponentOf("losses"),)
     with pytest.raises(TypeError, match="component kind"):
         mednns.ComponentSpec[Literal[1]]
+
+
+@dataclass
+class Schedule:
+    epochs: int
+    lr: float = 0.1
+    phases: list[str] = field(default_factory=list)
+    mode: Literal["fast", "slow"] = "fast"
+
+
+class ScheduledStage(Stage):
+    def __init__(self, schedule: Schedule, space: mednns.ComponentSpec[Literal["losses"]] | None = None):
+        self.schedule = Schedule(**schedule) if isinstance(schedule, dict) else schedule
+
+    def run(self, run):
+        return {}
+
+
+class DataclassPlugin:
+    @mednns.hookimpl
+    def register_stages(self, register):
+        register("scheduled", ScheduledStage, description="a stage taking a dataclass")
+
+
+def test_a_dataclass_parameter_takes_a_mapping_checked_field_by_field_with_key_paths():
+    manager = PluginManager(environ={})
+    manager.register(DataclassPlugin(), "dataclass-plugin")
+    good = {"schedule": {"epochs": 3, "lr": 1, "phases": ["a"]}}
+    assert manager.check("stages", "scheduled", good, "stages[0].args") == []
+    assert manager.create("stages", "scheduled", **good).schedule == Schedule(3, 1, ["a"])
+    issues = manager.check("stages", "scheduled", {"schedule": {"epoch": 3, "lr": "x", "mode": "medium"}},
+                           "stages[0].args")
+    by_path = {issue.path: issue for issue in issues}
+    assert set(by_path) == {"stages[0].args.schedule.epoch", "stages[0].args.schedule.lr",
+                            "stages[0].args.schedule.mode", "stages[0].args.schedule.epochs"}
+    assert "did you mean 'epochs'?" in by_path["stages[0].args.schedule.epoch"].hint
+    assert by_path["stages[0].args.schedule.epochs"].message == "missing required setting"
+    assert manager.check("stages", "scheduled", {"schedule": [3]}, "s")[0].message.startswith(
+        "expected a mapping of Schedule settings")
