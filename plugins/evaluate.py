@@ -21,8 +21,10 @@ from mednns.stages import Stage
 
 STAGE = layout.EVALUATE_STAGE
 MethodName = Literal["mednns", "mednns_topk", "random_init", "timm_scratch", "imagenet", "nearest_fid", "tans",
-                     "random_pick", "own_supernet_search"]
-DEFAULT_METHODS: list[str] = list(MethodName.__args__)  # type: ignore[attr-defined]
+                     "random_pick", "own_supernet_search", "mednns_search"]
+#: Every method but ``mednns_search``, which is opt-in: like own-supernet search it trains a supernet
+#: per seed and condition.
+DEFAULT_METHODS: list[str] = [m for m in MethodName.__args__ if m != "mednns_search"]  # type: ignore[attr-defined]
 
 
 class Evaluate(Stage):

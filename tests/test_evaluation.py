@@ -189,7 +189,10 @@ TINY_STAGE = {"full_epochs": 1, "shrink_epochs": 1, "batch_size": 16, "num_rando
 ZOO = {"samples": 10, "anchors": 2, "calibration_images": 32, "calibration_batch_size": 16, "progress": False}
 META = {"images": 64, "steps": 30, "eval_every": 15, "images_per_set": 32, "models_per_dataset": 8, "embed_dim": 16,
         "hidden": 32, "progress": False, "model_encoder": {"name": "arch", "args": {"embed_dim": 16, "hidden": 32}}}
-EVALUATE = {"datasets": ["c", "d"], "seeds": [0, 1], "epochs": 3, "batch_size": 16, "top_k": 2, "search_budget": 5,
+EVALUATE = {"datasets": ["c", "d"], "methods": ["mednns", "mednns_topk", "random_init", "timm_scratch", "imagenet",
+                                               "nearest_fid", "tans", "random_pick", "own_supernet_search",
+                                               "mednns_search"],
+            "seeds": [0, 1], "epochs": 3, "batch_size": 16, "top_k": 2, "search_budget": 5,
             "train_images": [64, 32], "budgets": ["equal_epochs", "equal_compute"], "equal_compute_seeds": [0],
             "max_epochs": 9, "recalibrate_bn": True, "head_epochs": 1,
             "variants": {"auc": {"meta_space": {"target": "val_auc"}},
@@ -263,7 +266,7 @@ def test_every_method_runs_for_every_seed_of_every_condition_on_the_same_subsets
                 if name == "imagenet":
                     assert method["status"] == "skipped" and "no internet here" in method["reason"]
                     continue
-                if name == "own_supernet_search" and target == "d":
+                if name in ("own_supernet_search", "mednns_search") and target == "d":
                     assert method["status"] == "skipped" and "no supernet trained on d" in method["reason"]
                     continue
                 if name in ("mednns_topk:plain", "mednns_topk:knn"):  # the variants ask for their top-1 only
@@ -582,3 +585,41 @@ def test_fold_meta_space_arguments_are_checked_with_their_key_paths_before_any_w
         with pytest.raises(ConfigError) as info:
             stage.run(SimpleNamespace(manager=manager))  # fails before it touches the run's files
         assert [issue.path for issue in info.value.issues] == [path]
+
+
+@pipeline
+def test_mednns_search_starts_the_targets_supernet_from_the_top_1_source(evaluation):
+    fold, entry = evaluation["stage"] / "c", evaluation["results"]["datasets"]["c"]
+    top1 = json.loads((fold / "queries" / "default.json").read_text())["results"][0]
+    runs = entry["conditions"][PRIMARY]["methods"]["mednns_search"]["runs"]
+    own = {r["train_subset"]: r for r in entry["conditions"][PRIMARY]["methods"]["own_supernet_search"]["runs"]}
+    for run in runs:
+        [folder] = list((fold / "warm_search").glob(f"{run['train_subset']}-*"))
+        search = json.loads((folder / "search.json").read_text())
+        assert search["init"] == top1["supernet"] and search["source"] == top1["dataset"]
+        assert search["copied"] > 0 and all("classifier" in n or "head" in n or "fc" in n for n in search["kept_names"])
+        assert search["train_images"] == run["train_images"] and run["model"]["source"] == "c"
+        setup = run["compute"]["setup"]
+        assert set(setup) == {"query", "supernet_training", "search"}
+        assert setup["query"] == entry["setup_compute"]["mednns"]["query"]
+        twin = own[run["train_subset"]]  # the search from scratch: same subset, same training budget
+        assert twin["compute"]["setup"]["supernet_training"]["image_macs"] == setup["supernet_training"]["image_macs"]
+
+
+def test_warm_start_copies_what_fits_converts_the_stem_and_keeps_the_head():
+    from mednns.evaluation.own_search import warm_start
+    from mednns.testing import tiny_space
+
+    torch.manual_seed(0)
+    source = tiny_space(in_channels=3, num_classes=5)
+    target = tiny_space(in_channels=1, num_classes=2)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    done = warm_start(target, source.state_dict())
+    state, given = target.state_dict(), source.state_dict()
+    assert done["copied"] and len(done["converted"]) == 1 and done["kept"]
+    for name in done["copied"]:
+        assert torch.equal(state[name], given[name])
+    [stem] = done["converted"]
+    assert torch.allclose(state[stem], given[stem].sum(1, keepdim=True))
+    for name in done["kept"]:  # the classifier of another number of classes stays as initialized
+        assert torch.equal(state[name], before[name]) and state[name].shape != given[name].shape

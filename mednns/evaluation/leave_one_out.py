@@ -323,12 +323,15 @@ class Fold:
                                       f"{row['space']} subnet of {row['dataset']} (zoo id {row['id']})")]
 
             plans["random_pick"] = pick
-        if "own_supernet_search" in wanted:
-            search = self.own_supernet_search()
-            if isinstance(search, str):
-                skipped["own_supernet_search"] = search
-            else:
-                plans["own_supernet_search"], facts["own_supernet_search"] = search
+        for name, init in (("own_supernet_search", None), ("mednns_search", first.get("supernet"))):
+            if name in wanted:
+                search = self.own_supernet_search(name, init)
+                if isinstance(search, str):
+                    skipped[name] = search
+                else:
+                    plans[name], facts[name] = search
+                    if init is not None:  # it starts from the default query's top-1 source
+                        setup[name] = dict(setup["mednns"])
         names = settings.method_names()
         return ({m: plans[m] for m in names if m in plans}, skipped, facts,
                 self.first_measurement({m: setup.get(m, {}) for m in names if m in plans}))
@@ -344,11 +347,16 @@ class Fold:
         write_json(path, {**known, **merged})
         return merged
 
-    def own_supernet_search(self) -> tuple[Plan, dict[str, Any]] | str:
+    def own_supernet_search(self, method: str, init: str | None = None) -> tuple[Plan, dict[str, Any]] | str:
         """Random search on the target's own supernet, trained per (seed, condition) on that run's
         training subset only (:mod:`mednns.evaluation.own_search`): the planner and the facts, or why
-        the baseline cannot run. The subnets compared are the first ``search_budget`` the zoo evaluated
-        on the run's supernet of the target, whose space and training settings it reuses."""
+        the method cannot run. The subnets compared are the first ``search_budget`` the zoo evaluated
+        on the run's supernet of the target, whose space and training settings it reuses.
+
+        :param method: the method it plans for (its per-run setup is recorded under that name).
+        :param init: a source supernet folder the target's supernet starts from (``mednns_search``);
+            ``None``: a random initialization (``own_supernet_search``).
+        """
         from mednns.evaluation.own_search import search_own_supernet
         from mednns.zoo.store import ZooStore
 
@@ -363,21 +371,24 @@ class Fold:
             return f"the zoo holds no evaluated subnet of {self.target}'s supernet"
         template = str(Path(own[0]["path"]).parent)
 
+        where = "own_search" if init is None else "warm_search"
+
         def plan(seed: int, condition: Condition) -> list[Candidate]:
             digest = self.subset_digest(seed, condition)
+            folder = self.directory / where / (digest if init is None else f"{digest}-{slug(init)}")
             found = search_own_supernet(
-                template, self.dataset, self.directory / "own_search" / digest,
-                seed=self.config(seed, condition).seed, train_images=condition.train_images, subset_digest=digest,
-                archs=archs, load=self.supernets, manager=self.run.manager, device=self.run.device,
-                progress=self.settings.progress)
-            self.run_setup[("own_supernet_search", seed, condition.id)] = {
+                template, self.dataset, folder, seed=self.config(seed, condition).seed,
+                train_images=condition.train_images, subset_digest=digest, archs=archs, load=self.supernets,
+                manager=self.run.manager, device=self.run.device, progress=self.settings.progress, init=init)
+            self.run_setup[(method, seed, condition.id)] = {
                 name: _phase(**spent) for name, spent in found["spent"].items()}
+            start = "" if init is None else f", started from {found['source']}'s supernet"
             return [self.from_row({"supernet": found["supernet"], "arch": found["best"]["arch"],
                                    "dataset": self.target},
                                   f"best of {found['evaluated']} subnets of {self.target}'s own supernet "
-                                  f"(trained on {found['train_images']} images)")]
+                                  f"(trained on {found['train_images']} images{start})")]
 
-        return plan, {"evaluated": len(archs), "trained_like": template}
+        return plan, {"evaluated": len(archs), "trained_like": template, **({"init": init} if init else {})}
 
     # --- fine-tuning ----------------------------------------------------------------------------
     def config(self, seed: int, condition: Condition, epochs: int | None = None, candidate: Candidate | None = None):

@@ -33,6 +33,9 @@ METHODS: dict[str, Method] = {
                    "(e) retrieval by a meta-space trained with contrastive + performance losses only"),
     "random_pick": Method("random zoo pick", "baseline",
                           "(f) a zoo model drawn at random (per seed) with its inherited weights"),
+    "mednns_search": Method("mednns + own search", "ours",
+                            "the target's own supernet started from the supernet of mednns's top-1 source, trained "
+                            "on the run's training subset like (g), searched, the winner fine-tuned"),
     "own_supernet_search": Method("own-supernet search", "baseline",
                                   "(g) a supernet trained on the run's own training subset, random search over it "
                                   "(weight-shared, BN-recalibrated validation ACC), the winner fine-tuned with its "

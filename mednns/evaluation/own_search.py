@@ -11,9 +11,14 @@ The subset is the fine-tuning one by construction: supernet training and fine-tu
 :class:`mednns.finetune.FinetuneData`), and the supernet is trained with the fine-tuning seed.
 :func:`search_own_supernet` checks it.
 
-Files of one search, under ``<fold>/own_search/<subset digest>/``: ``supernet/`` (a ``train_supernet``
-folder: resumable, the final weights) and ``search.json`` (every subnet's validation ACC, the winner,
-the compute).
+With ``init``, the same search starts from a retrieved source supernet instead of a random
+initialization (mednns's ``mednns_search``: retrieval as the initialization of a search): every tensor
+of the source whose shape matches is copied, a first convolution is converted between 1 and 3 input
+channels, and what differs (the classifier, for the target's classes) keeps its fresh initialization.
+
+Files of one search, under ``<fold>/own_search/<subset digest>/`` (``warm_search/<digest>-<source>/``
+with ``init``): ``supernet/`` (a ``train_supernet`` folder: resumable, the final weights) and
+``search.json`` (every subnet's validation ACC, the winner, the compute).
 """
 
 from __future__ import annotations
@@ -41,10 +46,31 @@ def tensor_digest(x: torch.Tensor, y: torch.Tensor) -> str:
     return digest.hexdigest()[:16]
 
 
+@torch.no_grad()
+def warm_start(space: torch.nn.Module, source: dict[str, torch.Tensor]) -> dict[str, list[str]]:
+    """Copy the ``source`` supernet's weights into ``space`` where they fit: equal names and shapes,
+    or a convolution weight that differs only in 1 <-> 3 input channels (summed, or repeated / 3, as
+    an export adapts a stem). Returns the names ``copied``, ``converted`` and ``kept`` (left as
+    initialized, e.g. the classifier of another number of classes)."""
+    done: dict[str, list[str]] = {"copied": [], "converted": [], "kept": []}
+    for name, tensor in space.state_dict().items():
+        given = source.get(name)
+        if given is not None and given.shape == tensor.shape:
+            tensor.copy_(given)
+            done["copied"].append(name)
+        elif (given is not None and given.ndim == 4 and given.shape[0] == tensor.shape[0]
+              and given.shape[2:] == tensor.shape[2:] and {given.shape[1], tensor.shape[1]} == {1, 3}):
+            tensor.copy_(given.sum(1, keepdim=True) if tensor.shape[1] == 1 else given.repeat(1, 3, 1, 1) / 3)
+            done["converted"].append(name)
+        else:
+            done["kept"].append(name)
+    return done
+
+
 def search_own_supernet(template: str | Path, dataset: Any, directory: str | Path, *, seed: int,
                         train_images: int | None, subset_digest: str, archs: list[str],
                         load: Callable[[str], tuple[Any, dict[str, Any]]], manager: ComponentSource,
-                        device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+                        device: str = "cpu", progress: bool = False, init: str | None = None) -> dict[str, Any]:
     """Train the target's own supernet on one fine-tuning subset and search it (or read the saved search).
 
     :param template: the run's trained supernet of the target: its space and training settings are
@@ -56,6 +82,8 @@ def search_own_supernet(template: str | Path, dataset: Any, directory: str | Pat
         the supernet's training subset must match it.
     :param archs: the subnets to compare (architecture JSON), in order.
     :param load: loads a trained supernet folder (``(space, metadata)``; a cache).
+    :param init: a trained supernet folder of the same space to start from (:func:`warm_start`);
+        ``None``: a random initialization.
     :returns: ``search.json``: ``best`` (``arch``, ``val_acc``), ``evaluated``, ``subnets``,
         ``supernet`` (folder) and ``spent`` (``supernet_training`` and ``search`` phases:
         seconds and image-MACs).
@@ -73,6 +101,16 @@ def search_own_supernet(template: str | Path, dataset: Any, directory: str | Pat
     config = TrainConfig.from_dict({**metadata["training"], "max_train_images": train_images, "progress": progress})
     torch.manual_seed(seed)
     space = manager.create("search-spaces", spec["name"], **spec.get("args", {}))
+    started: dict[str, Any] = {}
+    if init is not None:
+        from mednns.training import read_weights
+
+        source = read_json(Path(init) / "supernet.json")
+        if source["space"]["name"] != spec["name"]:
+            raise UsageError(f"cannot start a {spec['name']} supernet from {init}, a {source['space']['name']} one")
+        done = warm_start(space, read_weights(Path(init) / "supernet.safetensors"))
+        started = {"init": str(init), "source": source["dataset"]["name"],
+                   **{k: len(v) for k, v in done.items()}, "kept_names": done["kept"]}
     folder = directory / "supernet"
     trainer = SupernetTrainer(space, dataset, folder, config, space_name=spec["name"], seed=seed, device=device)
     data = trainer.data
@@ -94,7 +132,7 @@ def search_own_supernet(template: str | Path, dataset: Any, directory: str | Pat
         subnets.append({"arch": arch_json, "val_acc": metrics["acc"], "macs": macs})
     seconds = time.perf_counter() - start
     best = max(subnets, key=lambda s: s["val_acc"])
-    result = {"supernet": str(folder), "train_images": len(data.train_x), "subset": subset_digest,
+    result = {"supernet": str(folder), "train_images": len(data.train_x), "subset": subset_digest, **started,
               "evaluated": len(subnets), "best": best, "subnets": subnets,
               "spent": {"supernet_training": {"seconds": final["train_seconds"],
                                               "image_macs": final["train_image_macs"]},

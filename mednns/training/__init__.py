@@ -45,6 +45,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "load_checkpoint": "mednns.training.checkpoint",
     "load_supernet": "mednns.training.checkpoint",
     "load_weights": "mednns.training.checkpoint",
+    "read_weights": "mednns.training.checkpoint",
     "median_arch": "mednns.training.evaluation",
     "metrics_from_logits": "mednns.training.evaluation",
     "phase_smallest": "mednns.training.sandwich",
