@@ -88,7 +88,7 @@ def search_own_supernet(template: str | Path, dataset: Any, directory: str | Pat
         ``supernet`` (folder) and ``spent`` (``supernet_training`` and ``search`` phases:
         seconds and image-MACs).
     """
-    from mednns.training import SupernetTrainer, TrainConfig, evaluate
+    from mednns.training import SUPERNET_METADATA, SUPERNET_WEIGHTS, SupernetTrainer, TrainConfig, evaluate
 
     directory = Path(directory)
     saved = directory / SEARCH_FILE
@@ -96,7 +96,7 @@ def search_own_supernet(template: str | Path, dataset: Any, directory: str | Pat
         return read_json(saved)
     if not archs:
         raise UsageError("the own-supernet search has no subnet to compare (search_budget or the zoo is empty)")
-    metadata = read_json(Path(template) / "supernet.json")
+    metadata = read_json(Path(template) / SUPERNET_METADATA)
     spec = metadata["space"]
     config = TrainConfig.from_dict({**metadata["training"], "max_train_images": train_images, "progress": progress})
     torch.manual_seed(seed)
@@ -105,10 +105,10 @@ def search_own_supernet(template: str | Path, dataset: Any, directory: str | Pat
     if init is not None:
         from mednns.training import read_weights
 
-        source = read_json(Path(init) / "supernet.json")
+        source = read_json(Path(init) / SUPERNET_METADATA)
         if source["space"]["name"] != spec["name"]:
             raise UsageError(f"cannot start a {spec['name']} supernet from {init}, a {source['space']['name']} one")
-        done = warm_start(space, read_weights(Path(init) / "supernet.safetensors"))
+        done = warm_start(space, read_weights(Path(init) / SUPERNET_WEIGHTS))
         started = {"init": str(init), "source": source["dataset"]["name"],
                    **{k: len(v) for k, v in done.items()}, "kept_names": done["kept"]}
     folder = directory / "supernet"
