@@ -34,7 +34,9 @@ Differences from OFA's ``OFAResNets``: a single-conv stem with one width slot
 and strides for small medical images chosen from ``image_size``.
 
 Extracted networks (:class:`ResNetSubnet`) are rebuilt from checkpoint metadata by
-``OFAResNet(**config).extract(arch)`` followed by ``load_state_dict``.
+``OFAResNet(**config).extract(arch)`` followed by ``load_state_dict``. The blocks live in
+:mod:`.resnet_blocks`; this module (about 550 lines) is the space itself: presets, argument checks,
+channel tables, canonical architectures, channel sorting and costs, one contract implemented together.
 """
 
 from __future__ import annotations
