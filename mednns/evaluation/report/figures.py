@@ -125,6 +125,18 @@ def _dataset(results: dict[str, Any], dataset: str) -> dict[str, Any]:
     return results["datasets"][dataset]
 
 
+def _ran_on(view: dict[str, Any], dataset: str) -> tuple[dict[str, Any], list[str]]:
+    """A dataset's method entries and the methods that ran on it, in table order.
+
+    :raises UsageError: when none ran (nothing to plot).
+    """
+    entries = _dataset(view, dataset).get("methods", {})
+    methods = [m for m in method_order(view) if has_runs(entries.get(m))]
+    if not methods:
+        raise UsageError(f"no method ran on {dataset!r}: nothing to plot")
+    return entries, methods
+
+
 def plot_convergence(results: dict[str, Any], dataset: str, path: str | Path) -> Path:
     """Test ACC and test AUC against the fine-tuning epoch for every method that ran on ``dataset``.
 
@@ -136,10 +148,7 @@ def plot_convergence(results: dict[str, Any], dataset: str, path: str | Path) ->
     :raises UsageError: for an unknown dataset or one on which no method ran.
     """
     results = as_view(results)
-    entries = _dataset(results, dataset).get("methods", {})
-    methods = [m for m in method_order(results) if has_runs(entries.get(m))]
-    if not methods:
-        raise UsageError(f"no method ran on {dataset!r}: nothing to plot")
+    entries, methods = _ran_on(results, dataset)
     colors = _colors(results)
     figure = _figure(11.0, 4.4)
     panels = figure.subplots(1, 2)
@@ -397,10 +406,7 @@ def plot_compute_curves(results: dict[str, Any], dataset: str, path: str | Path)
 
     chosen = next((c for c in conditions(results) if c["budget"] == "equal_compute"), conditions(results)[0])
     view = condition_view(results, chosen["id"])
-    entries = _dataset(view, dataset).get("methods", {})
-    methods = [m for m in method_order(view) if has_runs(entries.get(m))]
-    if not methods:
-        raise UsageError(f"no method ran on {dataset!r}: nothing to plot")
+    entries, methods = _ran_on(view, dataset)
     colors = _colors(results)
     figure = _figure(12.0, 4.8)
     panels = figure.subplots(1, 2)
