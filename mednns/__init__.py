@@ -15,7 +15,7 @@ package's submodules (``tests/test_public_api.py`` keeps the built-in plugins to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mednns._exports import lazy_exports
 from mednns.errors import (
@@ -57,6 +57,26 @@ def load_model(path: Any, **kwargs: Any) -> Any:
 
     return _load_model(path, **kwargs)
 
+
+if TYPE_CHECKING:  # what the lazy names below are, for type checkers and editors
+    from mednns.data import DatasetInfo as DatasetInfo
+    from mednns.data import MedicalDataset as MedicalDataset
+    from mednns.data import SplitArrays as SplitArrays
+    from mednns.data import Task as Task
+    from mednns.manager import PluginManager as PluginManager
+    from mednns.manager import get_plugin_manager as get_plugin_manager
+    from mednns.metaspace.contracts import DatasetEncoder as DatasetEncoder
+    from mednns.metaspace.contracts import LossTerm as LossTerm
+    from mednns.metaspace.contracts import MetaBatch as MetaBatch
+    from mednns.metaspace.contracts import ModelEncoder as ModelEncoder
+    from mednns.metaspace.contracts import ModelTable as ModelTable
+    from mednns.registry import ComponentSource as ComponentSource
+    from mednns.runs import Run as Run
+    from mednns.stages import Stage as Stage
+    from mednns.supernets import Arch as Arch
+    from mednns.supernets import InvalidArchitecture as InvalidArchitecture
+    from mednns.supernets import Supernet as Supernet
+    from mednns.transfer.scores import TransferScore as TransferScore
 
 #: The contracts a plugin author implements or receives, imported on first use (``import mednns``
 #: stays free of torch): search spaces, datasets, meta-space encoders and loss terms, transfer

@@ -80,3 +80,14 @@ def test_importing_the_public_namespaces_does_not_import_torch():
             "mednns.evaluation; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_type_checkers_see_the_same_contracts_as_the_lazy_names():
+    """``mednns/__init__.py`` names its lazy contracts twice: for type checkers (under TYPE_CHECKING) and
+    for run time; the two lists must agree, and each must be the object the lazy name loads."""
+    tree = ast.parse((ROOT / "mednns" / "__init__.py").read_text())
+    guarded = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    typed = {alias.name: node.module for node in guarded.body for alias in node.names}
+    assert set(typed) == set(mednns._CONTRACTS)
+    for name, module in typed.items():
+        assert getattr(mednns, name) is getattr(importlib.import_module(module), name), name
