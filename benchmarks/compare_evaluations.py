@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from mednns.evaluation.methods import describe
+from mednns.evaluation.report import fmt_gain_stats
 from mednns.evaluation.statistics import compare_evaluations, compare_methods
 from mednns.files import read_json, write_json
 from mednns.layout import SUPERNET_STAGE
@@ -52,16 +53,6 @@ def mean_final(results: dict[str, Any], condition: str, method: str) -> float | 
               for methods in condition_methods(results, condition).values()
               if methods.get(method, {}).get("status") == "ok"]
     return float(np.mean(values)) if values else None
-
-
-def fmt_gain(stats: dict[str, Any] | None) -> str:
-    if not stats:
-        return "–"
-    ci = stats["ci"]
-    interval = f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else ""
-    p = stats["p_wilcoxon"]
-    return (f"{stats['mean']:+.3f}{interval}, p {'–' if p is None else f'{p:.2f}'}, "
-            f"{stats['wins'][0]}/{stats['wins'][1]}")
 
 
 def main() -> None:
@@ -97,7 +88,8 @@ def main() -> None:
                  f"{sources['before']['mean_test_acc_largest']:.3f} | {sources['after']['total_train_seconds']} | "
                  f"{sources['after']['mean_test_acc_largest']:.3f} |")
     lines += ["", "## Test ACC of each method, paired by dataset, seed and training subset (after - before)", "",
-              "| method | condition | before | after | gain [95% CI], p, wins | pairs |", "| --- | --- | ---: | ---: | --- | ---: |"]
+              "| method | condition | before | after | gain [95% CI], p, wins | pairs |",
+              "| --- | --- | ---: | ---: | --- | ---: |"]
     for method in methods:
         for c in conditions:
             entry = across[c].get(method)
@@ -105,12 +97,12 @@ def main() -> None:
                 continue
             unpaired = f" ({entry['unpaired']} unpaired)" if entry["unpaired"] else ""
             lines.append(f"| {describe(method).label} | {c} | {mean_final(before, c, method):.3f} | "
-                         f"{mean_final(after, c, method):.3f} | {fmt_gain(entry.get('test_acc'))} | "
+                         f"{mean_final(after, c, method):.3f} | {fmt_gain_stats(entry.get('test_acc'))} | "
                          f"{entry['pairs']}{unpaired} |")
     lines += ["", "## Inherited weights against the same architecture from random init (mednns - random init)", "",
               "| condition | before | after |", "| --- | --- | --- |"]
     for c in conditions:
-        lines.append(f"| {c} | {fmt_gain(transfer['before'][c])} | {fmt_gain(transfer['after'][c])} |")
+        lines.append(f"| {c} | {fmt_gain_stats(transfer['before'][c])} | {fmt_gain_stats(transfer['after'][c])} |")
     (args.out / "compare.md").write_text("\n".join(lines) + "\n")
     print((args.out / "compare.md").read_text())
 

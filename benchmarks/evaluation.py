@@ -28,8 +28,16 @@ def compact_table(results: dict) -> str:
     """The README's tables: (1) datasets x methods, mean ± std final test ACC of the primary condition
     beside each dataset's majority-class rate; (2) mednns (top-1) against every other method under
     every condition: mean gain, 95% interval, Wilcoxon p, wins; (3) target-side compute per method."""
-    from mednns.evaluation.report import (as_view, compute_table, condition_label, conditions, fmt_ci, fmt_p,
-                                          label, method_order, metric_at)
+    from mednns.evaluation.report import (
+        as_view,
+        compute_table,
+        condition_label,
+        conditions,
+        fmt_gain_stats,
+        label,
+        method_order,
+        metric_at,
+    )
     from mednns.evaluation.results import condition_view, separates
 
     view = as_view(results)
@@ -61,8 +69,7 @@ def compact_table(results: dict) -> str:
         for condition in chosen:
             stats = ((condition_view(results, condition["id"])["statistics"].get("mednns") or {}).get(other)
                      or {}).get("test_acc")
-            cells.append(MISSING if not stats else
-                         f"{stats['mean']:+.3f} {fmt_ci(stats)}, p {fmt_p(stats)}, {stats['wins'][0]}/{stats['wins'][1]}")
+            cells.append(fmt_gain_stats(stats))
         lines.append(f"| {label(view, other)} | " + " | ".join(cells) + " |")
     lines += ["", compute_table(results).to_markdown()]
     return "\n".join(lines) + "\n"

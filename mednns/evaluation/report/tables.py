@@ -69,6 +69,16 @@ def fmt_p(stats: dict[str, Any] | None) -> str:
     return MISSING if p is None else f"{p:.3f}"
 
 
+def fmt_gain_stats(stats: dict[str, Any] | None) -> str:
+    """One cell of a gain: ``+0.013 [-0.014, +0.039], p 0.312, 5/8`` (``—`` when unknown).
+
+    :param stats: gain statistics (:func:`mednns.evaluation.statistics.gain_statistics`).
+    """
+    if not stats:
+        return MISSING
+    return f"{stats['mean']:+.3f} {fmt_ci(stats)}, p {fmt_p(stats)}, {stats['wins'][0]}/{stats['wins'][1]}"
+
+
 def fmt_seconds(value: float | None) -> str:
     """Seconds in short form (``12.3``, ``1,234``; ``—`` when unknown). :param value: seconds or None."""
     if value is None:
