@@ -240,6 +240,8 @@ def run(config: str, overrides: tuple[str, ...], output_dir: str | None, seed: i
     run_config = load_config(manager, config, [*overrides, *extra])
     prepared = prepare_run(manager, run_config, console=_console())
     results = execute(prepared, restart=restart)
+    if not prepared.distributed.is_main:
+        return  # rank 0 reports
     table = Table(title=f"run {escape(str(run_config.name))}")
     for column in ("stage", "status", "seconds"):
         table.add_column(column)
@@ -254,8 +256,14 @@ MednnsCLI.builtin_commands = set(cli.commands)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli.main(prog_name="mednns")
+    """Console-script entry point. Under torchrun, an unexpected error is recorded for torchrun's
+    agent, which then stops the other ranks and shows this rank's traceback."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        record(cli.main)(prog_name="mednns")
+    else:
+        cli.main(prog_name="mednns")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mednns.distributed import barrier, broadcast
 from mednns.errors import MednnsError, UsageError
 from mednns.files import read_json, write_json
 from mednns.locks import held
@@ -22,6 +23,8 @@ log = logging.getLogger("mednns")
 STAGE_STATE = "stage.json"
 #: The run directory's lock file (:mod:`mednns.locks`): one process at a time runs it.
 LOCK_FILE = ".mednns.lock"
+#: What rank 0 tells the other ranks of a torchrun job about each stage.
+RUN, SKIP = "run", "skip"
 
 
 def stage_fingerprint(run: Run, spec: dict[str, Any], previous: str,
@@ -76,7 +79,13 @@ def execute(run: Run, *, restart: bool = False) -> dict[str, Any]:
     :attr:`~mednns.stages.Stage.keeps_state` is true keeps its directory when its
     config changes (``restart`` still discards it). The run directory is locked
     for the whole run: a second process on it gets a usage error naming the first.
+
+    Under torchrun, rank 0 does all of the above and tells the other ranks, stage by stage, whether
+    it runs; they take part in the stages that are :attr:`~mednns.stages.Stage.distributed` and
+    wait for rank 0 in the others (:func:`_follow`).
     """
+    if not run.distributed.is_main:
+        return _follow(run)
     with held(run.directory / LOCK_FILE, f"the run directory {run.directory}"):
         return _execute(run, restart)
 
@@ -116,6 +125,18 @@ def _execute(run: Run, restart: bool) -> dict[str, Any]:
     return results
 
 
+def _follow(run: Run) -> dict[str, Any]:
+    """A rank other than 0: run the distributed stages rank 0 runs, in step with it; write nothing."""
+    for spec, stage in run.stages:
+        if broadcast(run.distributed, None) == RUN:
+            seed_everything(derive_seed(run.seed, spec["name"]))
+            if getattr(stage, "distributed", False):
+                stage.run(run)
+            barrier(run.distributed)
+    return {"run": run.config.name, "directory": str(run.directory), "status": "complete",
+            "rank": run.distributed.rank, "stages": {}}
+
+
 def _describe(directory: Path) -> str:
     """``<dir> (N files, X MB)``: what deleting a stage folder would lose."""
     files = [p for p in directory.rglob("*") if p.is_file()]
@@ -152,6 +173,7 @@ def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[s
             directory = _discard(run, name)
         elif not missing:
             log.info("stage %s: complete for this config, skipped", name)
+            broadcast(run.distributed, SKIP)
             record = {"status": "skipped", "seconds": state.get("seconds"), "results": state.get("results", {})}
             run.manager.notify("stage_finished", run=run, stage=name, results=record["results"], skipped=True)
             return record
@@ -179,12 +201,14 @@ def _run_stage(run: Run, name: str, stage: Any, fingerprint: str, inputs: dict[s
     elif restart and state is not None and state.get("status") != "complete":
         directory = _discard(run, name)
 
+    broadcast(run.distributed, RUN)
     seed_everything(derive_seed(run.seed, name))
     write_json(state_path, {"stage": name, "fingerprint": fingerprint, "inputs": inputs, "status": "running"})
     log.info("stage %s: running", name)
     start = time.perf_counter()
     try:
         stage_results = stage.run(run) or {}
+        barrier(run.distributed)  # the other ranks' part of a distributed stage is done too
     except BaseException as exc:
         write_json(state_path, {"stage": name, "fingerprint": fingerprint, "inputs": inputs, "status": "failed",
                                 "error": f"{type(exc).__name__}: {exc}"})

@@ -28,6 +28,7 @@ import mednns
 from mednns import layout
 from mednns.config import RunConfig, dump_yaml
 from mednns.data import MedicalDataset
+from mednns.distributed import Distributed, initialize
 from mednns.errors import ConfigError, ConfigIssue, MednnsError, UsageError
 from mednns.files import atomic_write_text, write_json
 from mednns.manager import PluginManager
@@ -48,6 +49,8 @@ class Run:
     datasets: dict[str, MedicalDataset]
     stages: list[tuple[dict[str, Any], Stage]]
     console: Console = field(default_factory=Console)
+    #: This process's place in a torchrun job (a single process without torchrun).
+    distributed: Distributed = field(default_factory=Distributed)
 
     @property
     def seed(self) -> int:
@@ -87,10 +90,14 @@ def resolve_device(spec: str) -> str:
 
 def prepare_run(manager: PluginManager, config: RunConfig, directory: str | os.PathLike | None = None,
                 console: Console | None = None) -> Run:
-    """Build datasets and stages (all cheap) and check them, before any work; no files written yet."""
+    """Build datasets and stages (all cheap) and check them, before any work; no files written yet.
+
+    Under torchrun, joins the job's process group first (:func:`mednns.distributed.initialize`):
+    the device becomes this rank's GPU, and ranks other than 0 get a quiet console.
+    """
     if config.strict_plugins:
         manager.raise_for_errors()
-    device = resolve_device(config.device)
+    job, device = initialize(resolve_device(config.device))
     issues: list[ConfigIssue] = []
     datasets: dict[str, MedicalDataset] = {}
     for i, _, dataset in _build(manager, "datasets", config.datasets, issues):
@@ -109,7 +116,9 @@ def prepare_run(manager: PluginManager, config: RunConfig, directory: str | os.P
     if issues:
         raise ConfigError(issues)
     directory = Path(directory) if directory is not None else Path(config.output_dir) / str(config.name)
-    return Run(directory.resolve(), config, manager, device, datasets, stages, console or Console())
+    if not job.is_main:
+        console = Console(quiet=True)
+    return Run(directory.resolve(), config, manager, device, datasets, stages, console or Console(), job)
 
 
 def _build(manager: PluginManager, kind: str, specs: Sequence[dict[str, Any]],

@@ -39,6 +39,10 @@ class Stage(abc.ABC):
     #: Its files take long to make again (trained supernets, a zoo): a config change never deletes
     #: them without ``--restart``; the runner says what it would discard and stops.
     expensive: bool = False
+    #: Under torchrun, :meth:`run` is called on every rank (the stage splits its work by
+    #: ``run.distributed`` and only rank 0 writes the outputs); otherwise rank 0 runs it alone while
+    #: the other ranks wait. See :mod:`mednns.distributed`.
+    distributed: bool = False
 
     def keeps_state_for(self, changed: list[str]) -> bool:
         """Whether the stage's files stay valid after these inputs changed (dotted keys of the stage's

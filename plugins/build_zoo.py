@@ -4,12 +4,16 @@ The stage evaluates subnets of every supernet a ``train_supernet`` stage left in
 ``supernets``) into one SQLite store, by default ``stages/build_zoo/zoo.sqlite`` (a sharded build
 writes ``zoo.shard-<i>-of-<n>.sqlite``; ``mednns zoo merge`` combines them). Stopping at any moment
 loses at most ``commit_every`` rows; running again resumes (:mod:`mednns.zoo`).
+
+The work is split into parts (:mod:`mednns.zoo.parallel`) across the ranks of a torchrun job, or
+across local worker processes (``workers``, by default as many as pay on this machine's cores);
+the parts are merged in plan order, so the store equals a single-process build.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from rich.console import Console
@@ -50,6 +54,8 @@ class BuildZoo(Stage):
     :param batch_size: inference batch size.
     :param channels_last: channels-last memory format.
     :param commit_every: rows per transaction (a kill loses at most these).
+    :param workers: local worker processes (``auto``: one per 64 subnets still to evaluate, at most
+        one per core; 1 on a GPU). Under torchrun the ranks split the work instead.
     :param progress: show a progress bar.
     """
 
@@ -57,6 +63,8 @@ class BuildZoo(Stage):
     keeps_state = True  # rows are keyed by supernet weights and protocol: a new 'samples' adds to them
     expensive = True
     reads = ("train_supernet",)
+    distributed = True  # under torchrun: each rank evaluates a part, rank 0 merges
+    fingerprint_omits = {"workers": "auto"}  # how many processes never changes a row
 
     def __init__(self, supernets: str | None = None, datasets: list[str] | None = None, store: str | None = None,
                  samples: int = _S.samples, anchors: int = _S.anchors, extremes: bool = _S.extremes,
@@ -64,9 +72,13 @@ class BuildZoo(Stage):
                  calibration_batch_size: int = _P.calibration_batch_size,
                  max_val_images: int | None = _P.max_val_images, max_test_images: int | None = _P.max_test_images,
                  batch_size: int = _S.batch_size, channels_last: bool = _S.channels_last,
-                 commit_every: int = _S.commit_every, progress: bool = _S.progress):
+                 commit_every: int = _S.commit_every, workers: int | Literal["auto"] = "auto",
+                 progress: bool = _S.progress):
         if samples < 0 or anchors < 0:
             raise UsageError("samples and anchors must be >= 0")
+        if workers != "auto" and workers < 1:
+            raise UsageError(f"workers must be >= 1 or auto, got {workers}")
+        self.workers = workers
         self.supernets = supernets
         self.only = datasets
         self.store = store
@@ -131,23 +143,57 @@ class BuildZoo(Stage):
     def run(self, run) -> dict[str, Any]:
         from mednns.files import write_json
         from mednns.locks import held
-        from mednns.zoo import ZooStore, build_zoo
+        from mednns.zoo import ZooStore
 
         settings = BuildSettings(**self.settings_args, seed=run.seed)
         protocol = ZooProtocol(**self.protocol_args, seed=run.seed)
-        summaries = {}
         path = self.store_path(run)
-        with held(path.with_name(path.name + ".lock"), f"the zoo store {path}"):  # one builder per store
-            targets = self.targets(run)
-            with ZooStore(path) as store:
-                for name, folder in targets:
-                    summaries[name] = build_zoo(store, folder, run.dataset(name), settings=settings,
-                                                protocol=protocol, device=run.device, manager=run.manager,
-                                                console=run.console)
-                results = {"store": str(path), "shard": str(self.shard), "rows": store.count(),
-                           "datasets": summaries}
-        write_json(self.summary_path(run), results)
+        job = run.distributed
+        targets = self.targets(run)
+        if job.active:
+            results = self._run_parts(run, targets, settings, protocol, path)
+        else:
+            with held(path.with_name(path.name + ".lock"), f"the zoo store {path}"):  # one builder per store
+                results = self._run_here(run, targets, settings, protocol, path)
+        if job.is_main:
+            with ZooStore(path, readonly=True) as store:
+                results = {"store": str(path), "shard": str(self.shard), "rows": store.count(), **results}
+            write_json(self.summary_path(run), results)
         return results
+
+    def _run_here(self, run, targets: list[tuple[str, Path]], settings: BuildSettings, protocol: ZooProtocol,
+                  path: Path) -> dict[str, Any]:
+        """In this process, or in local worker processes when they pay."""
+        from mednns.zoo import build_with_workers, choose_workers
+
+        workers, why = choose_workers(self.workers, todo=self._todo_estimate(targets, path), device=run.device,
+                                      manager=run.manager)
+        run.logger.info("build_zoo: %d process(es) (%s)", workers, why)
+        if workers > 1 and not self.shard.whole:
+            raise UsageError("build_zoo: 'shard' and 'workers' both split the plan", hint="set workers: 1")
+        return build_with_workers(workers, list(run.config.datasets), targets, run.datasets, path, settings, protocol,
+                                  device=run.device, manager=run.manager, console=run.console)
+
+    def _run_parts(self, run, targets: list[tuple[str, Path]], settings: BuildSettings, protocol: ZooProtocol,
+                   path: Path) -> dict[str, Any]:
+        """Under torchrun: this rank's part; rank 0 merges them when every rank is done."""
+        from mednns.zoo import build_as_rank
+
+        if not self.shard.whole:
+            raise UsageError("build_zoo: 'shard' and torchrun both split the plan", hint="drop 'shard'")
+        return build_as_rank(run.distributed, targets, run.datasets, path, settings, protocol, device=run.device,
+                             manager=run.manager, console=run.console)
+
+    def _todo_estimate(self, targets: list[tuple[str, Path]], path: Path) -> int:
+        """Subnets still to evaluate, from the plan sizes and the rows stored (no supernet loaded)."""
+        from mednns.zoo import ZooStore
+
+        args = self.settings_args
+        per_supernet = args["samples"] + args["anchors"] + 2 * args["extremes"]
+        if not path.is_file():
+            return per_supernet * len(targets)
+        with ZooStore(path, readonly=True) as store:
+            return sum(max(0, per_supernet - store.count(dataset=name)) for name, _ in targets)
 
 
 @mednns.hookimpl
@@ -216,6 +262,8 @@ def register_commands(cli):
     @click.option("--samples", type=int, help=f"Random architectures per supernet [default: {_S.samples}].")
     @click.option("--anchors", type=int, help="Architectures shared by all datasets of a space [default: 0].")
     @click.option("--shard", metavar="I/N", help="Evaluate part I of N disjoint parts (0-based).")
+    @click.option("--workers", metavar="N|auto", help="Local worker processes [default: auto, one per core when "
+                                                      "the work pays for their start].")
     @click.option("--store", type=click.Path(dir_okay=False), help="Store file [default: RUN_DIR/stages/build_zoo/"
                                                                    "zoo.sqlite, or zoo.shard-I-of-N.sqlite].")
     @click.option("--dataset", "datasets", multiple=True, metavar="NAME", help="Only this dataset; repeatable.")
@@ -223,7 +271,8 @@ def register_commands(cli):
                   help="Any build_zoo stage argument (e.g. batch_size=256); repeatable.")
     @click.option("--device", help="auto, cpu, cuda or cuda:N [default: the run's].")
     @click.option("--no-progress", is_flag=True, help="No progress bar.")
-    def zoo_build(run_dir: str, samples: int | None, anchors: int | None, shard: str | None, store: str | None,
+    def zoo_build(run_dir: str, samples: int | None, anchors: int | None, shard: str | None, workers: str | None,
+                  store: str | None,
                   datasets: tuple[str, ...], stage_args: tuple[str, ...], device: str | None,
                   no_progress: bool) -> None:
         """Evaluate subnets of the supernets a run trained (RUN_DIR/stages/train_supernet) into a store.
@@ -231,7 +280,9 @@ def register_commands(cli):
         Starts from the build_zoo arguments of the run's config, when it has that stage; the options
         here override them.
 
-        Resumable: run the same command again after a kill. Shards (--shard 0/4 ... 3/4) can run as
+        Resumable: run the same command again after a kill. It uses the cores by itself (--workers);
+        under torchrun (torchrun --standalone --nproc-per-node N -m mednns zoo build RUN_DIR) the ranks
+        split the work and rank 0 merges it. Shards (--shard 0/4 ... 3/4) can also run by hand as
         separate processes or machines; combine their stores with 'mednns zoo merge'.
         """
         from mednns.config import load_config, parse_key_values
@@ -250,6 +301,10 @@ def register_commands(cli):
         for key, value in (("samples", samples), ("anchors", anchors), ("shard", shard), ("store", store)):
             if value is not None:
                 args[key] = value
+        if workers is not None:
+            if workers != "auto" and not workers.isdigit():
+                raise click.BadParameter(f"{workers!r} is not a number or auto", param_hint="--workers")
+            args["workers"] = workers if workers == "auto" else int(workers)
         if datasets:
             args["datasets"] = list(datasets)
         if no_progress:
@@ -262,6 +317,8 @@ def register_commands(cli):
         stage = manager.create("stages", STAGE, **args)
         stage.name = STAGE
         results = stage.run(run)
+        if not run.distributed.is_main:
+            return  # rank 0 merged the parts and reports
         from mednns.zoo import ZooStore, zoo_stats
 
         with ZooStore(results["store"], readonly=True) as zoo_store:

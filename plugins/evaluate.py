@@ -77,6 +77,7 @@ class Evaluate(Stage):
 
     name = STAGE
     reads = ("build_zoo",)  # the zoo (which names the supernets)
+    distributed = True  # under torchrun: the targets (folds) are shared out across the ranks
     #: Runs and meta-spaces are keyed by their configuration: a change of the stage's own arguments
     #: (seeds, sizes, variants, methods) reuses what still applies.
     keeps_state = True
@@ -154,6 +155,8 @@ class Evaluate(Stage):
             for spec in self.settings.ranking_settings().score_specs():
                 run.manager.create("transfer-scores", spec["name"], **spec["args"])
         results = evaluate(run, self.settings, run.stage_dir(self.name))
+        if not run.distributed.is_main:
+            return {}  # rank 0 summarizes
         return {"datasets": list(results["datasets"]), **results["overall"]}
 
 
@@ -192,6 +195,8 @@ def register_commands(cli):
         console = Console(soft_wrap=False)
         prepared = prepare_run(manager, run_config, console=console)
         execute(prepared, restart=restart)
+        if not prepared.distributed.is_main:
+            return  # rank 0 reports
         stage_dir = layout.stage_dir(prepared.directory, STAGE)
         results = read_json(stage_dir / "results.json")
         for condition in results["protocol"]["conditions"]:

@@ -167,6 +167,7 @@ class Finetune(Stage):
 
     name = FINETUNE_STAGE
     reads = ("query",)
+    distributed = True  # under torchrun: the datasets' fine-tuning runs are shared out across the ranks
     fingerprint_omits = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0}  # the recipe, added later
 
     def __init__(self, datasets: list[str] | None = None, epochs: int = 10, lr: float = 0.05, batch_size: int = 128,
@@ -200,16 +201,23 @@ class Finetune(Stage):
         return [run.stage_dir(self.name) / n / "final.json" for n in (self.datasets or [])]
 
     def run(self, run) -> dict[str, Any]:
+        from mednns.distributed import barrier
+        from mednns.files import read_json
         from mednns.finetune import FinetuneConfig, finetune
         from mednns.seeding import derive_seed
 
-        results = {}
-        for name, folder in self.exports(run).items():
+        exports = self.exports(run)
+        job = run.distributed
+        for name in job.share(list(exports)):
             config = FinetuneConfig(**self.config_args, seed=derive_seed(run.seed, self.name, name))
-            final = finetune(folder, run.dataset(name), run.stage_dir(self.name) / name, config, device=run.device,
-                             manager=run.manager, console=run.console, progress=self.progress)
-            results[name] = {"best_epoch": final["best_epoch"], "best": final["best"], "last": final["last"]}
-        return results
+            finetune(exports[name], run.dataset(name), run.stage_dir(self.name) / name, config, device=run.device,
+                     manager=run.manager, console=run.console, progress=self.progress)
+        barrier(job)
+        if not job.is_main:
+            return {}
+        finals = {name: read_json(run.stage_dir(self.name) / name / "final.json") for name in exports}
+        return {name: {"best_epoch": f["best_epoch"], "best": f["best"], "last": f["last"]}
+                for name, f in finals.items()}
 
 
 @mednns.hookimpl

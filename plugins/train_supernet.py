@@ -78,6 +78,7 @@ class TrainSupernet(Stage):
     reads = ()  # the datasets only: an unrelated stage before it does not retrain anything
     expensive = True  # trained supernets: never deleted by a config change without --restart
     fingerprint_omits = {"min_steps_per_epoch": 0}
+    distributed = True  # under torchrun: data-parallel, every rank samples the same subnets, rank 0 writes
 
     def __init__(
         self,
@@ -188,7 +189,8 @@ class TrainSupernet(Stage):
 
             trainer = SupernetTrainer(space, dataset, self.directory(run, name), self.config,
                                       space_name=self.space_spec["name"], seed=seed, device=run.device,
-                                      console=run.console)
+                                      console=run.console, rank=run.distributed.rank,
+                                      world_size=run.distributed.world_size)
             results[name] = trainer.fit()
         return results
 
@@ -284,6 +286,8 @@ def register_commands(cli):
         console = Console(soft_wrap=False)
         run = prepare_run(manager, config, console=console)
         results = execute(run, restart=restart)
+        if not run.distributed.is_main:
+            return  # rank 0 reports
         record = results["stages"][STAGE]
         console.print(results_table(record["results"]))
         console.print(f"{STAGE}: {record['status']}; supernets under "

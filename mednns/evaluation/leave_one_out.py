@@ -50,6 +50,7 @@ from typing import Any, Callable
 import numpy as np
 
 from mednns.data.metrics import majority_rate
+from mednns.distributed import barrier
 from mednns.errors import UsageError
 from mednns.evaluation import ranking, statistics
 from mednns.evaluation import results as summary
@@ -592,8 +593,17 @@ def fid_overview(run, names: list[str], encoder_spec: dict[str, Any], images: in
     return {"datasets": list(order), "matrix": np.asarray(matrix).tolist()}
 
 
+#: Under torchrun, the rank that evaluated a target writes its entry here (``<stage>/<target>/``).
+FOLD_FILE = "fold.json"
+
+
 def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, Any]:
-    """Run the leave-one-dataset-out evaluation; writes ``results.json`` after every target."""
+    """Run the leave-one-dataset-out evaluation; writes ``results.json`` after every target.
+
+    Under torchrun the targets are shared out across the ranks (each fold is independent: its own
+    meta-spaces, queries and fine-tuning runs), and rank 0 writes ``results.json`` once every rank
+    is done; the other ranks return before the summary.
+    """
     from mednns.evaluation.embeddings import save_embeddings
     from mednns.evaluation.ranking_sample import ranking_quality
 
@@ -617,14 +627,19 @@ def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, An
     imagenet_errors: dict[str, str] = {}
     zoo_key = zoo_fingerprint(zoo_path)
     ours = [m for m in names if describe(m).kind == "ours"]
-    for target in targets:
+    job = run.distributed
+
+    def fold_entry(target: str) -> dict[str, Any]:
         fold = Fold(run, settings, target, directory / target, zoo_path, supernets, imagenet_errors, zoo_key)
         entry = fold.evaluate()
         if settings.ranking is not None:
             entry["ranking"] = ranking_quality(fold)
         embeddings = Path("embeddings") / f"{target}.npz"
         save_embeddings(fold, directory / embeddings, [*[n for n in in_zoo if n != target], target])
-        results["datasets"][target] = {**entry, "embeddings": str(embeddings)}
+        return {**entry, "embeddings": str(embeddings)}
+
+    def add(target: str, entry: dict[str, Any]) -> None:
+        results["datasets"][target] = entry
         results["overall"], results["statistics"] = {}, {}
         if settings.ranking is not None:
             results["ranking"] = ranking.overall({d: e["ranking"] for d, e in results["datasets"].items()})
@@ -634,6 +649,18 @@ def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, An
             results["statistics"][condition.id] = statistics.compare_methods(
                 {d: e["methods"] for d, e in view["datasets"].items()}, ours, names)
         write_json(directory / RESULTS_FILE, results)
+
+    if not job.active:
+        for target in targets:
+            add(target, fold_entry(target))
+    else:  # under torchrun: each rank evaluates its share of the folds, rank 0 gathers them
+        for target in job.share(targets):
+            write_json(directory / target / FOLD_FILE, fold_entry(target))
+        barrier(job)
+        if not job.is_main:
+            return results
+        for target in targets:
+            add(target, read_json(directory / target / FOLD_FILE))
     encoder_spec = settings.meta_space.get("dataset_encoder") or {"name": "image_stats", "args": {}}
     names = list(dict.fromkeys([*in_zoo, *targets]))
     results["fid_matrix"] = fid_overview(run, names, {"name": encoder_spec["name"],

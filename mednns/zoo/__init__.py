@@ -3,7 +3,8 @@
 Modules, one job each: :mod:`~mednns.zoo.settings` (protocol, build settings, shards; no torch),
 :mod:`~mednns.zoo.plan` (which architectures: deterministic, deduplicated, shardable),
 :mod:`~mednns.zoo.evaluator` (measuring them fast), :mod:`~mednns.zoo.store` (the rows),
-:mod:`~mednns.zoo.build` (the three together, resumable) and :mod:`~mednns.zoo.report`
+:mod:`~mednns.zoo.build` (the three together, resumable), :mod:`~mednns.zoo.parallel` (a build
+split across torchrun ranks or local worker processes) and :mod:`~mednns.zoo.report`
 (statistics, CSV / JSON-lines export). Names are imported on first use, so ``import mednns.zoo``
 does not import torch.
 """
@@ -22,6 +23,9 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "EvaluationData": "mednns.zoo.evaluator",
     "SubnetEvaluator": "mednns.zoo.evaluator",
     "build_zoo": "mednns.zoo.build",
+    "build_as_rank": "mednns.zoo.parallel",
+    "build_with_workers": "mednns.zoo.parallel",
+    "choose_workers": "mednns.zoo.parallel",
     "export_zoo": "mednns.zoo.report",
     "source_quality": "mednns.zoo.report",
     "zoo_stats": "mednns.zoo.report",

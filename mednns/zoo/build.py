@@ -32,13 +32,15 @@ log = logging.getLogger("mednns.zoo")
 def build_zoo(store: ZooStore, supernet: str | os.PathLike, dataset: MedicalDataset, *,
               settings: BuildSettings | None = None, protocol: ZooProtocol | None = None,
               device: str = "cpu", manager: ComponentSource | None = None,
-              console: Console | None = None) -> dict[str, Any]:
+              console: Console | None = None, known: ZooStore | None = None) -> dict[str, Any]:
     """Evaluate this shard's planned subnets of one trained supernet into ``store``.
 
     :param supernet: a trained supernet folder (or its ``supernet.json``).
     :param dataset: the dataset it was trained on.
     :param settings: what to evaluate and how fast (default: ``BuildSettings()``).
     :param protocol: how every subnet is evaluated (default: ``ZooProtocol()``).
+    :param known: another store whose rows of this supernet count as done (the store that the
+        parts of a split build are merged into).
     :returns: a summary: planned, already stored, evaluated now, seconds, subnets per second.
     """
     settings = BuildSettings() if settings is None else settings
@@ -48,7 +50,8 @@ def build_zoo(store: ZooStore, supernet: str | os.PathLike, dataset: MedicalData
     if dataset.info.name != name:
         raise UsageError(f"supernet {supernet} was trained on {name}, not {dataset.info.name}")
     _, weights_path = supernet_files(supernet)
-    supernet_id = store.add_supernet(weights_sha256=sha256_file(weights_path), space=space_name, dataset=name,
+    weights_sha = sha256_file(weights_path)
+    supernet_id = store.add_supernet(weights_sha256=weights_sha, space=space_name, dataset=name,
                                      path=weights_path.resolve(), metadata=metadata)
     store.update_supernet_metadata(supernet_id, val_majority_rate=majority_rate(
         dataset.info.task, dataset.split("val").labels))  # the source-quality gate compares with it
@@ -62,7 +65,7 @@ def build_zoo(store: ZooStore, supernet: str | os.PathLike, dataset: MedicalData
     plan = plan_architectures(space, space_name=space_name, dataset=name, samples=settings.samples,
                               anchors=settings.anchors, extremes=settings.extremes, seed=settings.seed)
     mine = shard_plan(plan, settings.shard)
-    stored = store.arch_hashes(supernet_id)
+    stored = store.arch_hashes(supernet_id) | (_stored_in(known, weights_sha) if known is not None else set())
     todo = [p for p in mine if p.arch_hash not in stored]
     summary: dict[str, Any] = {"dataset": name, "space": space_name, "supernet": str(weights_path),
                                "planned": len(plan), "shard": str(settings.shard), "in_shard": len(mine),
@@ -105,3 +108,21 @@ def build_zoo(store: ZooStore, supernet: str | os.PathLike, dataset: MedicalData
     summary.update(evaluated=len(todo), seconds=round(seconds, 3), subnets_per_second=round(len(todo) / seconds, 3))
     log.info("zoo: %s/%s: %d subnets in %.1f s (%.2f/s)", name, space_name, len(todo), seconds, len(todo) / seconds)
     return summary
+
+
+def _stored_in(store: ZooStore, weights_sha: str) -> set[str]:
+    """Architecture hashes of the supernet with these weights in ``store`` (none when absent)."""
+    ids = [s["id"] for s in store.supernets() if s["weights_sha256"] == weights_sha]
+    return store.arch_hashes(ids[0]) if ids else set()
+
+
+def planned_hashes(supernet: str | os.PathLike, settings: BuildSettings, *,
+                   manager: ComponentSource | None = None) -> tuple[str, list[str]]:
+    """``(weights sha256, architecture hashes in plan order)`` of one supernet's whole plan: the order
+    that the parts of a split build are merged in."""
+    space, metadata = load_supernet(supernet, device="cpu", manager=manager)
+    _, weights_path = supernet_files(supernet)
+    plan = plan_architectures(space, space_name=metadata["space"]["name"], dataset=metadata["dataset"]["name"],
+                              samples=settings.samples, anchors=settings.anchors, extremes=settings.extremes,
+                              seed=settings.seed)
+    return sha256_file(weights_path), [p.arch_hash for p in plan]

@@ -399,6 +399,56 @@ class ZooStore:
         return report
 
 
+    def merge_parts(self, parts: Sequence[str | os.PathLike], plans: dict[str, list[str]]) -> MergeReport:
+        """Copy in the rows of the part stores of one split build (ranks or worker processes), each
+        supernet's rows in the order of its plan, so that the result equals a single-process build
+        row for row (ids included, when this store starts empty).
+
+        :param plans: per supernet weights hash, the architecture hashes of its plan in order (rows
+            not in it follow, in part order).
+        Rows already here are kept (``duplicates``); parts of one build never conflict, so, unlike
+        :meth:`merge`, metrics are not compared.
+        """
+        report = MergeReport()
+        columns = [c for c in _ROW_COLUMNS if c not in ("supernet_id", "protocol_id")] + ["created_at"]
+        db = self.db
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS plan_position (sha TEXT, arch_hash TEXT, position INTEGER)")
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS incoming AS SELECT '' AS sha, '' AS spec, 0 AS part, "
+                   "* FROM main.models WHERE 0")
+        db.execute("DELETE FROM temp.plan_position")
+        db.execute("DELETE FROM temp.incoming")
+        db.executemany("INSERT INTO temp.plan_position VALUES (?, ?, ?)",
+                       [(sha, h, i) for sha, hashes in plans.items() for i, h in enumerate(hashes)])
+        supernets = len(self.supernets())
+        for index, part in enumerate(parts):
+            ZooStore(part, readonly=True).close()  # version check, readable
+            db.execute("ATTACH DATABASE ? AS part", (_readonly_uri(Path(part)),))
+            try:
+                with self.transaction():
+                    db.execute("INSERT OR IGNORE INTO supernets (weights_sha256, space, dataset, path, metadata) "
+                               "SELECT weights_sha256, space, dataset, path, metadata FROM part.supernets ORDER BY id")
+                    db.execute("INSERT OR IGNORE INTO protocols (spec) SELECT spec FROM part.protocols ORDER BY id")
+                    db.execute(f"INSERT INTO temp.incoming SELECT s.weights_sha256, p.spec, {index}, m.* "
+                               "FROM part.models m JOIN part.supernets s ON s.id = m.supernet_id "
+                               "JOIN part.protocols p ON p.id = m.protocol_id")
+            finally:
+                db.execute("DETACH DATABASE part")
+        report.supernets_added = len(self.supernets()) - supernets
+        incoming = int(db.execute("SELECT COUNT(*) FROM temp.incoming").fetchone()[0])
+        with self.transaction():
+            before = db.total_changes
+            db.execute(
+                f"INSERT OR IGNORE INTO models (supernet_id, protocol_id, {', '.join(columns)}) "
+                f"SELECT s.id, p.id, {', '.join('n.' + c for c in columns)} FROM temp.incoming n "
+                "JOIN supernets s ON s.weights_sha256 = n.sha JOIN protocols p ON p.spec = n.spec "
+                "LEFT JOIN temp.plan_position o ON o.sha = n.sha AND o.arch_hash = n.arch_hash "
+                "ORDER BY s.id, o.position IS NULL, o.position, n.part, n.id")
+            report.added = db.total_changes - before
+        report.duplicates = incoming - report.added
+        db.execute("DELETE FROM temp.incoming")
+        return report
+
+
 def _readonly_uri(path: Path) -> str:
     """A read-only SQLite URI (percent-encoded: ``#``, ``?`` and ``%`` in paths are safe)."""
     return Path(path).resolve().as_uri() + "?mode=ro"
