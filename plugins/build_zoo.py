@@ -149,12 +149,11 @@ class BuildZoo(Stage):
         protocol = ZooProtocol(**self.protocol_args, seed=run.seed)
         path = self.store_path(run)
         job = run.distributed
-        targets = self.targets(run)
         if job.active:
-            results = self._run_parts(run, targets, settings, protocol, path)
+            results = self._run_parts(run, self.targets(run), settings, protocol, path)
         else:
             with held(path.with_name(path.name + ".lock"), f"the zoo store {path}"):  # one builder per store
-                results = self._run_here(run, targets, settings, protocol, path)
+                results = self._run_here(run, self.targets(run), settings, protocol, path)
         if job.is_main:
             with ZooStore(path, readonly=True) as store:
                 results = {"store": str(path), "shard": str(self.shard), "rows": store.count(), **results}
