@@ -39,6 +39,9 @@ class FitMetaSpace(Stage):
     :param embed_dim: :param hidden: :param steps: :param lr: :param weight_decay:
     :param models_per_dataset: :param images_per_set: :param val_fraction: :param eval_every:
     :param patience: :param select_by: see :class:`mednns.metaspace.fit.FitConfig`.
+    :param transfers: cross-dataset supervision: ``true`` or ``{models, images, epochs, finetune,
+        seed}`` fine-tunes, per training dataset, a sample of zoo models of the *other* datasets on it
+        and learns those pairs too (:mod:`mednns.metaspace.transfers`; off by default).
     :param progress: show progress bars.
     """
 
@@ -54,7 +57,7 @@ class FitMetaSpace(Stage):
                  hidden: int = 128, steps: int = 3000, lr: float = 1e-3, weight_decay: float = 1e-4,
                  models_per_dataset: int = 64, images_per_set: int = 256, val_fraction: float = 0.2,
                  eval_every: int = 100, patience: int = 8, select_by: Literal["predicted", "score"] = "predicted",
-                 progress: bool = True):
+                 transfers: dict[str, Any] | bool | None = None, progress: bool = True):
         from mednns.metaspace import MetaSpaceSettings
 
         self.settings = MetaSpaceSettings.from_args(
@@ -62,7 +65,7 @@ class FitMetaSpace(Stage):
             losses=losses, loss_weights=loss_weights, images=images, progress=progress, embed_dim=embed_dim,
             hidden=hidden, steps=steps, lr=lr, weight_decay=weight_decay, models_per_dataset=models_per_dataset,
             images_per_set=images_per_set, val_fraction=val_fraction, eval_every=eval_every, patience=patience,
-            select_by=select_by)  # validated before any work
+            select_by=select_by, transfers=transfers)  # validated before any work
 
     def outputs(self, run) -> list[Path]:
         directory = run.stage_dir(self.name)

@@ -287,3 +287,68 @@ def test_the_stage_and_the_evaluation_build_the_same_meta_space_settings():
         MetaSpaceSettings.from_args(losses=[{"name": "rank"}], loss_weights={"fid": 1.0})
     with pytest.raises(UsageError, match="unexpected meta-space argument"):
         MetaSpaceSettings.from_args(stepz=3)
+
+
+def test_transfer_pairs_fine_tune_models_of_other_datasets_and_join_the_meta_space(pipeline, tmp_path, monkeypatch):
+    from mednns.config import load_config
+    from mednns.manager import get_plugin_manager
+    from mednns.metaspace.settings import MetaSpaceSettings
+    from mednns.metaspace.table import load_table
+    from mednns.metaspace.train import train_meta_space
+    from mednns.metaspace.transfers import TransferSettings, sample_pairs
+    from mednns.runs import prepare_run
+    from mednns.zoo import ZooStore
+
+    monkeypatch.setenv("MEDNNS_CACHE_DIR", str(tmp_path / "cache"))
+    with ZooStore(pipeline["run"] / "stages" / "build_zoo" / "zoo.sqlite", readonly=True) as store:
+        table = load_table(store, "val_acc")
+    settings = TransferSettings(models=3, images=32, epochs=1, finetune={})
+    pairs = sample_pairs(table, ["a", "b"], settings)
+    assert sample_pairs(table, ["b"], settings) == [p for p in pairs if p[0] == "b"]  # drawn per dataset alone
+    assert len(pairs) == 6 and all(table.dataset[row] != d for d, row in pairs)
+
+    manager = get_plugin_manager()
+    config = load_config(manager, pipeline["run"] / "config.yaml")
+    config.stages = []
+    run = prepare_run(manager, config, directory=pipeline["run"])
+    args = {**META, "transfers": {"models": 3, "images": 32, "epochs": 1, "finetune": {}}}
+    first = train_meta_space(run, MetaSpaceSettings.from_args(**args), tmp_path / "one")
+    report = json.loads((tmp_path / "one" / "report.json").read_text())["transfers"]
+    measured = report["measured"]
+    assert report["measured_now"] == report["pairs"] == len(measured) > 0
+    assert {m["dataset"] for m in measured} <= {"a", "b"} and all(m["source"] not in (m["dataset"], "c")
+                                                                   for m in measured)  # c is held out
+    assert all(0 <= m["val_acc"] <= 1 for m in measured)
+    again = train_meta_space(run, MetaSpaceSettings.from_args(**args), tmp_path / "two")
+    assert json.loads((tmp_path / "two" / "report.json").read_text())["transfers"]["measured_now"] == 0  # cached
+    assert again["objective"] == pytest.approx(first["objective"])
+    assert json.loads((tmp_path / "one" / "metaspace.json").read_text())["transfers"]["models"] == 3
+
+
+def test_pairs_join_each_datasets_draw_with_their_own_targets():
+    from mednns.metaspace.contracts import ModelTable
+    from mednns.metaspace.fit import MetaSpaceFitter
+    from mednns.metaspace.settings import FitConfig
+
+    table = ModelTable(ids=np.arange(6), dataset=["a", "a", "a", "b", "b", "b"], space=["s"] * 6,
+                       encoding=[np.zeros(2, np.float32)] * 6, params=np.ones(6), macs=np.ones(6),
+                       target=np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4], np.float32), arch=["{}"] * 6)
+
+    class Model(torch.nn.Module):
+        def forward(self, sets, index):
+            d, m = index.shape
+            return torch.zeros(d, 2), torch.zeros(d, m, 2), torch.zeros(d, m), torch.zeros(d, m)
+
+    features = {"a": np.zeros((4, 3), np.float32), "b": np.zeros((4, 3), np.float32)}
+    config = FitConfig(models_per_dataset=8, val_fraction=0.0, steps=1)
+    pairs = {"a": (np.array([3, 4]), np.array([0.11, 0.22], np.float32))}
+    fitter = MetaSpaceFitter(Model(), table, features, ["a", "b"], [], None, [(1.0, lambda b: b.target.sum())],
+                             config, progress=False, pairs=pairs)
+    batch = fitter.sample_batch()
+    rows, targets = fitter.pools["a"]
+    assert {(int(i), round(float(t), 2)) for i, t in zip(rows, targets)} == {
+        (0, 0.9), (1, 0.8), (2, 0.7), (3, 0.11), (4, 0.22)}  # a's in-domain rows and its pairs
+    row_a = sorted(round(float(t), 2) for t, m in zip(batch.target[0], batch.mask[0]) if m)
+    assert row_a == [0.11, 0.22, 0.7, 0.8, 0.9]
+    row_b = sorted(round(float(t), 2) for t, m in zip(batch.target[1], batch.mask[1]) if m)
+    assert row_b == [0.4, 0.5, 0.6]

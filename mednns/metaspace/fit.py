@@ -70,12 +70,16 @@ class MetaSpaceFitter:
     :param held_out: datasets evaluated only (their rows are never trained on).
     :param fid: normalized FIDs between ``train_datasets`` (in that order), or ``None``.
     :param losses: ``(weight, term)`` pairs.
+    :param pairs: cross-dataset supervision (:mod:`mednns.metaspace.transfers`): per training
+        dataset, ``(rows, targets)`` of zoo rows of *other* datasets measured on it. They join that
+        dataset's training rows (with their own targets) in every batch's draw.
     """
 
     def __init__(self, model: MetaSpace, table: ModelTable, features: dict[str, np.ndarray],
                  train_datasets: Sequence[str], held_out: Sequence[str], fid: np.ndarray | None,
                  losses: Sequence[tuple[float, LossTerm]], config: FitConfig, *, device: str = "cpu",
-                 console: Console | None = None, progress: bool = True):
+                 console: Console | None = None, progress: bool = True,
+                 pairs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None):
         if not train_datasets:
             raise UsageError("meta-space: no training datasets (every zoo dataset is held out)")
         if not losses:
@@ -86,29 +90,36 @@ class MetaSpaceFitter:
         self.features = {k: torch.as_tensor(v, dtype=torch.float32, device=device) for k, v in features.items()}
         self.fid = torch.as_tensor(fid, dtype=torch.float32, device=device) if fid is not None else None
         self.losses = list(losses)
-        self.target = torch.as_tensor(table.target, dtype=torch.float32, device=device)
         self.train_rows, self.val_rows = split_rows(table, self.train_datasets, config.val_fraction, config.seed)
+        self.pools: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per dataset: rows and their targets
+        for name in self.train_datasets:
+            rows, targets = self.train_rows[name], table.target[self.train_rows[name]]
+            if pairs and name in pairs:
+                rows, targets = np.concatenate([rows, pairs[name][0]]), np.concatenate([targets, pairs[name][1]])
+            self.pools[name] = (torch.as_tensor(rows, dtype=torch.long),
+                                torch.as_tensor(targets, dtype=torch.float32))
         self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
         self.history: list[dict[str, Any]] = []
 
     # -- batches ---------------------------------------------------------------------------
     def sample_batch(self) -> MetaBatch:
         c, g = self.config, self.generator
-        sets, index, mask = [], [], []
+        sets, index, mask, target = [], [], [], []
         for name in self.train_datasets:
             feats = self.features[name]
             take = torch.randperm(len(feats), generator=g)[: c.images_per_set]
             sets.append(feats[take.to(feats.device)])
-            rows = torch.as_tensor(self.train_rows[name])
+            rows, targets = self.pools[name]
             order = torch.randperm(len(rows), generator=g)[: c.models_per_dataset]
-            chosen = rows[order]
+            chosen, values = rows[order], targets[order]
             pad = c.models_per_dataset - len(chosen)
             mask.append(torch.cat([torch.ones(len(chosen), dtype=torch.bool), torch.zeros(pad, dtype=torch.bool)]))
             index.append(torch.cat([chosen, chosen[:1].expand(pad)]))
+            target.append(torch.cat([values, values[:1].expand(pad)]))
         index_t = torch.stack(index).to(self.device)
         mask_t = torch.stack(mask).to(self.device)
         datasets, models, predicted, score = self.model(sets, index_t)
-        return MetaBatch(datasets, models, predicted, score, self.target[index_t], mask_t, self.fid)
+        return MetaBatch(datasets, models, predicted, score, torch.stack(target).to(self.device), mask_t, self.fid)
 
     # -- validation ------------------------------------------------------------------------
     @torch.no_grad()

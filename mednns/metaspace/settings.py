@@ -77,6 +77,8 @@ class MetaSpaceSettings:
         specs ``{name, args}``. :param losses: loss-term specs. :param loss_weights: weight per loss
         name (default 1). :param images: training images encoded per dataset.
     :param fit: the training hyper-parameters (its seed is replaced by one derived from the run's).
+    :param transfers: cross-dataset supervision (:class:`mednns.metaspace.transfers.TransferSettings`
+        as a mapping; ``None``: off): zoo models fine-tuned on the other training datasets.
     :param progress: show progress bars.
     """
 
@@ -89,6 +91,7 @@ class MetaSpaceSettings:
     loss_weights: dict[str, float] = field(default_factory=dict)
     images: int = 1000
     fit: FitConfig = field(default_factory=FitConfig)
+    transfers: dict[str, Any] | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -103,7 +106,8 @@ class MetaSpaceSettings:
     def from_args(cls, *, zoo: str | None = None, held_out: Sequence[str] | None = None, target: Target = "val_acc",
                   dataset_encoder: Mapping[str, Any] | None = None, model_encoder: Mapping[str, Any] | None = None,
                   losses: Sequence[Mapping[str, Any]] | None = None, loss_weights: Mapping[str, float] | None = None,
-                  images: int = 1000, progress: bool = True, **fit: Any) -> MetaSpaceSettings:
+                  images: int = 1000, transfers: Mapping[str, Any] | bool | None = None, progress: bool = True,
+                  **fit: Any) -> MetaSpaceSettings:
         """The settings from a ``fit_meta_space`` stage's arguments (``fit``: :class:`FitConfig` fields)."""
         unexpected = sorted(set(fit) - set(FIT_KEYS))
         if unexpected:
@@ -112,8 +116,23 @@ class MetaSpaceSettings:
                    dataset_encoder=component(dataset_encoder or DEFAULT_DATASET_ENCODER),
                    model_encoder=component(model_encoder or DEFAULT_MODEL_ENCODER),
                    losses=tuple(component(s) for s in (losses if losses is not None else DEFAULT_LOSSES)),
-                   loss_weights=dict(loss_weights or {}), images=images, fit=FitConfig(**fit), progress=progress)
+                   loss_weights=dict(loss_weights or {}), images=images, fit=FitConfig(**fit),
+                   transfers=_transfers(transfers), progress=progress)
+
+    def transfer_settings(self) -> Any:
+        """The :class:`~mednns.metaspace.transfers.TransferSettings`, or ``None`` (off)."""
+        from mednns.metaspace.transfers import TransferSettings
+
+        return TransferSettings.from_spec(self.transfers)
 
     def weight(self, loss: str) -> float:
         """The weight of the loss term named ``loss``."""
         return float(self.loss_weights.get(loss, 1.0))
+
+
+def _transfers(spec: Mapping[str, Any] | bool | None) -> dict[str, Any] | None:
+    """A ``transfers`` value as a plain mapping (``true``: the defaults), checked; ``None`` when off."""
+    from mednns.metaspace.transfers import TransferSettings
+
+    settings = TransferSettings.from_spec(dict(spec) if isinstance(spec, Mapping) else spec)
+    return settings.to_dict() if settings is not None else None

@@ -108,6 +108,7 @@ def train_meta_space(run, settings: MetaSpaceSettings, directory: Path | None = 
     model_encoder = run.manager.create("model-encoders", model_spec["name"], **model_spec["args"])
     model_encoder.setup(table, {"device": run.device, "cache_dir": cache, "seed": seed, "progress": settings.progress,
                                 "dataset_features": features})
+    pairs, transfer_facts = _transfer_pairs(run, settings, table, train_names, cache)
     stacked = np.concatenate([features[n] for n in train_names])
     config = replace(settings.fit, seed=seed)
     torch.manual_seed(seed)
@@ -116,7 +117,8 @@ def train_meta_space(run, settings: MetaSpaceSettings, directory: Path | None = 
     losses = [(settings.weight(spec["name"]), run.manager.create("losses", spec["name"], **spec["args"]))
               for spec in settings.losses]
     fitter = MetaSpaceFitter(model, table, features, train_names, list(settings.held_out), normalized_fid(fid),
-                             losses, config, device=run.device, console=run.console, progress=settings.progress)
+                             losses, config, device=run.device, console=run.console, progress=settings.progress,
+                             pairs=pairs)
     result = fitter.fit()
     run.console.print(correlation_table(result["datasets"]))
 
@@ -138,12 +140,39 @@ def train_meta_space(run, settings: MetaSpaceSettings, directory: Path | None = 
         "dataset_encoder": encoder_spec, "model_encoder": model_spec, "losses": list(settings.losses),
         "loss_weights": {spec["name"]: settings.weight(spec["name"]) for spec in settings.losses},
         "images": settings.images, "image_seed": run.seed, "config": config.to_dict(),
+        "transfers": settings.transfers,
     }
     write_json(directory / METADATA_FILE, metadata)
     write_json(directory / REPORT_FILE, {**result, "history": fitter.history,
-                                           "fid": {"datasets": train_names, "matrix": fid.tolist()}})
+                                           "fid": {"datasets": train_names, "matrix": fid.tolist()},
+                                           **({"transfers": transfer_facts} if transfer_facts else {})})
     return {"best_step": result["best_step"], "objective": result["objective"], "summary": result["summary"],
             "rows": len(table), "train_datasets": train_names, "held_out": list(settings.held_out)}
+
+
+def _transfer_pairs(run, settings: MetaSpaceSettings, table: ModelTable, train_names: list[str],
+                    cache: Path) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]] | None, dict[str, Any]]:
+    """The cross-dataset supervision of ``settings`` (none when off): per training dataset, the rows
+    of the other *training* datasets fine-tuned on it (held-out datasets appear in no pair), and the
+    facts for the report (pairs, seconds spent now, pairs read from the cache)."""
+    from mednns.metaspace.transfers import measure_pairs, pair_targets, sample_pairs
+
+    transfers = settings.transfer_settings()
+    if transfers is None:
+        return None, {}
+    held = set(settings.held_out)
+    pairs = [(d, row) for d, row in sample_pairs(table, train_names, transfers) if table.dataset[row] not in held]
+    measured = measure_pairs(table, pairs, {n: run.dataset(n) for n in train_names}, transfers, cache=cache,
+                             device=run.device, manager=run.manager, console=run.console, progress=settings.progress)
+    fresh = [m for m in measured if not m["cached"]]
+    facts = {"settings": transfers.to_dict(), "pairs": len(measured), "measured_now": len(fresh),
+             "seconds_now": round(sum(m["seconds"] for m in fresh), 2),
+             "seconds_all": round(sum(m["seconds"] for m in measured), 2),
+             "per_dataset": {d: int(np.sum([m["dataset"] == d for m in measured])) for d in train_names},
+             "measured": [{k: m[k] for k in ("dataset", "zoo_id", "source", "val_acc", "val_auc")} for m in measured]}
+    log.info("meta-space: %d transfer pairs (%d measured now in %.0f s)", len(measured), len(fresh),
+             facts["seconds_now"])
+    return pair_targets(measured, settings.target), facts
 
 
 @dataclass
