@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -234,3 +235,43 @@ def test_torchrun_builds_the_zoo_and_evaluates_like_one_process(tmp_path):
             assert [r["key"] for r in one] == [r["key"] for r in two]
             for a, b in zip(one, two):
                 assert [h["test_acc"] for h in a["history"]] == pytest.approx([h["test_acc"] for h in b["history"]])
+
+
+def largest_difference(a: dict[str, Any], b: dict[str, Any]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
+
+
+@pytest.mark.slow
+def test_two_ranks_train_the_weights_one_process_trains_with_the_global_batch(tmp_path):
+    """Synchronized batch norm, augmentation drawn for the global batch and averaged gradients: two
+    ranks of batch 16 end as close to one process of batch 32 as that process is to itself on
+    another number of threads (float round-off, amplified by training), and far from batch 16."""
+    one = {**TRAIN, "batch_size": 32, "crop_padding": 2, "datasets": ["a"]}
+    runs = tmp_path / "runs"
+    mednns("run", write_config(tmp_path, "one", [{"name": "train_supernet", "args": one}], "a"))
+    mednns("run", write_config(tmp_path, "two", [{"name": "train_supernet", "args": {**one, "batch_size": 16}}], "a"),
+           torchrun=True)
+    threads = write_config(tmp_path, "threads", [{"name": "train_supernet", "args": one}], "a")
+    done = subprocess.run([sys.executable, "-m", "mednns", "run", str(threads)], env={**ENV, "OMP_NUM_THREADS": "2"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    half = write_config(tmp_path, "half", [{"name": "train_supernet", "args": {**one, "batch_size": 16}}], "a")
+    mednns("run", half)
+    ranks = largest_difference(weights(runs / "one"), weights(runs / "two"))
+    noise = largest_difference(weights(runs / "one"), weights(runs / "threads"))
+    other = largest_difference(weights(runs / "one"), weights(runs / "half"))
+    assert 0 < noise and ranks <= 5 * noise and ranks < other / 100, (ranks, noise, other)
+
+
+def test_each_rank_gets_the_augmentation_one_process_gives_its_images():
+    from mednns.seeding import torch_generator
+    from mednns.training.augment import Augmentation
+
+    augment = Augmentation(crop_padding=2, hflip=True)
+    batch = torch.randn(8, 1, 12, 12)
+    whole = augment(batch, torch_generator(7))
+    for rank in range(2):  # rank r holds images r, r + 2, ... of the global batch
+        part = augment(batch[rank::2], torch_generator(7), part=(rank, 2))
+        assert torch.equal(part, whole[rank::2])
+    assert not torch.equal(augment(batch[1::2], torch_generator(7)), whole[1::2])  # a rank's own draws differ

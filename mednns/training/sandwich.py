@@ -12,7 +12,7 @@ import contextlib
 import logging
 import random
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable, Sequence
+from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -130,3 +130,58 @@ def all_reduce_mean(values: Sequence[float], world_size: int) -> list[float]:
     tensor = torch.tensor(list(values), dtype=torch.float64)
     dist.all_reduce(tensor)
     return (tensor / world_size).tolist()
+
+
+@contextlib.contextmanager
+def synchronized_batch_norm(world_size: int) -> Iterator[None]:
+    """Within the block, batch norm in training mode normalizes with statistics over every rank's
+    batch, as one process with the global batch would (sync BN): per channel, the sums and sums of
+    squares are all-reduced differentiably (``torch.distributed.nn``), so the gradients, averaged
+    over ranks afterwards, are the global batch's. Every batch-norm layer that calls
+    ``torch.nn.functional.batch_norm`` is covered (the supernets' dynamic ones and plain
+    ``nn.BatchNorm2d``). A no-op unless a process group of several ranks is initialized.
+    """
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    if world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    from torch.distributed.nn.functional import all_reduce
+
+    local = F.batch_norm
+
+    def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                   weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+                   momentum: float = 0.1, eps: float = 1e-5) -> torch.Tensor:
+        if not training:
+            return local(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        x = input.float()
+        dims = [0, *range(2, x.ndim)]
+        channels = x.shape[1]
+        shape = (1, channels) + (1,) * (x.ndim - 2)
+        count = torch.full((1,), x.numel() / channels, dtype=torch.float32, device=x.device)
+        local_mean = x.mean(dims)
+        # Chan et al.'s parallel variance: the global mean first, then every rank's squared deviations
+        # from its own mean plus its count times its mean's offset (no E[x^2] - E[x]^2 cancellation)
+        total = all_reduce(torch.cat([local_mean * count, count]))
+        n = total[-1]
+        mean = total[:channels] / n
+        local_m2 = ((x - local_mean.view(shape)) ** 2).sum(dims)
+        var = all_reduce(local_m2 + count * (local_mean - mean) ** 2) / n
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + eps)
+        if weight is not None:
+            out = out * weight.view(shape)
+        if bias is not None:
+            out = out + bias.view(shape)
+        if running_mean is not None and running_var is not None:
+            with torch.no_grad():
+                running_mean.mul_(1 - momentum).add_(mean.detach() * momentum)
+                running_var.mul_(1 - momentum).add_(var.detach() * (n / max(float(n) - 1, 1.0)) * momentum)
+        return out.to(input.dtype)
+
+    F.batch_norm = batch_norm
+    try:
+        yield
+    finally:
+        F.batch_norm = local

@@ -22,8 +22,10 @@ again with the same configuration continues from the latest checkpoint; on the C
 is bit-identical to an uninterrupted run.
 
 Multi-process training: ``rank``/``world_size`` shard each epoch's batches, every rank samples
-the same architectures, gradients are averaged over ranks when a ``torch.distributed`` process
-group is initialized, and only rank 0 writes files.
+the same architectures, augmentation is drawn for the global batch, batch norm normalizes with the
+global batch's statistics and gradients are averaged over ranks when a ``torch.distributed``
+process group is initialized: N ranks with ``batch_size`` B train what one process with batch N x B
+would (up to float round-off). Only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ from mednns.training.sandwich import (
     phase_smallest,
     sample_subnets,
     sandwich_step,
+    synchronized_batch_norm,
 )
 
 log = logging.getLogger("mednns.training")
@@ -316,9 +319,9 @@ class SupernetTrainer:
             indices = order[step].to(self._train_x.device)
             x = self._train_x[indices].to(self.device, non_blocking=True)
             y = self._train_y[indices].to(self.device, non_blocking=True)
-            if self.augment.enabled:
-                generator = torch_generator(derive_seed(self.seed, "augment", self.rank, phase.name, epoch, step))
-                x = self.augment(x, generator)
+            if self.augment.enabled:  # drawn for the global batch: each rank takes its images' draws
+                generator = torch_generator(derive_seed(self.seed, "augment", 0, phase.name, epoch, step))
+                x = self.augment(x, generator, part=(self.rank, self.world_size))
             x = x.contiguous(memory_format=self.memory_format) if x.ndim == 4 else x
             others: list[Arch] = []
             if phase.sandwich:
@@ -327,9 +330,10 @@ class SupernetTrainer:
                 others = [smallest, *sample_subnets(self.space, rng, phase.released, config.num_random)]
             progress.image_macs += 3 * len(x) * self.world_size * sum(self.macs(a) for a in [largest, *others])
             optimizer.zero_grad(set_to_none=True)
-            losses = sandwich_step(self.space, x, y, largest=largest, others=others, supervised=self.supervised,
-                                   distill=self.distill, kd_weight=config.kd_weight, label_weight=config.label_weight,
-                                   autocast=self._autocast)
+            with synchronized_batch_norm(self.world_size):
+                losses = sandwich_step(self.space, x, y, largest=largest, others=others, supervised=self.supervised,
+                                       distill=self.distill, kd_weight=config.kd_weight,
+                                       label_weight=config.label_weight, autocast=self._autocast)
             all_reduce_gradients(self.space, self.world_size)
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.space.parameters(), config.grad_clip)
