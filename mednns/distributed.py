@@ -120,14 +120,3 @@ def broadcast(job: Distributed, value: T | None) -> T:
     box: list[Any] = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def gather(job: Distributed, value: T) -> list[T] | None:
-    """Every rank's ``value``, in rank order, on rank 0 (``None`` on the others)."""
-    if not job.active:
-        return [value]
-    import torch.distributed as dist
-
-    found: list[Any] | None = [None] * job.world_size if job.is_main else None
-    dist.gather_object(value, found, dst=0)
-    return found

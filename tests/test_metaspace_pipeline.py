@@ -352,3 +352,18 @@ def test_pairs_join_each_datasets_draw_with_their_own_targets():
     assert row_a == [0.11, 0.22, 0.7, 0.8, 0.9]
     row_b = sorted(round(float(t), 2) for t, m in zip(batch.target[1], batch.mask[1]) if m)
     assert row_b == [0.4, 0.5, 0.6]
+
+
+def test_transfer_settings_are_checked_when_the_config_is():
+    from mednns.errors import UsageError
+    from mednns.metaspace.settings import MetaSpaceSettings
+    from mednns.metaspace.transfers import TransferSettings
+
+    assert MetaSpaceSettings.from_args(transfers=True).transfers == TransferSettings().to_dict()
+    assert MetaSpaceSettings.from_args(transfers=False).transfer_settings() is None
+    assert MetaSpaceSettings.from_args(transfers={"models": 4}).transfer_settings() == TransferSettings(models=4)
+    for spec, message in (({"modles": 4}, "unknown key"), ({"finetune": {"lrr": 0.1}}, "unknown key.*lrr"),
+                          ({"finetune": {"epochs": 3}}, "set epochs with the transfer settings"),
+                          ({"models": 0}, "models >= 1")):
+        with pytest.raises(UsageError, match=message):
+            MetaSpaceSettings.from_args(transfers=spec)

@@ -62,9 +62,19 @@ class TransferSettings:
     def __post_init__(self) -> None:
         if self.models < 1 or self.images < 2 or self.epochs < 1:
             raise UsageError("transfers need models >= 1, images >= 2 and epochs >= 1")
-        wrong = sorted(set(self.finetune) & {"epochs", "max_train_images", "seed"})
+        own = {"epochs", "max_train_images", "seed"}  # set by the transfer settings themselves
+        wrong = sorted(set(self.finetune) & own)
         if wrong:
             raise UsageError(f"transfers.finetune: set {', '.join(wrong)} with the transfer settings themselves")
+        from dataclasses import fields
+
+        from mednns.finetune import FinetuneConfig
+
+        known = {f.name for f in fields(FinetuneConfig)}
+        unknown = sorted(set(self.finetune) - known)
+        if unknown:
+            raise UsageError(f"transfers.finetune: unknown key(s) {', '.join(unknown)}",
+                             hint=f"fine-tuning settings: {', '.join(sorted(known - own))}")
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any] | bool | None) -> "TransferSettings | None":
