@@ -120,3 +120,11 @@ def broadcast(job: Distributed, value: T | None) -> T:
     box: list[Any] = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def refuse_torchrun(command: str, hint: str) -> None:
+    """A usage error when ``command`` (a single job: every rank would repeat it into the same files)
+    is started under torchrun."""
+    if Distributed.from_environment().active:
+        raise UsageError(f"{command} is one job: under torchrun every rank would run it into the same files",
+                         hint=hint)

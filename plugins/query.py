@@ -264,11 +264,13 @@ def register_commands(cli):
         """Rank every zoo model of a run's trained meta-space for a dataset; optionally export the best."""
         from mednns.config import load_config
         from mednns.data import resolve_dataset
+        from mednns.distributed import refuse_torchrun
         from mednns.files import write_json
         from mednns.manager import get_plugin_manager
         from mednns.metaspace import Constraints, query
         from mednns.transfer import RerankSettings
 
+        refuse_torchrun("mednns query", "run it as one process")
         manager = get_plugin_manager()
         rerank = None
         if rerank_score:
@@ -323,6 +325,10 @@ def register_commands(cli):
                          body_lr_scale: float, seed: int, device: str, no_progress: bool) -> None:
         """Fine-tune an exported model: per-epoch val/test metrics in metrics.csv, the best epoch in best/."""
         from mednns.data import resolve_dataset
+        from mednns.distributed import refuse_torchrun
+
+        refuse_torchrun("mednns finetune", "run it as one process; the finetune stage of a run shares its datasets' "
+                                           "fine-tuning across torchrun ranks")
         from mednns.finetune import FinetuneConfig, finetune
         from mednns.manager import get_plugin_manager
 

@@ -275,3 +275,14 @@ def test_each_rank_gets_the_augmentation_one_process_gives_its_images():
         part = augment(batch[rank::2], torch_generator(7), part=(rank, 2))
         assert torch.equal(part, whole[rank::2])
     assert not torch.equal(augment(batch[1::2], torch_generator(7)), whole[1::2])  # a rank's own draws differ
+
+
+@pytest.mark.parametrize("command", [["finetune", "."], ["query", "."]])
+def test_single_job_commands_refuse_torchrun(command, tmp_path):
+    from click.testing import CliRunner
+
+    from mednns.cli import cli
+
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}
+    result = CliRunner().invoke(cli, [*command, "--dataset", "x"], env=env)
+    assert result.exit_code == 2 and "is one job: under torchrun every rank would run it" in result.output
