@@ -165,11 +165,14 @@ class BuildZoo(Stage):
         """In this process, or in local worker processes when they pay."""
         from mednns.zoo import build_with_workers, choose_workers
 
-        workers, why = choose_workers(self.workers, todo=self._todo_estimate(targets, path), device=run.device,
-                                      manager=run.manager)
+        if self.shard.whole or self.workers != "auto":
+            workers, why = choose_workers(self.workers, todo=self._todo_estimate(targets, path), device=run.device,
+                                          manager=run.manager)
+        else:
+            workers, why = 1, "auto: 'shard' already splits the plan"
         run.logger.info("build_zoo: %d process(es) (%s)", workers, why)
         if workers > 1 and not self.shard.whole:
-            raise UsageError("build_zoo: 'shard' and 'workers' both split the plan", hint="set workers: 1")
+            raise UsageError("build_zoo: 'shard' and 'workers' both split the plan", hint="set workers: 1 or auto")
         return build_with_workers(workers, list(run.config.datasets), targets, run.datasets, path, settings, protocol,
                                   device=run.device, manager=run.manager, console=run.console)
 

@@ -558,3 +558,14 @@ def test_a_bad_shard_is_refused_before_any_work(trained, tmp_path):
 
 
 # -- the plugin stays light ------------------------------------------------------------------------------
+
+
+def test_a_manual_shard_builds_in_one_process_and_refuses_explicit_workers(trained, tmp_path):
+    run_dir = trained.copy(tmp_path)
+    refused = invoke("zoo", "build", run_dir, "--samples", 2, "--shard", "0/2", "--workers", 2, *SMALL_SET,
+                     "--no-progress")
+    assert refused.exit_code == 2 and "'shard' and 'workers' both split the plan" in refused.output
+    built = invoke("zoo", "build", run_dir, "--samples", 2, "--shard", "0/2", *SMALL_SET, "--no-progress")  # auto
+    assert built.exit_code == 0, built.output
+    with ZooStore(run_dir / "stages" / "build_zoo" / "zoo.shard-0-of-2.sqlite", readonly=True) as store:
+        assert store.count() == 2  # every other entry of the 4-entry plan
