@@ -160,6 +160,9 @@ def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path
                          f"channel(s); {info.name} has {info.n_classes} and {info.n_channels}",
                          hint="export it for this dataset: mednns query RUN_DIR --dataset ... --export DIR")
     out_dir.mkdir(parents=True, exist_ok=True)
+    from mednns.deploy import preprocessing_of
+
+    export = {**export, "preprocessing": preprocessing_of(dataset)}  # what a deployment repeats (mednns.deploy)
     result = train_model(model, FinetuneData.from_dataset(dataset, config), config, device=device, console=console,
                          progress=progress, metrics_csv=out_dir / METRICS,
                          on_best=lambda m, row: _save_best(m, model_dir, out_dir / BEST, export, row),

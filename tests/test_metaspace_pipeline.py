@@ -367,3 +367,36 @@ def test_transfer_settings_are_checked_when_the_config_is():
                           ({"models": 0}, "models >= 1")):
         with pytest.raises(UsageError, match=message):
             MetaSpaceSettings.from_args(transfers=spec)
+
+
+def test_a_fine_tuned_model_exports_to_onnx_and_torchscript_with_its_preprocessing(pipeline, tmp_path):
+    import onnxruntime
+
+    from mednns.data import dataset_tensors
+
+    folder = pipeline["run"] / "stages" / "finetune" / "c"
+    preprocessing = json.loads((folder / "best" / "model.json").read_text())["preprocessing"]
+    assert (preprocessing["channels"], preprocessing["image_size"], preprocessing["labels"]) == (1, [12, 12],
+                                                                                             ["0", "1"])
+    for fmt, file in (("onnx", "model.onnx"), ("torchscript", "model.pt")):
+        result = invoke("export-model", folder, "--format", fmt, "--out", tmp_path / fmt)
+        assert result.exit_code == 0, result.output
+        record = json.loads((tmp_path / fmt / "preprocessing.json").read_text())
+        assert record["file"] == file and record["parity"]["max_abs_difference"] < 1e-4
+        assert record["mean"] == preprocessing["mean"] and record["input"]["shape"] == ["batch", 1, 12, 12]
+
+    # a deployment: raw uint8 test images, preprocessing.json and the ONNX file, no mednns
+    raw = np.load(pipeline["root"] / "c.npz")["test_images"][:7]
+    x = (raw.astype(np.float32) / 255).transpose(0, 3, 1, 2)
+    mean, std = (np.array(record[k], np.float32)[None, :, None, None] for k in ("mean", "std"))
+    x = (x - mean) / std
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    deployed = session.run(None, {"images": x})[0]
+    dataset = mednns.create("datasets", "npz", path=str(pipeline["root"] / "c.npz"), name="c")
+    test_x, _ = dataset_tensors(dataset, "test", channels=1)
+    with torch.no_grad():
+        expected = mednns.load_model(folder / "best")(test_x[:7]).numpy()
+    np.testing.assert_allclose(deployed, expected, atol=1e-4)
+
+    refused = invoke("export-model", pipeline["run"] / "stages" / "query" / "c", "--out", tmp_path / "query")
+    assert refused.exit_code == 2 and "records no preprocessing" in refused.output
