@@ -261,7 +261,8 @@ def register_commands(cli):
                       max_macs: int | None, max_latency_ms: float | None, export_dir: str | None, output: str | None,
                       exclude: tuple[str, ...], as_json: bool, rerank_score: str | None, candidates: int,
                       rerank_images: int, combine: str, source_gate: bool, device: str) -> None:
-        """Rank every zoo model of a run's trained meta-space for a dataset; optionally export the best."""
+        """Rank every zoo model of a run's trained meta-space (or a bundle's: RUN_DIR may be a pulled
+        bundle folder, see 'mednns bundle') for a dataset; optionally export the best."""
         from mednns.config import load_config
         from mednns.data import resolve_dataset
         from mednns.distributed import refuse_torchrun
@@ -285,7 +286,14 @@ def register_commands(cli):
         spec = known.get(dataset_spec)
         dataset = (manager.create("datasets", spec["name"], **spec["args"]) if spec
                    else resolve_dataset(manager, dataset_spec))
-        result = query(meta_space_dir(run_path), dataset, top_k=top_k, by=by,
+        from mednns.bundle import MANIFEST, meta_space_of, verify_bundle
+
+        if (run_path / MANIFEST).is_file():
+            verify_bundle(run_path)
+            meta = meta_space_of(run_path)
+        else:
+            meta = meta_space_dir(run_path)
+        result = query(meta, dataset, top_k=top_k, by=by,
                        constraints=Constraints(max_params, max_macs, max_latency_ms),
                        exclude_sources=list(exclude) if exclude else None, manager=manager, device=device,
                        rerank=rerank, source_gate=source_gate)

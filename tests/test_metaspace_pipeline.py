@@ -400,3 +400,60 @@ def test_a_fine_tuned_model_exports_to_onnx_and_torchscript_with_its_preprocessi
 
     refused = invoke("export-model", pipeline["run"] / "stages" / "query" / "c", "--out", tmp_path / "query")
     assert refused.exit_code == 2 and "records no preprocessing" in refused.output
+
+
+def test_a_bundle_exports_pulls_verifies_and_answers_the_query_the_run_answers(pipeline, tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import shutil
+    import tarfile
+    import threading
+
+    from mednns.bundle import MANIFEST, pull_bundle, verify_bundle
+
+    monkeypatch.setenv("MEDNNS_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = tmp_path / "bundle"
+    exported = invoke("bundle", "export", pipeline["run"], bundle, "--licence", "a=CC BY 4.0")
+    assert exported.exit_code == 0, exported.output
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    assert {s["dataset"]: s["licence"] for s in manifest["sources"]} == {"a": "CC BY 4.0", "b": "unknown",
+                                                                         "c": "unknown"}
+    assert "zoo.sqlite" in manifest["files"] and "metaspace/metaspace.safetensors" in manifest["files"]
+    assert not any(name.endswith((".pkl", ".pt", "-wal")) for name in manifest["files"])
+    info = invoke("bundle", "info", bundle)
+    assert info.exit_code == 0 and "CC BY 4.0" in info.output
+
+    query = ["--dataset", pipeline["root"] / "c.npz", "--top-k", 5, "--json"]
+    from_run = json.loads(invoke("query", pipeline["run"], *query).output)
+    archive = tmp_path / "bundle.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(bundle, arcname="bundle")
+    pulled = pull_bundle(str(archive))
+    assert pulled != bundle and verify_bundle(pulled) == manifest
+    from_bundle = json.loads(invoke("query", pulled, *query).output)
+    assert [r["zoo_id"] for r in from_bundle["results"]] == [r["zoo_id"] for r in from_run["results"]]
+    assert all(str(pulled) in r["supernet"] for r in from_bundle["results"])  # weights read from the bundle
+    assert verify_bundle(pulled) == manifest  # querying wrote nothing into it
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/bundle.tar.gz"
+        assert verify_bundle(pull_bundle(url)) == manifest
+        with pytest.raises(mednns.UsageError, match="is not the expected"):
+            pull_bundle(url + "#sha256=" + "0" * 64)
+    finally:
+        server.shutdown()
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    with open(tampered / "metaspace" / "model_embeddings.npy", "r+b") as handle:
+        handle.seek(-1, 2)
+        handle.write(b"\x01")
+    refused = invoke("bundle", "info", tampered)
+    assert refused.exit_code == 2 and "does not match its sha256" in refused.output
+    assert invoke("query", tampered, *query).exit_code == 2
+    (tampered / MANIFEST).write_text(json.dumps({**manifest, "format": "mednns-bundle/99"}))
+    refused = invoke("bundle", "pull", tampered)
+    assert refused.exit_code == 2 and "bundle format 'mednns-bundle/99'" in refused.output

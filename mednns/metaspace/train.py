@@ -214,6 +214,7 @@ def load_meta_space(directory: str | Path, *, manager: ComponentSource | None = 
     directory, metadata = read_manifest(directory, METADATA_FILE, FORMAT, what="trained meta-space",
                                         hint="run a fit_meta_space stage; its folder is <run>/stages/fit_meta_space")
     manager = manager or get_plugin_manager()
+    metadata["zoo"] = str(directory / metadata["zoo"])  # a bundle's is relative to the folder; absolute stays
     with ZooStore(metadata["zoo"], readonly=True) as store:
         table = load_table(store, metadata["target"])
     if not np.array_equal(table.ids, np.asarray(metadata["row_ids"], dtype=np.int64)):

@@ -263,9 +263,14 @@ class ZooStore:
         return json.loads(row[0])
 
     def supernets(self) -> list[dict[str, Any]]:
-        """Every supernet: id, weights_sha256, space, dataset, path, metadata (parsed)."""
+        """Every supernet: id, weights_sha256, space, dataset, path, metadata (parsed).
+
+        A relative ``path`` (a bundle's store: :mod:`mednns.bundle`) is returned resolved against the
+        store's folder, so that a store travels with its supernets.
+        """
         rows = self.db.execute("SELECT * FROM supernets ORDER BY id").fetchall()
-        return [{**dict(r), "metadata": json.loads(r["metadata"])} for r in rows]
+        return [{**dict(r), "path": str(self.path.parent / r["path"]) if not os.path.isabs(r["path"]) else r["path"],
+                 "metadata": json.loads(r["metadata"])} for r in rows]
 
     def protocols_of(self, supernet_id: int) -> list[int]:
         """Protocol ids of the rows of one supernet."""
