@@ -117,6 +117,27 @@ def export_subnet(space: Any, space_spec: dict[str, Any], arch: Any, directory: 
     return directory
 
 
+def export_query_result(result: dict[str, Any], dataset: Any, directory: str | os.PathLike, *, rank: int = 1,
+                        manager: ComponentSource | None = None, seed: int = 0) -> Path:
+    """Export the ``rank``-th model of a query result (:func:`mednns.metaspace.query`) for ``dataset``."""
+    from mednns.training import load_supernet
+
+    if len(result["results"]) < rank:
+        raise UsageError(f"the query returned {len(result['results'])} model(s); nothing to export at rank {rank}",
+                         hint="relax the limits (--max-params, --max-macs, --max-latency-ms)")
+    row = result["results"][rank - 1]
+    space, metadata = load_supernet(row["supernet"], manager=manager)
+    info = dataset.info
+    return export_subnet(space, metadata["space"],
+                         space.arch_from_json(row["arch"]), directory, num_classes=info.n_classes,
+                         in_channels=info.n_channels, seed=seed,
+                         metadata={"source": {"dataset": metadata["dataset"]["name"], "supernet": row["supernet"],
+                                              "zoo_id": row["zoo_id"]},
+                                   "target": {"dataset": info.name, "task": str(info.task),
+                                              "image_size": list(info.image_size)},
+                                   "query": {k: row[k] for k in ("rank", "predicted", "score")}})
+
+
 def load_model(path: str | os.PathLike, *, manager: ComponentSource | None = None,
                device: str | torch.device = "cpu") -> nn.Module:
     """A plain ``nn.Module`` (eval mode) from an export folder (or its ``model.json``)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import click
 from rich.console import Console
@@ -20,11 +20,9 @@ from rich.table import Table
 
 import mednns
 from mednns.errors import UsageError
+from mednns.export import export_query_result
 from mednns.layout import QUERY_STAGE, meta_space_dir, stage_dir
 from mednns.stages import Stage
-
-if TYPE_CHECKING:
-    from mednns.registry import ComponentSource
 
 FINETUNE_STAGE = "finetune"
 
@@ -53,28 +51,6 @@ def results_table(result: dict[str, Any]) -> Table:
                      f"{reranked['seconds']:.1f} s ({reranked['candidates_per_second']:.2f} candidates/s)")
     table.caption = "; ".join(notes) or None
     return table
-
-
-def export_top(result: dict[str, Any], dataset: Any, directory: Path, *, rank: int = 1,
-               manager: ComponentSource | None = None, seed: int = 0) -> Path:
-    """Export the ``rank``-th model of a query result for ``dataset`` into ``directory``."""
-    from mednns.export import export_subnet
-    from mednns.training import load_supernet
-
-    if len(result["results"]) < rank:
-        raise UsageError(f"the query returned {len(result['results'])} model(s); nothing to export at rank {rank}",
-                         hint="relax the limits (--max-params, --max-macs, --max-latency-ms)")
-    row = result["results"][rank - 1]
-    space, metadata = load_supernet(row["supernet"], manager=manager)
-    info = dataset.info
-    return export_subnet(space, metadata["space"],
-                         space.arch_from_json(row["arch"]), directory, num_classes=info.n_classes,
-                         in_channels=info.n_channels, seed=seed,
-                         metadata={"source": {"dataset": metadata["dataset"]["name"], "supernet": row["supernet"],
-                                              "zoo_id": row["zoo_id"]},
-                                   "target": {"dataset": info.name, "task": str(info.task),
-                                              "image_size": list(info.image_size)},
-                                   "query": {k: row[k] for k in ("rank", "predicted", "score")}})
 
 
 class Query(Stage):
@@ -147,7 +123,7 @@ class Query(Stage):
             directory = run.stage_dir(self.name)
             write_json(directory / f"{name}.json", result)
             if self.export:
-                export_top(result, dataset, directory / name, manager=run.manager, seed=run.seed)
+                export_query_result(result, dataset, directory / name, manager=run.manager, seed=run.seed)
             top = result["results"][0] if result["results"] else None
             summary[name] = {"top": top and {k: top[k] for k in ("dataset", "space", "params", "macs", "predicted")},
                              "seconds": result["seconds"]}
@@ -306,7 +282,7 @@ def register_commands(cli):
             console.print(results_table(result))
             console.print(f"scored {result['zoo_models']:,} models in {result['seconds'] * 1000:.1f} ms")
         if export_dir:
-            folder = export_top(result, dataset, Path(export_dir), manager=manager)
+            folder = export_query_result(result, dataset, Path(export_dir), manager=manager)
             click.echo(f"exported the top model to {folder} (mednns.load_model('{folder}'))", err=True)
 
     @cli.command("finetune")

@@ -457,3 +457,29 @@ def test_a_bundle_exports_pulls_verifies_and_answers_the_query_the_run_answers(p
     (tampered / MANIFEST).write_text(json.dumps({**manifest, "format": "mednns-bundle/99"}))
     refused = invoke("bundle", "pull", tampered)
     assert refused.exit_code == 2 and "bundle format 'mednns-bundle/99'" in refused.output
+
+
+def test_adapt_goes_from_a_dataset_and_a_bundle_to_a_documented_deployable_model(pipeline, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDNNS_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = tmp_path / "bundle"
+    assert invoke("bundle", "export", pipeline["run"], bundle).exit_code == 0
+    out = tmp_path / "adapted"
+    result = invoke("adapt", pipeline["root"] / "c.npz", "--bundle", bundle, "--out", out, "--epochs", 2,
+                    "--batch-size", 16, "--top-k", 4, "--no-progress")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "adapt.json").read_text())
+    candidates = json.loads((out / "candidates.json").read_text())["results"]
+    assert len(candidates) == 4 and summary["chosen"]["zoo_id"] == candidates[0]["zoo_id"]
+    exported = json.loads((out / "export" / "model.json").read_text())
+    assert exported["source"]["zoo_id"] == candidates[0]["zoo_id"]
+    with open(out / "finetune" / "metrics.csv") as handle:
+        assert [int(r["epoch"]) for r in csv.DictReader(handle)] == [1, 2]
+    deploy = json.loads((out / "deploy" / "preprocessing.json").read_text())
+    assert deploy["file"] == "model.onnx" and (out / "deploy" / "model.onnx").is_file()
+    assert deploy["parity"]["max_abs_difference"] < 1e-4
+    assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.md").read_text()
+    assert all(f"| {c['rank']} | {c['dataset']} |" in report for c in candidates)
+    assert f"test ACC {summary['best']['test_acc']:.4f}" in report
+    card = (out / "model_card.md").read_text()
+    assert "Not validated for clinical use" in card and str(deploy["mean"]) in card

@@ -1,0 +1,169 @@
+"""``mednns adapt``: from a user's dataset and a bundle to a fine-tuned, documented, deployable model.
+
+One call: pull and verify the bundle (:mod:`mednns.bundle`), query its meta-space for the dataset
+under the hardware limits, export the top candidate with its inherited weights, fine-tune it
+(:func:`mednns.finetune.finetune`: per-epoch metrics, the best epoch by validation ACC), optionally
+write it as ONNX or TorchScript (:mod:`mednns.deploy`), and write into the output folder::
+
+    candidates.json     the query: every candidate considered, in order, with its scores
+    export/             the chosen model as handed over (inherited weights, new head)
+    finetune/           metrics.csv, best/ (the fine-tuned model), final.json
+    deploy/             model.onnx or model.pt and preprocessing.json (unless none)
+    learning_curve.png  validation and test ACC per epoch
+    report.md           the candidates, why this one, the learning curve, the test metrics
+    model_card.md       what the model is, what it was trained and tested on, its limits
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from mednns.errors import UsageError
+from mednns.files import atomic_write_text, read_json, write_json
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mednns.data import MedicalDataset
+    from mednns.finetune import FinetuneConfig
+    from mednns.metaspace.retrieval import Constraints
+    from mednns.registry import ComponentSource
+
+Deploy = Literal["onnx", "torchscript", "none"]
+
+
+def adapt(dataset: MedicalDataset, bundle: str, out_dir: str | os.PathLike, *, top_k: int = 10,
+          constraints: Constraints | None = None, finetune_config: FinetuneConfig | None = None,
+          deploy: Deploy = "onnx", device: str = "cpu", manager: ComponentSource | None = None,
+          console: Console | None = None, progress: bool = True) -> dict[str, Any]:
+    """Adapt the best model of ``bundle`` to ``dataset`` (see the module documentation); returns the
+    summary written to ``out_dir/adapt.json``."""
+    from mednns.bundle import meta_space_of, pull_bundle, verify_bundle
+    from mednns.deploy import export_deployable
+    from mednns.export import export_query_result
+    from mednns.finetune import FinetuneConfig, finetune
+    from mednns.metaspace.retrieval import Constraints, query
+
+    if deploy == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise UsageError("writing ONNX needs the onnx extra", hint="pip install 'mednns[onnx]', "
+                                                                      "or --deploy torchscript / none") from None
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    folder = pull_bundle(bundle)
+    manifest = verify_bundle(folder)
+    result = query(meta_space_of(folder), dataset, top_k=top_k, constraints=constraints or Constraints(),
+                   manager=manager, device=device, progress=progress)
+    write_json(out / "candidates.json", result)
+    export_dir = export_query_result(result, dataset, out / "export", manager=manager)
+    config = finetune_config or FinetuneConfig()
+    final = finetune(export_dir, dataset, out / "finetune", config, device=device, manager=manager,
+                     console=console, progress=progress)
+    deployed = (export_deployable(out / "finetune", out / "deploy", deploy, manager=manager)
+                if deploy != "none" else None)
+    curve = learning_curve(final["history"], out / "learning_curve.png", dataset.info.name)
+    summary = {"dataset": dataset.info.name, "bundle": str(folder), "chosen": result["results"][0],
+               "candidates": len(result["results"]), "finetune": asdict(config),
+               "best_epoch": final["best_epoch"], "best": final["best"], "last": final["last"],
+               "deploy": deployed and {k: deployed[k] for k in ("format", "file", "parity")},
+               "seconds": round(time.perf_counter() - start, 2)}
+    write_json(out / "adapt.json", summary)
+    atomic_write_text(out / "report.md", report(summary, result, final, manifest, curve))
+    atomic_write_text(out / "model_card.md", model_card(summary, dataset, manifest, read_json(
+        out / "finetune" / "best" / "model.json")))
+    return summary
+
+
+def learning_curve(history: list[dict[str, Any]], path: Path, name: str) -> str:
+    """Validation and test ACC per epoch as a PNG; its file name."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5, 3.2), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    epochs = [row["epoch"] for row in history]
+    for key, label in (("val_acc", "validation ACC"), ("test_acc", "test ACC")):
+        axes.plot(epochs, [row[key] for row in history], marker="o", label=label)
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("ACC")
+    axes.set_title(f"fine-tuning on {name}")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    return path.name
+
+
+def report(summary: dict[str, Any], result: dict[str, Any], final: dict[str, Any], manifest: dict[str, Any],
+           curve: str) -> str:
+    chosen = summary["chosen"]
+    lines = [f"# mednns adapt: {summary['dataset']}", "",
+             f"Bundle `{summary['bundle']}` (mednns {manifest['mednns_version']}, {len(manifest['sources'])} source "
+             f"datasets). The meta-space ranked {summary['candidates']} candidate(s) under the limits by their "
+             "predicted validation metric; the first was exported with its inherited weights and fine-tuned.", "",
+             "## Candidates", "", "| rank | source dataset | space | params | MACs | predicted | score |",
+             "| ---: | --- | --- | ---: | ---: | ---: | ---: |"]
+    for row in result["results"]:
+        lines.append(f"| {row['rank']} | {row['dataset']} | {row['space']} | {row['params']:,} | {row['macs']:,} | "
+                     f"{row['predicted']:.4f} | {row['score']:.4f} |")
+    lines += ["", f"Chosen: rank 1, a {chosen['space']} subnet of the {chosen['dataset']} supernet (zoo id "
+              f"{chosen['zoo_id']}): the highest predicted metric. The prediction is the meta-space's; the "
+              "project's published evaluation finds its pick level with simple transfer baselines, not above "
+              "them (README, 'Published CPU results').", "", "## Learning curve", "", f"![learning curve]({curve})", "",
+              "| epoch | train loss | val ACC | val AUC | test ACC | test AUC |",
+              "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in final["history"]:
+        lines.append(f"| {row['epoch']} | {row['train_loss']:.4f} | {row['val_acc']:.4f} | {row['val_auc']:.4f} | "
+                     f"{row['test_acc']:.4f} | {row['test_auc']:.4f} |")
+    best = final["best"]
+    lines += ["", "## Test metrics", "",
+              f"The best epoch by validation ACC is {final['best_epoch']}: test ACC {best['test_acc']:.4f}, "
+              f"test AUC {best['test_auc']:.4f} (validation ACC {best['val_acc']:.4f}). The test split chose nothing.",
+              ""]
+    if summary["deploy"]:
+        d = summary["deploy"]
+        lines += [f"Deployable file: `deploy/{d['file']}` ({d['format']}), outputs within "
+                  f"{d['parity']['max_abs_difference']:.2g} of the PyTorch model's; preprocessing in "
+                  "`deploy/preprocessing.json`.", ""]
+    return "\n".join(lines)
+
+
+def model_card(summary: dict[str, Any], dataset: MedicalDataset, manifest: dict[str, Any],
+               metadata: dict[str, Any]) -> str:
+    info, chosen, best = dataset.info, summary["chosen"], summary["best"]
+    pre = metadata.get("preprocessing", {})
+    sources = ", ".join(f"{s['dataset']} ({s['modality']}, licence: {s['licence']})" for s in manifest["sources"])
+    splits = ", ".join(f"{k} {v:,}" for k, v in (info.split_sizes or {}).items())
+    return "\n".join([
+        f"# Model card: {info.name} classifier", "",
+        "## Model", "",
+        f"- A {chosen['space']} subnet ({chosen['params']:,} parameters, {chosen['macs']:,} MACs per image), "
+        f"architecture hash `{metadata.get('arch_hash')}`, chosen by mednns's meta-space from a bundle and "
+        f"started from the weights it inherited from the {chosen['dataset']} supernet.",
+        f"- Fine-tuned for {summary['finetune']['epochs']} epochs (SGD, lr {summary['finetune']['lr']}, batch "
+        f"{summary['finetune']['batch_size']}); the weights of epoch {summary['best_epoch']} (best validation ACC).",
+        "", "## Intended use", "",
+        f"Research on {info.modality} images of the task below. Not validated for clinical use: it has seen no "
+        "data beyond the splits named here, and no external test set.",
+        "", "## Data", "",
+        f"- {info.name}: {info.task}, {info.n_classes} classes ({', '.join(info.label_names)}), "
+        f"{info.n_channels} channel(s) at {'x'.join(map(str, info.image_size))}; splits: {splits or 'unknown'}.",
+        f"- Pretraining (the bundle's sources): {sources}.",
+        "", "## Evaluation", "",
+        f"- Test ACC {best['test_acc']:.4f}, test AUC {best['test_auc']:.4f}; validation ACC {best['val_acc']:.4f} "
+        "(the validation split chose the epoch; the test split chose nothing).",
+        "", "## Preprocessing", "",
+        f"- {pre.get('scale', '')}; normalize per channel with mean {pre.get('mean')} and std {pre.get('std')}; "
+        f"input {pre.get('layout', '')}. Output: {pre.get('output', '')}.",
+        "", "## Limitations", "",
+        "- One fine-tuning run, one seed: its numbers move by a few points with the seed at this scale.",
+        "- The retrieval's choice is not shown to beat simple transfer baselines (see the project's README).",
+        ""])
