@@ -114,7 +114,7 @@ def report(summary: dict[str, Any], result: dict[str, Any], final: dict[str, Any
     for row in result["results"]:
         lines.append(f"| {row['rank']} | {row['dataset']} | {row['space']} | {row['params']:,} | {row['macs']:,} | "
                      f"{row['predicted']:.4f} | {row['score']:.4f} |")
-    lines += ["", f"Chosen: rank 1, a {chosen['space']} subnet of the {chosen['dataset']} supernet (zoo id "
+    lines += ["", f"Chosen: rank 1, a subnet of the {chosen['dataset']} supernet ({chosen['space']}, zoo id "
               f"{chosen['zoo_id']}): the highest predicted metric. The prediction is the meta-space's; the "
               "project's published evaluation finds its pick level with simple transfer baselines, not above "
               "them (README, 'Published CPU results').", "", "## Learning curve", "", f"![learning curve]({curve})", "",
@@ -145,14 +145,15 @@ def model_card(summary: dict[str, Any], dataset: MedicalDataset, manifest: dict[
     return "\n".join([
         f"# Model card: {info.name} classifier", "",
         "## Model", "",
-        f"- A {chosen['space']} subnet ({chosen['params']:,} parameters, {chosen['macs']:,} MACs per image), "
+        f"- A subnet of the {chosen['space']} space ({chosen['params']:,} parameters, {chosen['macs']:,} MACs per "
+        "image), "
         f"architecture hash `{metadata.get('arch_hash')}`, chosen by mednns's meta-space from a bundle and "
         f"started from the weights it inherited from the {chosen['dataset']} supernet.",
         f"- Fine-tuned for {summary['finetune']['epochs']} epochs (SGD, lr {summary['finetune']['lr']}, batch "
         f"{summary['finetune']['batch_size']}); the weights of epoch {summary['best_epoch']} (best validation ACC).",
         "", "## Intended use", "",
-        f"Research on {info.modality} images of the task below. Not validated for clinical use: it has seen no "
-        "data beyond the splits named here, and no external test set.",
+        f"Research on {'' if info.modality == 'unknown' else info.modality + ' '}images of the task below. Not "
+        "validated for clinical use: it has seen no data beyond the splits named here, and no external test set.",
         "", "## Data", "",
         f"- {info.name}: {info.task}, {info.n_classes} classes ({', '.join(info.label_names)}), "
         f"{info.n_channels} channel(s) at {'x'.join(map(str, info.image_size))}; splits: {splits or 'unknown'}.",

@@ -56,8 +56,8 @@ def register_commands(cli):
                         deploy=deploy, device=device, manager=manager, console=console,  # type: ignore[arg-type]
                         progress=not no_progress)
         chosen, best = summary["chosen"], summary["best"]
-        console.print(f"[bold]{escape(summary['dataset'])}[/]: a {escape(chosen['space'])} subnet of "
-                      f"{escape(chosen['dataset'])} ({chosen['params']:,} params), fine-tuned {epochs} epochs: "
+        console.print(f"[bold]{escape(summary['dataset'])}[/]: a subnet of the {escape(chosen['dataset'])} supernet "
+                      f"({escape(chosen['space'])}, {chosen['params']:,} params), fine-tuned {epochs} epochs: "
                       f"test ACC {best['test_acc']:.4f}, AUC {best['test_auc']:.4f} "
                       f"(best epoch {summary['best_epoch']})")
         console.print(f"report: {escape(str(out / 'report.md'))}, model card: {escape(str(out / 'model_card.md'))}"

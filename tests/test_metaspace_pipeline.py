@@ -483,3 +483,29 @@ def test_adapt_goes_from_a_dataset_and_a_bundle_to_a_documented_deployable_model
     assert f"test ACC {summary['best']['test_acc']:.4f}" in report
     card = (out / "model_card.md").read_text()
     assert "Not validated for clinical use" in card and str(deploy["mean"]) in card
+
+
+REFERENCE_BUNDLE = Path(__file__).resolve().parents[1] / "benchmarks" / "bundles" / "cpu"
+KIDNEY_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "folders" / "kidney_ct"
+
+
+def test_the_committed_reference_bundle_verifies_and_never_saw_kidney_ct():
+    from mednns.bundle import verify_bundle
+
+    manifest = verify_bundle(REFERENCE_BUNDLE)
+    sources = {s["dataset"]: s["licence"] for s in manifest["sources"]}
+    assert len(sources) == 7 and "kidney_ct" not in sources
+    assert sources["pneumoniamnist"].startswith("CC BY 4.0") and sources["lc25000_lung"] == "not stated by the source"
+
+
+@pytest.mark.data
+def test_adapt_on_the_kidney_ct_image_folder_with_the_reference_bundle(tmp_path, monkeypatch):
+    if not KIDNEY_FOLDER.is_dir():
+        pytest.skip(f"real data not found at {KIDNEY_FOLDER}")
+    monkeypatch.setenv("MEDNNS_CACHE_DIR", str(tmp_path / "cache"))
+    result = invoke("adapt", KIDNEY_FOLDER, "--bundle", REFERENCE_BUNDLE, "--out", tmp_path / "out", "--epochs", 3,
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "adapt.json").read_text())
+    assert summary["chosen"]["dataset"] != "kidney_ct" and summary["best"]["test_acc"] > 0.5  # largest class: 26%
+    assert (tmp_path / "out" / "deploy" / "model.onnx").is_file()
