@@ -51,13 +51,14 @@ def preprocessing_of(dataset: MedicalDataset) -> dict[str, Any]:
 
 
 def model_folder(path: str | os.PathLike) -> Path:
-    """An export folder (``model.json``), or a fine-tuning folder whose ``best/`` is one."""
+    """An export folder (``model.json``), a fine-tuning folder whose ``best/`` is one, or a
+    ``mednns adapt`` folder (its ``finetune/best/``)."""
     path = Path(path)
-    for candidate in (path, path / "best"):
+    for candidate in (path, path / "best", path / "finetune" / "best"):
         if (candidate / METADATA).is_file():
             return candidate
     raise UsageError(f"no exported model at {path} (no {METADATA}, nor best/{METADATA})",
-                     hint="give a fine-tuned model: the folder 'mednns finetune' wrote, or its best/")
+                     hint="give a fine-tuned model: the folder 'mednns finetune' or 'mednns adapt' wrote")
 
 
 def export_deployable(model: str | os.PathLike, out_dir: str | os.PathLike, fmt: Format = "onnx", *,

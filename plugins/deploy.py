@@ -18,7 +18,7 @@ def register_commands(cli):
     @click.option("--out", "out_dir", type=click.Path(file_okay=False),
                   help="Output folder [default: MODEL/deploy].")
     def export_model(model: str, fmt: str, out_dir: str | None) -> None:
-        """Write a fine-tuned model (the folder 'mednns finetune' wrote, or its best/) as model.onnx or
+        """Write a fine-tuned model (the folder 'mednns finetune' or 'mednns adapt' wrote) as model.onnx or
         model.pt, with preprocessing.json: channels, image size, normalization, labels, and the largest
         difference between the file's outputs and the PyTorch model's on a test batch."""
         from pathlib import Path

@@ -483,6 +483,9 @@ def test_adapt_goes_from_a_dataset_and_a_bundle_to_a_documented_deployable_model
     assert f"test ACC {summary['best']['test_acc']:.4f}" in report
     card = (out / "model_card.md").read_text()
     assert "Not validated for clinical use" in card and str(deploy["mean"]) in card
+    again = invoke("export-model", out, "--format", "torchscript", "--out", tmp_path / "ts")  # the adapt folder
+    assert again.exit_code == 0 and json.loads((tmp_path / "ts" / "preprocessing.json").read_text())["mean"] == \
+        deploy["mean"]
 
 
 REFERENCE_BUNDLE = Path(__file__).resolve().parents[1] / "benchmarks" / "bundles" / "cpu"
@@ -509,3 +512,23 @@ def test_adapt_on_the_kidney_ct_image_folder_with_the_reference_bundle(tmp_path,
     summary = json.loads((tmp_path / "out" / "adapt.json").read_text())
     assert summary["chosen"]["dataset"] != "kidney_ct" and summary["best"]["test_acc"] > 0.5  # largest class: 26%
     assert (tmp_path / "out" / "deploy" / "model.onnx").is_file()
+
+
+def test_a_bundle_is_pulled_from_the_hugging_face_hub_cache_offline(tmp_path, monkeypatch):
+    """hf://owner/name through huggingface_hub with HF_HUB_OFFLINE=1: a snapshot already in the cache
+    (laid out as the hub client lays it out) is used and verified; an absent one is a clear error."""
+    import shutil
+
+    from mednns.bundle import pull_bundle, verify_bundle
+
+    monkeypatch.setenv("MEDNNS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    repo = tmp_path / "cache" / "bundles" / "hub" / "models--mednns--reference-cpu"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copytree(REFERENCE_BUNDLE, repo / "snapshots" / revision)
+    pulled = pull_bundle("hf://mednns/reference-cpu")
+    assert pulled == repo / "snapshots" / revision and verify_bundle(pulled)["format"] == "mednns-bundle/1"
+    with pytest.raises(mednns.UsageError, match="cannot fetch hf://mednns/absent"):
+        pull_bundle("hf://mednns/absent")
