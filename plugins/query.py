@@ -20,7 +20,6 @@ from rich.table import Table
 
 import mednns
 from mednns.errors import UsageError
-from mednns.export import export_query_result
 from mednns.layout import QUERY_STAGE, meta_space_dir, stage_dir
 from mednns.stages import Stage
 
@@ -110,6 +109,7 @@ class Query(Stage):
         return [directory / f"{n}.json" for n in names] + [directory / n / "model.json" for n in names if self.export]
 
     def run(self, run) -> dict[str, Any]:
+        from mednns.export import export_query_result
         from mednns.files import write_json
         from mednns.metaspace import Constraints, query
 
@@ -282,6 +282,8 @@ def register_commands(cli):
             console.print(results_table(result))
             console.print(f"scored {result['zoo_models']:,} models in {result['seconds'] * 1000:.1f} ms")
         if export_dir:
+            from mednns.export import export_query_result
+
             folder = export_query_result(result, dataset, Path(export_dir), manager=manager)
             click.echo(f"exported the top model to {folder} (mednns.load_model('{folder}'))", err=True)
 
