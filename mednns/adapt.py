@@ -22,7 +22,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from mednns.errors import UsageError
 from mednns.files import atomic_write_text, read_json, write_json
 
 if TYPE_CHECKING:
@@ -43,18 +42,13 @@ def adapt(dataset: MedicalDataset, bundle: str, out_dir: str | os.PathLike, *, t
     """Adapt the best model of ``bundle`` to ``dataset`` (see the module documentation); returns the
     summary written to ``out_dir/adapt.json``."""
     from mednns.bundle import meta_space_of, pull_bundle, verify_bundle
-    from mednns.deploy import export_deployable
+    from mednns.deploy import export_deployable, require_onnx
     from mednns.export import export_query_result
     from mednns.finetune import FinetuneConfig, finetune
     from mednns.metaspace.retrieval import Constraints, query
 
     if deploy == "onnx":
-        try:
-            import onnxruntime  # noqa: F401
-            import onnxscript  # noqa: F401
-        except ImportError:
-            raise UsageError("writing ONNX needs the onnx extra", hint="pip install 'mednns[onnx]', "
-                                                                      "or --deploy torchscript / none") from None
+        require_onnx()  # before any work
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

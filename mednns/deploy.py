@@ -98,13 +98,21 @@ def export_deployable(model: str | os.PathLike, out_dir: str | os.PathLike, fmt:
     return record
 
 
+def require_onnx() -> None:
+    """A usage error unless the ``onnx`` extra is installed: onnxscript (torch.onnx's exporter needs it)
+    and onnxruntime (the written file is checked with it)."""
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise UsageError("writing ONNX needs the onnx extra",
+                         hint="pip install 'mednns[onnx]', or write TorchScript instead") from None
+
+
 def _write_onnx(network: Any, example: Any, target: Path) -> None:
     import torch
 
-    try:
-        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
-    except ImportError:
-        raise UsageError("ONNX export needs the onnx extra", hint="pip install 'mednns[onnx]'") from None
+    require_onnx()
     batch = torch.export.Dim("batch")
     torch.onnx.export(network, (example,), str(target), dynamo=True, input_names=["images"],
                       output_names=["logits"], dynamic_shapes=({0: batch},), opset_version=OPSET,
@@ -114,10 +122,9 @@ def _write_onnx(network: Any, example: Any, target: Path) -> None:
 def _run(target: Path, fmt: Format, batch: Any) -> Any:
     """The written file's outputs on ``batch`` (onnxruntime or torch.jit)."""
     if fmt == "onnx":
-        try:
-            import onnxruntime
-        except ImportError:
-            raise UsageError("checking the ONNX file needs onnxruntime", hint="pip install 'mednns[onnx]'") from None
+        require_onnx()
+        import onnxruntime
+
         session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
         return session.run(None, {session.get_inputs()[0].name: batch})[0]
     import torch

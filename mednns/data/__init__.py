@@ -17,6 +17,7 @@ from mednns.data.tensors import (
     dataset_tensors,
     labels_to_tensor,
     make_loader,
+    tensor_digest,
     to_tensor,
 )
 
@@ -42,5 +43,6 @@ __all__ = [
     "read_npz_headers",
     "resolve_dataset",
     "roc_auc",
+    "tensor_digest",
     "to_tensor",
 ]

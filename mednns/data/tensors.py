@@ -11,6 +11,7 @@ torch is imported inside the functions: importing :mod:`mednns.data` stays cheap
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from typing import TYPE_CHECKING, Sequence
 
@@ -225,3 +226,10 @@ def make_loader(
         generator=seeding.torch_generator(seed),
         worker_init_fn=seeding.seed_worker,
     )
+
+
+def tensor_digest(x: "torch.Tensor", y: "torch.Tensor") -> str:
+    """A short digest of training images and labels: equal digests, equal training subsets."""
+    digest = hashlib.sha1(x.numpy().tobytes())
+    digest.update(y.numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -50,13 +50,13 @@ from typing import Any, Callable
 import numpy as np
 
 from mednns.data.metrics import majority_rate
+from mednns.data.tensors import tensor_digest
 from mednns.distributed import barrier
 from mednns.errors import UsageError
 from mednns.evaluation import ranking, statistics
 from mednns.evaluation import results as summary
 from mednns.evaluation.candidates import Candidate, SupernetCache, count_macs, inherited, random_init, timm_network
 from mednns.evaluation.methods import describe
-from mednns.evaluation.own_search import tensor_digest
 from mednns.evaluation.results import FORMAT, RESULTS_FILE
 from mednns.evaluation.settings import QUERY_METHODS, Condition, EvaluationSettings
 from mednns.files import read_json, write_json

@@ -23,13 +23,13 @@ with ``init``): ``supernet/`` (a ``train_supernet`` folder: resumable, the final
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from mednns.data.tensors import tensor_digest
 from mednns.errors import UsageError
 from mednns.files import read_json, write_json
 
@@ -37,13 +37,6 @@ if TYPE_CHECKING:
     from mednns.registry import ComponentSource
 
 SEARCH_FILE = "search.json"
-
-
-def tensor_digest(x: torch.Tensor, y: torch.Tensor) -> str:
-    """A short digest of training images and labels: equal digests, equal training subsets."""
-    digest = hashlib.sha1(x.numpy().tobytes())
-    digest.update(y.numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 @torch.no_grad()
@@ -78,7 +71,7 @@ def search_own_supernet(template: str | Path, dataset: Any, directory: str | Pat
     :param dataset: the target. :param directory: this search's folder.
     :param seed: the fine-tuning seed of the run (it draws the subset).
     :param train_images: the condition's training images (``None``: all).
-    :param subset_digest: the digest of the fine-tuning subset (:func:`tensor_digest`);
+    :param subset_digest: the digest of the fine-tuning subset (:func:`mednns.data.tensor_digest`);
         the supernet's training subset must match it.
     :param archs: the subnets to compare (architecture JSON), in order.
     :param load: loads a trained supernet folder (``(space, metadata)``; a cache).

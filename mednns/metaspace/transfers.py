@@ -121,7 +121,7 @@ def measure_pairs(table: ModelTable, pairs: Sequence[tuple[str, int]], datasets:
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from mednns.data import majority_rate
+    from mednns.data import majority_rate, tensor_digest
     from mednns.export import adapt_network
     from mednns.files import read_json, write_json
     from mednns.finetune import FinetuneConfig, FinetuneData, train_model
@@ -141,9 +141,8 @@ def measure_pairs(table: ModelTable, pairs: Sequence[tuple[str, int]], datasets:
                                            "max_train_images": settings.images,
                                            "seed": derive_seed(settings.seed, "transfers", name)})
                 prepared = FinetuneData.from_dataset(datasets[name], config)
-                subset = hashlib.sha1(prepared.train_x.numpy().tobytes() + prepared.train_y.numpy().tobytes())
                 majority = majority_rate(datasets[name].info.task, prepared.val_y.numpy())
-                data[name] = (prepared, subset.hexdigest()[:16], majority, config)
+                data[name] = (prepared, tensor_digest(prepared.train_x, prepared.train_y), majority, config)
             prepared, digest, majority, config = data[name]
             path = folder / f"{_pair_key(table, row, digest, settings)}.json"
             if path.is_file():
