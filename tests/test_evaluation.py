@@ -166,6 +166,29 @@ def test_ranking_quality_helpers_correlate_rank_and_average_as_documented():
         RankingSettings(candidates=2)
     with pytest.raises(UsageError, match="unknown key"):
         RankingSettings.from_dict({"sample": 3})
+    with pytest.raises(UsageError, match="seeds must be >= 1"):
+        RankingSettings(seeds=0)
+
+
+def test_fine_tuned_once_ranks_each_seed_against_the_other_seeds_mean():
+    from mednns.evaluation.ranking import ONCE, assess, once
+
+    # seeds agree on the order: every seed ranks the others' mean perfectly
+    agreeing = np.array([[0.5, 0.52, 0.51], [0.6, 0.61, 0.62], [0.7, 0.72, 0.71]])
+    assert once(agreeing) == {"kendall": pytest.approx(1.0), "top1_regret": 0.0}
+    # noisy seeds: the naive definition, pair by pair (no ties in continuous draws, so tau-a = tau-b)
+    noisy = np.random.default_rng(0).uniform(0.4, 0.6, size=(6, 3))
+    taus, regrets = [], []
+    for s in range(3):
+        mine, others = noisy[:, s], np.delete(noisy, s, axis=1).mean(axis=1)
+        taus.append(sum(np.sign(mine[i] - mine[j]) * np.sign(others[i] - others[j])
+                        for i in range(6) for j in range(i + 1, 6)) / 15)
+        regrets.append(others.max() - others[mine.argmax()])
+    assert once(noisy) == {"kendall": pytest.approx(np.mean(taus)), "top1_regret": pytest.approx(np.mean(regrets))}
+    candidates = [{"zoo_id": i, "test_acc": float(r.mean()), "test_accs": list(r)} for i, r in enumerate(agreeing)]
+    assert assess(candidates, {"x": [1, 2, 3]}).rankings[ONCE]["kendall"] == pytest.approx(1.0)
+    single = [{"zoo_id": i, "test_acc": float(r[0])} for i, r in enumerate(agreeing)]
+    assert ONCE not in assess(single, {"x": [1, 2, 3]}).rankings  # one seed: nothing to compare
 
 
 def test_macs_are_counted_from_the_network():
@@ -199,7 +222,7 @@ EVALUATE = {"datasets": ["c", "d"], "methods": ["mednns", "mednns_topk", "random
                          "plain": {"finetune": {"recalibrate_bn": False, "head_epochs": 0}, "top_k": 1},
                          "knn": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16},
                                  "top_k": 1}},
-            "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40},
+            "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40, "seeds": 2},
             "meta_space": META, "report": True, "progress": False}
 
 
@@ -467,13 +490,17 @@ def test_the_transfer_recipe_applies_to_every_pretrained_start_and_a_variant_can
 def test_ranking_quality_fine_tunes_a_candidate_sample_and_correlates_every_ranking(evaluation):
     results = evaluation["results"]
     expected = {"meta-space", "meta-space:auc", "knn", "ridge", "meta-space+knn", "meta-space+ridge",
-                "source val ACC"}
+                "source val ACC", "fine-tuned once"}
     assert set(results["ranking"]) == expected
     for target in ("c", "d"):
         entry = results["datasets"][target]["ranking"]
-        assert entry["condition"] == PRIMARY and entry["seed"] == 0 and len(entry["candidates"]) == 3
+        assert entry["condition"] == PRIMARY and entry["seeds"] == [0, 1] and len(entry["candidates"]) == 3
         assert all(c["dataset"] != target for c in entry["candidates"])
+        for c in entry["candidates"]:  # the truth: the mean over the ranking's seeds, each seed's run kept
+            assert len(c["test_accs"]) == 2 and c["test_acc"] == pytest.approx(np.mean(c["test_accs"]))
         for name, facts in entry["rankings"].items():
+            if name == "fine-tuned once":
+                continue  # its own truth, tested above
             truth = [c["test_acc"] for c in entry["candidates"]]
             values = [c["values"][name] for c in entry["candidates"]]
             assert facts["top1_regret"] == pytest.approx(max(truth) - truth[int(np.argmax(values))])

@@ -1,17 +1,21 @@
 """Ranking quality: does a ranking of transfer candidates order them as fine-tuning does?
 
 Per held-out target, a seeded random sample of transfer candidates (zoo rows of the other datasets)
-is fine-tuned under the protocol's primary condition with its first seed: the same loop, budget,
-training subset and transfer recipe as every method (the runs are shared with the evaluation's run
-store). Every ranking of the sample is then compared with the candidates' final test ACC by
-Kendall's tau, and by the top-1 regret (the sample's best test ACC minus that of the ranking's
-first):
+is fine-tuned under the protocol's primary condition with its first ``seeds`` seeds: the same loop,
+budget, training subsets and transfer recipe as every method (the runs are shared with the
+evaluation's run store). Every ranking of the sample is then compared with the candidates' final
+test ACC (its mean over those seeds) by Kendall's tau, and by the top-1 regret (the sample's best
+test ACC minus that of the ranking's first):
 
 * ``meta-space`` (and ``meta-space:<variant>``): the fold's meta-space order (its ``by``);
 * ``<score>``: a transfer score (kind ``transfer-scores``) computed on the condition's own training
   subset, the labelled images fine-tuning uses and nothing else (BN recalibrated on them);
 * ``meta-space+<score>``: the two orders combined by rank sum (the query's ``rank_sum``);
-* ``source val ACC``: each candidate's validation ACC on its own source, a naive reference.
+* ``source val ACC``: each candidate's validation ACC on its own source, a naive reference;
+* ``fine-tuned once`` (with two seeds or more): each seed's test ACC as a ranking of the mean of the
+  other seeds, averaged over the seeds. It is what a ranker that fine-tuned every candidate once
+  would reach, so it bounds what any cheaper ranking can be expected to reach at this budget: when
+  it is low, the candidates' differences are within the noise of a single fine-tuning.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 from mednns.errors import UsageError
 from mednns.transfer.reranking import check_keys, component_spec
 
-META, SOURCE = "meta-space", "source val ACC"
+META, SOURCE, ONCE = "meta-space", "source val ACC", "fine-tuned once"
 
 
 @dataclass(frozen=True)
@@ -36,15 +40,20 @@ class RankingSettings:
     :param candidates: transfer candidates per target, fine-tuned each (at least 3).
     :param scores: ``transfer-scores`` names (or ``{name, args}``) to rank the sample with.
     :param images: labelled images of the training subset the scores see (at most).
+    :param seeds: how many of the primary condition's seeds each candidate is fine-tuned with; the
+        truth is the mean test ACC over them (scores see the first seed's subset).
     """
 
     candidates: int = 10
     scores: tuple[Any, ...] = ("knn", "ridge", "logme")
     images: int = 500
+    seeds: int = 1
 
     def __post_init__(self) -> None:
         if self.candidates < 3 or self.images < 2:
             raise UsageError("ranking needs candidates >= 3 (a rank correlation of fewer says nothing) and images >= 2")
+        if self.seeds < 1:
+            raise UsageError(f"ranking seeds must be >= 1 (got {self.seeds})")
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "RankingSettings":
@@ -100,7 +109,7 @@ class RankingResult:
 
 def assess(candidates: list[dict[str, Any]], values: dict[str, list[float]]) -> RankingResult:
     """Correlate every ranking in ``values`` (name → one value per candidate, higher = better) with
-    the candidates' ``test_acc``."""
+    the candidates' ``test_acc``; with per-seed ``test_accs`` (two or more) also ``fine-tuned once``."""
     truth = [c["test_acc"] for c in candidates]
     result = RankingResult([{**c, "values": {name: v[i] for name, v in values.items()}}
                             for i, c in enumerate(candidates)])
@@ -108,7 +117,24 @@ def assess(candidates: list[dict[str, Any]], values: dict[str, list[float]]) -> 
         if len(v) != len(truth):
             raise ValueError(f"ranking {name} has {len(v)} values for {len(truth)} candidates")
         result.rankings[name] = {"kendall": kendall(v, truth), "top1_regret": regret(v, truth)}
+    per_seed = np.array([c.get("test_accs", [c["test_acc"]]) for c in candidates], dtype=float)  # candidate x seed
+    if per_seed.shape[1] >= 2:
+        result.rankings[ONCE] = once(per_seed)
     return result
+
+
+def once(per_seed: np.ndarray) -> dict[str, float]:
+    """Each seed's accuracies (``per_seed``: candidate x seed) as a ranking of the mean of the other
+    seeds: mean Kendall tau and mean top-1 regret over the seeds (tau over the seeds where defined)."""
+    seeds = per_seed.shape[1]
+    taus, regrets = [], []
+    for s in range(seeds):
+        values = list(per_seed[:, s])
+        others = list(np.delete(per_seed, s, axis=1).mean(axis=1))
+        taus.append(kendall(values, others))
+        regrets.append(regret(values, others))
+    defined = [t for t in taus if not math.isnan(t)]
+    return {"kendall": float(np.mean(defined)) if defined else float("nan"), "top1_regret": float(np.mean(regrets))}
 
 
 def overall(per_target: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from mednns.errors import UsageError
 from mednns.evaluation import ranking
 from mednns.evaluation.leave_one_out import slug
 
@@ -25,7 +26,11 @@ def ranking_quality(fold: Fold) -> dict[str, Any]:
 
     chosen = fold.settings.ranking_settings()
     condition = fold.settings.conditions()[0]
-    seed = condition.seeds[0]
+    if chosen.seeds > len(condition.seeds):
+        raise UsageError(f"ranking seeds: {chosen.seeds} asked, the primary condition has {len(condition.seeds)}",
+                         hint="lower ranking.seeds or add seeds to the evaluation")
+    seeds = condition.seeds[: chosen.seeds]
+    seed = seeds[0]
     with ZooStore(fold.zoo_path, readonly=True) as store:
         folders = {s["id"]: str(Path(s["path"]).parent) for s in store.supernets()}
         rows = [r for r in store.models(["id", "dataset", "space", "arch", "supernet_id", "val_acc"])
@@ -35,9 +40,11 @@ def ranking_quality(fold: Fold) -> dict[str, Any]:
     for row in sample:
         candidate = fold.from_row({**row, "supernet": folders[row["supernet_id"]]},
                                   f"{row['space']} subnet of {row['dataset']} (zoo id {row['id']})")
-        run = fold.train(candidate, seed, condition, f"{fold.target} ranking sample {row['id']}")
+        accs = [fold.train(candidate, s, condition, f"{fold.target} ranking sample {row['id']} seed {s}")
+                ["history"][-1]["test_acc"] for s in seeds]
         candidates.append({"zoo_id": row["id"], "dataset": row["dataset"], "arch": row["arch"],
-                           "source_val_acc": row["val_acc"], "test_acc": run["history"][-1]["test_acc"]})
+                           "source_val_acc": row["val_acc"], "test_acc": float(sum(accs) / len(accs)),
+                           **({"test_accs": accs} if len(accs) > 1 else {})})
     values: dict[str, list[float]] = {}
     seen: set[str] = set()
     for variant in fold.settings.variant_list():
@@ -71,4 +78,4 @@ def ranking_quality(fold: Fold) -> dict[str, Any]:
         values[f"{ranking.META}+{name}"] = ranking.rank_sum_key(values[ranking.META], values[name])
     values[ranking.SOURCE] = [c["source_val_acc"] for c in candidates]
     result = ranking.assess(candidates, values).to_dict()
-    return {"condition": condition.id, "seed": seed, **result}
+    return {"condition": condition.id, "seed": seed, "seeds": list(seeds), **result}

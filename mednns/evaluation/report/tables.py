@@ -381,6 +381,7 @@ def compute_table(results: dict[str, Any]) -> Table:
 def ranking_table(results: dict[str, Any]) -> Table | None:
     """Ranking quality (the ``ranking`` option): per ranking of the fine-tuned candidate sample,
     Kendall's tau against their test ACC (mean, range, per dataset) and the top-1 regret."""
+    from mednns.evaluation import ranking
     from mednns.evaluation.ranking import overall
 
     per_target = {d: e["ranking"] for d, e in results.get("datasets", {}).items() if e.get("ranking")}
@@ -396,10 +397,15 @@ def ranking_table(results: dict[str, Any]) -> Table | None:
                                fmt(finite_number(entry["mean_top1_regret"])), *(fmt(finite_number(t)) for t in taus)],
                               ours=name.startswith("meta-space")))
     first = next(iter(per_target.values()))
+    seeds = first.get("seeds", [first["seed"]])
     table.footnote = (f"{len(first['candidates'])} random transfer candidates per target, each fine-tuned under "
-                      f"{first['condition']} (seed {first['seed']}); Kendall's tau of each ranking against their "
-                      f"final test ACC (— where a ranking or the truth is constant); regret: the sample's best "
-                      f"test ACC minus that of the ranking's first. Scores see only the fine-tuning subset.")
+                      f"{first['condition']} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}); "
+                      f"Kendall's tau of each ranking against their final test ACC"
+                      f"{' (mean over the seeds)' if len(seeds) > 1 else ''} (— where a ranking or the truth is "
+                      f"constant); regret: the sample's best test ACC minus that of the ranking's first. Scores see "
+                      f"only the fine-tuning subset."
+                      + (f" {ranking.ONCE}: each seed's test ACC as a ranking of the other seeds' mean, what "
+                         f"fine-tuning every candidate once reaches." if len(seeds) > 1 else ""))
     return table
 
 
