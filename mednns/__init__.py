@@ -8,8 +8,8 @@ The public API, timm-style::
 
 Plugins import :data:`hookimpl` and the contracts they implement (``mednns.Supernet``,
 ``mednns.MedicalDataset``, ``mednns.Stage``, ...) from here; the tools built on them come from the
-public packages (``mednns.data``, ``mednns.supernets``, ``mednns.training``, ``mednns.zoo``,
-``mednns.metaspace``, ``mednns.transfer``, ``mednns.evaluation``) and top-level modules, never from a
+public packages (``mednns.data``, ``mednns.supernets``, ``mednns.training``, ``mednns.finetune``,
+``mednns.zoo``, ``mednns.metaspace``, ``mednns.transfer``, ``mednns.evaluation``) and top-level modules, never from a
 package's submodules (``tests/test_public_api.py`` keeps the built-in plugins to that).
 """
 
@@ -29,7 +29,7 @@ from mednns.errors import (
 )
 from mednns.hookspecs import hookimpl
 from mednns.registry import KIND_HOOKS, lazy
-from mednns.typecheck import ComponentSpec
+from mednns.typecheck import ComponentSpec, takes_settings
 
 __version__ = "0.1.0"
 
@@ -118,5 +118,6 @@ __all__ = [
     "lazy",
     "list_components",
     "load_model",
+    "takes_settings",
 ]
 __all__ += _CONTRACTS

@@ -8,6 +8,10 @@ types. Supported annotations: ``bool``, ``int``, ``float`` (ints accepted),
 ``Any``, :class:`ComponentSpec` for nested components and dataclasses (a mapping of their
 fields, checked field by field: a stage may take ``training: TrainConfig``). Anything else is
 accepted as is: the factory itself stays the last line of defence.
+
+:func:`takes_settings` lets a factory take the fields of a settings dataclass as flat keyword
+arguments without restating them: its signature (the schema) gains the fields, with their types and
+defaults, from the dataclass.
 """
 
 from __future__ import annotations
@@ -21,7 +25,19 @@ import pathlib
 import types
 import typing
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Callable, Generic, Literal, TypeVar, Union, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Callable,
+    Generic,
+    Iterable,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+)
 
 from mednns.errors import ConfigIssue
 
@@ -254,3 +270,60 @@ def with_defaults(factory: Callable[..., Any], args: dict[str, Any]) -> dict[str
             default = param.default
             full[name] = list(default) if isinstance(default, tuple) else default
     return full
+
+
+_Factory = TypeVar("_Factory", bound=Callable[..., Any])
+
+
+def takes_settings(settings: type, *, exclude: Iterable[str] = ()) -> Callable[[_Factory], _Factory]:
+    """Decorator of a factory (a stage's ``__init__``) that takes the fields of the dataclass
+    ``settings`` through its ``**kwargs``: its signature, the schema that config validation checks,
+    gains every init field of ``settings`` but ``exclude`` as a keyword-only parameter with the
+    field's type and default, so that a config keeps those settings flat beside the factory's own
+    arguments and the dataclass stays their one definition. A call with any other keyword raises
+    ``TypeError`` as a plain signature would::
+
+        class TrainSupernet(Stage):
+            @takes_settings(TrainConfig)
+            def __init__(self, space=None, datasets=None, **training):
+                self.config = TrainConfig(**training)
+    """
+    left_out = set(exclude)
+    fields = [f for f in dataclasses.fields(settings) if f.init and f.name not in left_out]
+    hints = typing.get_type_hints(settings, include_extras=True)
+
+    def default(field: dataclasses.Field[Any]) -> Any:
+        if field.default is not dataclasses.MISSING:
+            return field.default
+        if field.default_factory is not dataclasses.MISSING:
+            return field.default_factory()
+        return inspect.Parameter.empty
+
+    def decorate(factory: _Factory) -> _Factory:
+        import functools
+
+        own = inspect.signature(factory)
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in own.parameters.values()):
+            raise TypeError(f"{factory.__qualname__} needs **kwargs to take the {settings.__name__} settings")
+        clash = sorted({f.name for f in fields} & set(own.parameters))
+        if clash:
+            raise TypeError(f"{factory.__qualname__}: {', '.join(clash)} are both its own parameters and "
+                            f"{settings.__name__} fields (exclude them)")
+        parameters = [p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        parameters += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default(f),
+                                         annotation=hints.get(f.name, Any)) for f in fields]
+        signature = own.replace(parameters=parameters)
+
+        @functools.wraps(factory)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:  # an unexpected or missing argument, named as Python names it
+                raise TypeError(f"{factory.__qualname__}() {exc}") from None
+            return factory(*args, **kwargs)
+
+        checked.__signature__ = signature  # type: ignore[attr-defined]
+        checked.__annotations__ = {**factory.__annotations__, **{f.name: hints.get(f.name, Any) for f in fields}}
+        return checked  # type: ignore[return-value]
+
+    return decorate

@@ -9,6 +9,7 @@ the same epochs, data, augmentation, optimizer and seeds (:mod:`mednns.evaluatio
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -17,6 +18,7 @@ import click
 import mednns
 from mednns import layout
 from mednns.errors import UsageError
+from mednns.finetune import FinetuneConfig
 from mednns.stages import Stage
 
 STAGE = layout.EVALUATE_STAGE
@@ -25,6 +27,9 @@ MethodName = Literal["mednns", "mednns_topk", "random_init", "timm_scratch", "im
 #: Every method but ``mednns_search``, which is opt-in: like own-supernet search it trains a supernet
 #: per seed and condition.
 DEFAULT_METHODS: list[str] = [m for m in MethodName.__args__ if m != "mednns_search"]  # type: ignore[attr-defined]
+#: FinetuneConfig fields the stage does not take: kept at their defaults for every method (the
+#: training-set sizes come from ``train_images``, the seeds from ``seeds``).
+NOT_FINETUNE_ARGS = ("momentum", "max_train_images", "eval_batch_size", "channels_last", "seed")
 
 
 class Evaluate(Stage):
@@ -34,11 +39,11 @@ class Evaluate(Stage):
     :param methods: what to compare (default: all; ``mednns`` is always run, as every gain is
         measured against it).
     :param seeds: fine-tuning seeds per method (data order, crops, new heads, random inits).
-    :param epochs: :param lr: :param batch_size: :param weight_decay: :param warmup_epochs:
-    :param label_smoothing: :param crop_padding: :param hflip: the one fine-tuning configuration of
-        every method (:class:`mednns.finetune.FinetuneConfig`).
-    :param recalibrate_bn: :param head_epochs: :param body_lr_scale: the transfer recipe, applied
-        alike to every method that starts from pretrained weights (inherited or ImageNet).
+    :param finetune: the one fine-tuning configuration of every method, flat beside the others:
+        the :class:`mednns.finetune.FinetuneConfig` settings ``epochs``, ``lr``, ``batch_size``,
+        ``weight_decay``, ``warmup_epochs``, ``label_smoothing``, ``crop_padding``, ``hflip`` and the
+        transfer recipe (``recalibrate_bn``, ``head_epochs``, ``body_lr_scale``), applied alike to every
+        method that starts from pretrained weights (inherited or ImageNet).
     :param train_images: training-set sizes per target (a seeded subset, the same for every method;
         default: all images). Each size is a condition of the ``equal_epochs`` budget; the first is
         the primary one (and the size of ``equal_compute``).
@@ -87,11 +92,9 @@ class Evaluate(Stage):
         so a retrained supernet (an upstream change) or another dataset version must start afresh."""
         return all(key.startswith("stage.") for key in changed)
 
+    @mednns.takes_settings(FinetuneConfig, exclude=NOT_FINETUNE_ARGS)
     def __init__(self, datasets: list[str] | None = None, methods: list[MethodName] | None = None,
-                 seeds: list[int] | None = None, epochs: int = 10, lr: float = 0.05, batch_size: int = 128,
-                 weight_decay: float = 5e-4, warmup_epochs: float = 1.0, label_smoothing: float = 0.0,
-                 crop_padding: int = 2, hflip: bool = False, recalibrate_bn: bool = False, head_epochs: int = 0,
-                 body_lr_scale: float = 1.0, train_images: list[int] | None = None,
+                 seeds: list[int] | None = None, train_images: list[int] | None = None,
                  budgets: list[Literal["equal_epochs", "equal_compute"]] | None = None,
                  equal_compute_seeds: list[int] | None = None, max_epochs: int = 200,
                  variants: dict[str, dict[str, Any]] | None = None, ranking: dict[str, Any] | None = None,
@@ -100,9 +103,9 @@ class Evaluate(Stage):
                  rerank: dict[str, Any] | None = None, source_gate: bool = False,
                  meta_space: dict[str, Any] | None = None,
                  tans_losses: list[mednns.ComponentSpec[Literal["losses"]]] | None = None, timm_model: str = "resnet18",
-                 search_budget: int = 100, zoo: str | None = None, report: bool = True, progress: bool = True):
+                 search_budget: int = 100, zoo: str | None = None, report: bool = True, progress: bool = True,
+                 **finetune: Any):
         from mednns.evaluation import DEFAULT_TANS_LOSSES, EvaluationSettings
-        from mednns.finetune import FinetuneConfig
 
         chosen = list(dict.fromkeys(["mednns", *(methods or DEFAULT_METHODS)]))
         seeds = list(seeds if seeds is not None else [0, 1, 2])
@@ -115,11 +118,8 @@ class Evaluate(Stage):
         if fixed:
             raise UsageError(f"meta_space must not set {', '.join(fixed)}: each fold holds its target out of the "
                              f"evaluation's zoo")
-        finetune: dict[str, Any] = dict(
-            epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-            label_smoothing=label_smoothing, crop_padding=crop_padding, hflip=hflip, recalibrate_bn=recalibrate_bn,
-            head_epochs=head_epochs, body_lr_scale=body_lr_scale)
-        FinetuneConfig(**finetune)  # validate before any work
+        config = FinetuneConfig(**finetune)  # validate before any work
+        finetune = {f.name: getattr(config, f.name) for f in fields(FinetuneConfig) if f.name not in NOT_FINETUNE_ARGS}
         sizes: list[int | None] = list(train_images) if train_images else [None]
         for variant in (variants or {}).values():
             FinetuneConfig(**{**finetune, **((variant or {}).get("finetune") or {})})

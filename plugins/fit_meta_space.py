@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import mednns
 from mednns.layout import META_SPACE_STAGE
+from mednns.metaspace import FitConfig, MetaSpaceSettings
 from mednns.stages import Stage
 
 STAGE = META_SPACE_STAGE
@@ -36,36 +37,31 @@ class FitMetaSpace(Stage):
     :param model_encoder: zoo-row encoder (``mednns list model-encoders``).
     :param losses: loss terms (``mednns list losses``). :param loss_weights: weight per loss name (default 1).
     :param images: training images encoded per dataset.
-    :param embed_dim: :param hidden: :param steps: :param lr: :param weight_decay:
-    :param models_per_dataset: :param images_per_set: :param val_fraction: :param eval_every:
-    :param patience: :param select_by: see :class:`mednns.metaspace.fit.FitConfig`.
     :param transfers: cross-dataset supervision: ``true`` or ``{models, images, epochs, finetune,
         seed}`` fine-tunes, per training dataset, a sample of zoo models of the *other* datasets on it
         and learns those pairs too (:mod:`mednns.metaspace.transfers`; off by default).
     :param progress: show progress bars.
+    :param fit: the :class:`mednns.metaspace.FitConfig` settings but its seed (the run's), flat
+        beside the others: ``embed_dim``, ``hidden``, ``steps``, ``lr``, ``weight_decay``,
+        ``models_per_dataset``, ``images_per_set``, ``val_fraction``, ``eval_every``, ``patience``,
+        ``select_by``.
     """
 
     name = STAGE
     reads = ("build_zoo",)  # the zoo (which names the supernets)
 
+    @mednns.takes_settings(FitConfig, exclude=("seed",))
     def __init__(self, zoo: str | None = None, held_out: list[str] | None = None,
                  target: Literal["val_acc", "val_auc", "val_lift"] = "val_acc",
                  dataset_encoder: mednns.ComponentSpec[Literal["dataset-encoders"]] | None = None,
                  model_encoder: mednns.ComponentSpec[Literal["model-encoders"]] | None = None,
                  losses: list[mednns.ComponentSpec[Literal["losses"]]] | None = None,
-                 loss_weights: dict[str, float] | None = None, images: int = 1000, embed_dim: int = 64,
-                 hidden: int = 128, steps: int = 3000, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 models_per_dataset: int = 64, images_per_set: int = 256, val_fraction: float = 0.2,
-                 eval_every: int = 100, patience: int = 8, select_by: Literal["predicted", "score"] = "predicted",
-                 transfers: dict[str, Any] | bool | None = None, progress: bool = True):
-        from mednns.metaspace import MetaSpaceSettings
-
+                 loss_weights: dict[str, float] | None = None, images: int = 1000,
+                 transfers: dict[str, Any] | bool | None = None, progress: bool = True, **fit: Any):
         self.settings = MetaSpaceSettings.from_args(
             zoo=zoo, held_out=held_out, target=target, dataset_encoder=dataset_encoder, model_encoder=model_encoder,
-            losses=losses, loss_weights=loss_weights, images=images, progress=progress, embed_dim=embed_dim,
-            hidden=hidden, steps=steps, lr=lr, weight_decay=weight_decay, models_per_dataset=models_per_dataset,
-            images_per_set=images_per_set, val_fraction=val_fraction, eval_every=eval_every, patience=patience,
-            select_by=select_by, transfers=transfers)  # validated before any work
+            losses=losses, loss_weights=loss_weights, images=images, transfers=transfers, progress=progress,
+            **fit)  # validated before any work
 
     def outputs(self, run) -> list[Path]:
         directory = run.stage_dir(self.name)

@@ -20,6 +20,7 @@ from rich.table import Table
 
 import mednns
 from mednns.errors import UsageError
+from mednns.finetune import FinetuneConfig
 from mednns.layout import QUERY_STAGE, meta_space_dir, stage_dir
 from mednns.stages import Stage
 
@@ -134,11 +135,11 @@ class Finetune(Stage):
     """Fine-tune each model the ``query`` stage exported, on its dataset.
 
     :param datasets: which (default: every dataset with an export under ``stages/query``).
-    :param epochs: :param lr: :param batch_size: :param weight_decay: :param warmup_epochs:
-    :param label_smoothing: :param crop_padding: :param hflip: :param max_train_images:
-    :param recalibrate_bn: :param head_epochs: :param body_lr_scale: see
-        :class:`mednns.finetune.FinetuneConfig` (the last three: the transfer recipe).
     :param progress: show a progress bar.
+    :param finetune: the :class:`mednns.finetune.FinetuneConfig` settings, flat beside these two
+        (``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``warmup_epochs``, ``label_smoothing``,
+        ``crop_padding``, ``hflip``, ``max_train_images`` and the transfer recipe: ``recalibrate_bn``,
+        ``head_epochs``, ``body_lr_scale``).
     """
 
     name = FINETUNE_STAGE
@@ -146,20 +147,11 @@ class Finetune(Stage):
     distributed = True  # under torchrun: the datasets' fine-tuning runs are shared out across the ranks
     fingerprint_omits = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0}  # the recipe, added later
 
-    def __init__(self, datasets: list[str] | None = None, epochs: int = 10, lr: float = 0.05, batch_size: int = 128,
-                 weight_decay: float = 5e-4, warmup_epochs: float = 1.0, label_smoothing: float = 0.0,
-                 crop_padding: int = 2, hflip: bool = False, max_train_images: int | None = None,
-                 recalibrate_bn: bool = False, head_epochs: int = 0, body_lr_scale: float = 1.0,
-                 progress: bool = True):
-        from mednns.finetune import FinetuneConfig
-
+    @mednns.takes_settings(FinetuneConfig, exclude=("momentum", "eval_batch_size", "channels_last", "seed"))
+    def __init__(self, datasets: list[str] | None = None, progress: bool = True, **finetune: Any):
         self.datasets = datasets
-        self.config_args: dict[str, Any] = dict(
-            epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-            label_smoothing=label_smoothing, crop_padding=crop_padding, hflip=hflip,
-            max_train_images=max_train_images, recalibrate_bn=recalibrate_bn, head_epochs=head_epochs,
-            body_lr_scale=body_lr_scale)
-        FinetuneConfig(**self.config_args)
+        self.config_args: dict[str, Any] = finetune
+        FinetuneConfig(**self.config_args)  # validate before any work
         self.progress = progress
 
     def exports(self, run) -> dict[str, Path]:
@@ -179,7 +171,7 @@ class Finetune(Stage):
     def run(self, run) -> dict[str, Any]:
         from mednns.distributed import barrier
         from mednns.files import read_json
-        from mednns.finetune import FinetuneConfig, finetune
+        from mednns.finetune import finetune
         from mednns.seeding import derive_seed
 
         exports = self.exports(run)
@@ -315,7 +307,7 @@ def register_commands(cli):
 
         refuse_torchrun("mednns finetune", "run it as one process; the finetune stage of a run shares its datasets' "
                                            "fine-tuning across torchrun ranks")
-        from mednns.finetune import FinetuneConfig, finetune
+        from mednns.finetune import finetune
         from mednns.manager import get_plugin_manager
 
         manager = get_plugin_manager()

@@ -33,8 +33,6 @@ STAGE = "train_supernet"
 #: The search space used when the stage's ``space`` is not given.
 DEFAULT_SPACE: dict[str, Any] = {"name": "ofa_resnet", "args": {"preset": "cpu"}}
 
-_D = TrainConfig()  # the defaults below come from TrainConfig: one source of truth
-
 
 class TrainSupernet(Stage):
     """Train one supernet per dataset of the run (or of ``datasets``).
@@ -42,37 +40,10 @@ class TrainSupernet(Stage):
     :param space: the search space ``{name, args}``; default ``{name: ofa_resnet, args: {preset: cpu}}``.
         ``num_classes`` comes from each dataset; ``in_channels`` too unless given (1 ↔ 3 channels are adapted).
     :param datasets: names of the run's datasets to train on (default: all).
-    :param full_epochs: epochs of the full-network phase (largest network only).
-    :param full_lr: its peak learning rate.
-    :param shrink_epochs: epochs of each progressive-shrinking phase (one per elastic dimension).
-    :param shrink_lr: their peak learning rate.
-    :param phases: per-phase overrides ``{full|<dimension>: {epochs: N, lr: X}}``; 0 epochs skips a phase.
-    :param batch_size: images per step (per process).
-    :param num_random: random subnets per step besides the largest and the smallest (sandwich rule).
-    :param kd_weight: weight of the distillation loss of the non-largest subnets.
-    :param label_weight: weight of their label loss (0: distillation only).
-    :param kd_temperature: distillation temperature.
-    :param label_smoothing: label smoothing of the single-label loss (and of multi-label BCE targets).
-    :param optimizer: ``sgd`` (Nesterov momentum), ``momentum`` (plain momentum) or ``adamw``.
-    :param momentum: SGD momentum.
-    :param weight_decay: weight decay (not on BN parameters and biases).
-    :param warmup_epochs: linear warm-up per phase (at most a quarter of the phase).
-    :param warmup_lr_ratio: warm-up starts at this fraction of the phase's learning rate.
-    :param min_lr: learning rate at the end of each cosine schedule.
-    :param grad_clip: clip the gradient norm (null: no clipping).
-    :param crop_padding: random-crop padding in pixels (0: no crop).
-    :param hflip: random horizontal flips (off: laterality matters in many medical images).
-    :param max_train_images: train on a seeded random subset of this many images.
-    :param min_steps_per_epoch: an epoch is at least this many optimizer steps (small datasets
-        get more than one pass per epoch instead of a handful of steps).
-    :param calibration_images: training images that recalibrate BN before each evaluation.
-    :param calibration_batch_size: their batch size (the set is a whole number of batches).
-    :param eval_batch_size: evaluation batch size.
-    :param final_samples: random subnets among which the median-sized one is tested at the end.
-    :param checkpoint_every_steps: also checkpoint every N steps (null: every epoch only).
-    :param amp: bfloat16 autocast on CUDA (ignored on the CPU).
-    :param channels_last: channels-last memory format.
-    :param progress: show a progress bar.
+    :param training: every :class:`mednns.training.TrainConfig` setting, flat beside these two
+        (``full_epochs``, ``shrink_epochs``, ``phases``, ``batch_size``, ``max_train_images``,
+        ``min_steps_per_epoch``, ``optimizer``, ``amp``, ...; ``mednns list stages`` and
+        ``mednns validate`` know them from the dataclass, its docstring says what each does).
     """
 
     reads = ()  # the datasets only: an unrelated stage before it does not retrain anything
@@ -80,41 +51,9 @@ class TrainSupernet(Stage):
     fingerprint_omits = {"min_steps_per_epoch": 0}
     distributed = True  # under torchrun: data-parallel, every rank samples the same subnets, rank 0 writes
 
-    def __init__(
-        self,
-        space: mednns.ComponentSpec[Literal["search-spaces"]] | None = None,
-        datasets: list[str] | None = None,
-        full_epochs: int = _D.full_epochs,
-        full_lr: float = _D.full_lr,
-        shrink_epochs: int = _D.shrink_epochs,
-        shrink_lr: float = _D.shrink_lr,
-        phases: dict[str, dict[str, float]] | None = None,
-        batch_size: int = _D.batch_size,
-        num_random: int = _D.num_random,
-        kd_weight: float = _D.kd_weight,
-        label_weight: float = _D.label_weight,
-        kd_temperature: float = _D.kd_temperature,
-        label_smoothing: float = _D.label_smoothing,
-        optimizer: Literal["sgd", "momentum", "adamw"] = _D.optimizer,
-        momentum: float = _D.momentum,
-        weight_decay: float = _D.weight_decay,
-        warmup_epochs: float = _D.warmup_epochs,
-        warmup_lr_ratio: float = _D.warmup_lr_ratio,
-        min_lr: float = _D.min_lr,
-        grad_clip: float | None = _D.grad_clip,
-        crop_padding: int = _D.crop_padding,
-        hflip: bool = _D.hflip,
-        max_train_images: int | None = _D.max_train_images,
-        min_steps_per_epoch: int = _D.min_steps_per_epoch,
-        calibration_images: int = _D.calibration_images,
-        calibration_batch_size: int = _D.calibration_batch_size,
-        eval_batch_size: int = _D.eval_batch_size,
-        final_samples: int = _D.final_samples,
-        checkpoint_every_steps: int | None = _D.checkpoint_every_steps,
-        amp: bool = _D.amp,
-        channels_last: bool = _D.channels_last,
-        progress: bool = _D.progress,
-    ):
+    @mednns.takes_settings(TrainConfig)
+    def __init__(self, space: mednns.ComponentSpec[Literal["search-spaces"]] | None = None,
+                 datasets: list[str] | None = None, **training: Any):
         self.space_spec = copy.deepcopy(space) if space is not None else copy.deepcopy(DEFAULT_SPACE)
         self.space_spec.setdefault("args", {})
         if self.space_spec["args"] is None:
@@ -124,17 +63,7 @@ class TrainSupernet(Stage):
                              hint="remove num_classes from the search space's args")
         self._probe_space()
         self.only = datasets
-        self.config = TrainConfig(
-            full_epochs=full_epochs, full_lr=full_lr, shrink_epochs=shrink_epochs, shrink_lr=shrink_lr,
-            phases=phases or {}, batch_size=batch_size, num_random=num_random, kd_weight=kd_weight,
-            label_weight=label_weight, kd_temperature=kd_temperature, label_smoothing=label_smoothing,
-            optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
-            warmup_lr_ratio=warmup_lr_ratio, min_lr=min_lr, grad_clip=grad_clip, crop_padding=crop_padding,
-            hflip=hflip, max_train_images=max_train_images, min_steps_per_epoch=min_steps_per_epoch,
-            calibration_images=calibration_images,
-            calibration_batch_size=calibration_batch_size, eval_batch_size=eval_batch_size,
-            final_samples=final_samples, checkpoint_every_steps=checkpoint_every_steps, amp=amp,
-            channels_last=channels_last, progress=progress)
+        self.config = TrainConfig(**training)
 
     def _probe_space(self) -> None:
         """Build the space once with stand-in channels and classes, so that arguments it refuses (or

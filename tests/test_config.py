@@ -307,3 +307,76 @@ def test_a_dataclass_parameter_takes_a_mapping_checked_field_by_field_with_key_p
     assert by_path["stages[0].args.schedule.epochs"].message == "missing required setting"
     assert manager.check("stages", "scheduled", {"schedule": [3]}, "s")[0].message.startswith(
         "expected a mapping of Schedule settings")
+
+
+@dataclass
+class Recipe:
+    epochs: int = 4
+    lr: float = 0.1
+    tags: list[str] = field(default_factory=list)
+    mode: Literal["fast", "slow"] = "fast"
+    seed: int = 0
+
+
+class FlatStage(Stage):
+    @mednns.takes_settings(Recipe, exclude=("seed",))
+    def __init__(self, name: str = "x", **recipe):
+        self.name_, self.recipe = name, Recipe(**recipe)
+
+    def run(self, run):
+        return {}
+
+
+class FlatPlugin:
+    @mednns.hookimpl
+    def register_stages(self, register):
+        register("flat", FlatStage, description="a stage taking a dataclass's fields flat")
+
+
+def test_takes_settings_makes_a_dataclass_s_fields_flat_typed_arguments_of_the_factory():
+    import inspect
+
+    parameters = inspect.signature(FlatStage).parameters
+    assert list(parameters) == ["name", "epochs", "lr", "tags", "mode"]  # the dataclass's order, seed left out
+    assert parameters["epochs"].default == 4 and parameters["tags"].default == []  # default_factory called
+    assert parameters["mode"].annotation == Literal["fast", "slow"]
+    stage = FlatStage(epochs=2, mode="slow")
+    assert stage.recipe == Recipe(epochs=2, mode="slow") and stage.name_ == "x"
+    with pytest.raises(TypeError, match=r"FlatStage.__init__\(\) got an unexpected keyword argument 'seed'"):
+        FlatStage(seed=1)  # excluded: not an argument, though Recipe has it
+    manager = PluginManager(environ={})
+    manager.register(FlatPlugin(), "flat-plugin")
+    assert manager.check("stages", "flat", {"epochs": 3, "lr": 1, "tags": ["a"]}, "stages[0].args") == []
+    issues = {i.path: i for i in manager.check("stages", "flat", {"epoch": 3, "lr": "x", "mode": "medium"},
+                                               "stages[0].args")}
+    assert set(issues) == {"stages[0].args.epoch", "stages[0].args.lr", "stages[0].args.mode"}
+    assert "did you mean 'epochs'?" in issues["stages[0].args.epoch"].hint
+    with pytest.raises(TypeError, match="needs \\*\\*kwargs"):
+        mednns.takes_settings(Recipe)(lambda self, name="x": None)
+    with pytest.raises(TypeError, match="lr are both"):
+        mednns.takes_settings(Recipe)(lambda self, lr=1.0, **rest: None)
+
+
+def test_the_built_in_stages_take_their_settings_dataclasses_fields_with_the_same_defaults():
+    import dataclasses
+    import inspect
+
+    from mednns.finetune import FinetuneConfig
+    from mednns.metaspace import FitConfig
+    from mednns.training import TrainConfig
+
+    manager = PluginManager(environ={})
+    for stage, settings, left_out in (("train_supernet", TrainConfig, set()), ("fit_meta_space", FitConfig, {"seed"}),
+                                      ("evaluate", FinetuneConfig, {"momentum", "max_train_images", "eval_batch_size",
+                                                                    "channels_last", "seed"}),
+                                      ("finetune", FinetuneConfig, {"momentum", "eval_batch_size", "channels_last",
+                                                                    "seed"})):
+        parameters = inspect.signature(manager.registry("stages").get(stage).factory).parameters
+        for f in dataclasses.fields(settings):
+            if f.name in left_out:
+                assert f.name not in parameters, (stage, f.name)
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            assert parameters[f.name].default == default, (stage, f.name)
+    issues = manager.check("stages", "train_supernet", {"full_epochs": "many", "optimiser": "sgd"}, "stages[1].args")
+    assert {i.path for i in issues} == {"stages[1].args.full_epochs", "stages[1].args.optimiser"}

@@ -17,8 +17,8 @@ import pytest
 import mednns
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mednns.data", "mednns.supernets", "mednns.training", "mednns.zoo", "mednns.metaspace",
-            "mednns.transfer", "mednns.evaluation")
+PACKAGES = ("mednns.data", "mednns.supernets", "mednns.training", "mednns.finetune", "mednns.zoo",
+            "mednns.metaspace", "mednns.transfer", "mednns.evaluation")
 CONTRACTS = ("Supernet", "Arch", "InvalidArchitecture", "MedicalDataset", "DatasetInfo", "SplitArrays", "Task",
              "DatasetEncoder", "ModelEncoder", "LossTerm", "TransferScore", "Stage", "Run", "PluginManager",
              "ComponentSource", "ComponentSpec", "hookimpl")

@@ -1,8 +1,9 @@
 """The training configuration of a supernet and its progressive-shrinking plan.
 
 :class:`TrainConfig` holds every hyper-parameter of :class:`~mednns.training.trainer.SupernetTrainer`;
-the ``train_supernet`` stage exposes the same names as typed arguments. :func:`plan_phases` turns it
-and a space's elastic dimensions into the ordered list of :class:`Phase` objects the trainer runs.
+the ``train_supernet`` stage takes the same names as typed arguments (:func:`mednns.takes_settings`).
+:func:`plan_phases` turns it and a space's elastic dimensions into the ordered list of
+:class:`Phase` objects the trainer runs.
 """
 
 from __future__ import annotations
@@ -37,7 +38,40 @@ class TrainConfig:
     Phases: ``full_epochs``/``full_lr`` for the largest network alone, then one phase per
     elastic dimension with ``shrink_epochs``/``shrink_lr``; ``phases`` overrides either per
     phase name (``full`` or a dimension): ``{"depth": {"epochs": 2, "lr": 0.01}}``. A phase
-    with 0 epochs is skipped; its dimension is still released for the phases after it.
+    with 0 epochs is skipped; its dimension is still released for the phases after it. The
+    ``train_supernet`` stage takes every field as an argument of the same name.
+
+    :param full_epochs: epochs of the full-network phase (largest network only).
+    :param full_lr: its peak learning rate.
+    :param shrink_epochs: epochs of each progressive-shrinking phase (one per elastic dimension).
+    :param shrink_lr: their peak learning rate.
+    :param phases: per-phase overrides ``{full|<dimension>: {epochs: N, lr: X}}``; 0 epochs skips a phase.
+    :param batch_size: images per step (per process).
+    :param num_random: random subnets per step besides the largest and the smallest (sandwich rule).
+    :param kd_weight: weight of the distillation loss of the non-largest subnets.
+    :param label_weight: weight of their label loss (0: distillation only).
+    :param kd_temperature: distillation temperature.
+    :param label_smoothing: label smoothing of the single-label loss (and of multi-label BCE targets).
+    :param optimizer: ``sgd`` (Nesterov momentum), ``momentum`` (plain momentum) or ``adamw``.
+    :param momentum: SGD momentum.
+    :param weight_decay: weight decay (not on BN parameters and biases).
+    :param warmup_epochs: linear warm-up per phase (at most a quarter of the phase).
+    :param warmup_lr_ratio: warm-up starts at this fraction of the phase's learning rate.
+    :param min_lr: learning rate at the end of each cosine schedule.
+    :param grad_clip: clip the gradient norm (null: no clipping).
+    :param crop_padding: random-crop padding in pixels (0: no crop).
+    :param hflip: random horizontal flips (off: laterality matters in many medical images).
+    :param max_train_images: train on a seeded random subset of this many images.
+    :param min_steps_per_epoch: an epoch is at least this many optimizer steps (small datasets
+        get more than one pass per epoch instead of a handful of steps).
+    :param calibration_images: training images that recalibrate BN before each evaluation.
+    :param calibration_batch_size: their batch size (the set is a whole number of batches).
+    :param eval_batch_size: evaluation batch size.
+    :param final_samples: random subnets among which the median-sized one is tested at the end.
+    :param checkpoint_every_steps: also checkpoint every N steps (null: every epoch only).
+    :param amp: bfloat16 autocast on CUDA (ignored on the CPU).
+    :param channels_last: channels-last memory format.
+    :param progress: show a progress bar.
     """
 
     full_epochs: int = 16

@@ -1,19 +1,12 @@
-"""Fine-tuning an exported model (or any export folder) on a target dataset.
-
-K epochs of SGD with momentum, weight decay and a cosine schedule with warm-up (timm's scheduler,
-as supernet training), random-crop (and optional flip) augmentation, the target's training
-statistics for normalization. After every epoch: validation and test metrics into ``metrics.csv``;
-the best epoch by validation ACC is saved as an export folder (``best/``) that
-:func:`mednns.load_model` reads, with ``final.json`` summarizing the run. The test split never
-chooses anything: it is only reported.
-"""
+"""The fine-tuning loop (:func:`train_model`), its data (:class:`FinetuneData`) and
+:func:`finetune`, which fine-tunes an export folder and saves its best epoch (see :mod:`mednns.finetune`)."""
 
 from __future__ import annotations
 
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
@@ -25,6 +18,7 @@ from mednns.data import MedicalDataset, dataset_tensors
 from mednns.errors import UsageError
 from mednns.export import ARCH, METADATA, WEIGHTS, head_module, load_model
 from mednns.files import read_json, write_json
+from mednns.finetune.config import FinetuneConfig
 from mednns.seeding import derive_seed, torch_generator
 from mednns.training.augment import random_crop, random_hflip
 from mednns.training.checkpoint import save_weights
@@ -39,77 +33,6 @@ BEST, METRICS, FINAL = "best", "metrics.csv", "final.json"
 #: Columns of a fine-tuning ``metrics.csv``.
 COLUMNS = ("epoch", "lr", "train_loss", "val_acc", "val_auc", "val_bal_acc", "val_loss", "test_acc", "test_auc",
            "test_bal_acc", "test_loss", "seconds", "target_seconds", "image_macs")
-
-
-#: The transfer recipe's fields with the values that switch it off (the loop as it was before it).
-RECIPE_OFF = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0}
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    """Fine-tuning hyper-parameters (the same for a retrieved model and for every baseline).
-
-    The **transfer recipe** acts only on a model that starts from pretrained weights (inherited
-    from a supernet or ImageNet; ``train_model(..., pretrained=True)``), so that the features it
-    hands over are not thrown away by a random head trained at full rate (Kumar et al., ICLR 2022):
-
-    :param recalibrate_bn: before the first step, re-estimate every BN layer's statistics on the
-        target's training images (the inherited ones describe another dataset).
-    :param head_epochs: the first epochs train the new head only (the body frozen, in eval mode,
-        with those statistics): a linear probe, then full fine-tuning (LP-FT). They count in
-        ``epochs`` (same budget) and cost one forward pass per image.
-    :param body_lr_scale: the body's learning rate relative to ``lr`` (the head keeps ``lr``).
-    """
-
-    epochs: int = 10
-    lr: float = 0.05
-    batch_size: int = 128
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.0
-    crop_padding: int = 2
-    hflip: bool = False
-    max_train_images: int | None = None
-    eval_batch_size: int = 256
-    channels_last: bool = True
-    recalibrate_bn: bool = False
-    head_epochs: int = 0
-    body_lr_scale: float = 1.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
-            raise UsageError("epochs must be >= 1, batch_size >= 2 and lr > 0")
-        if not 0 <= self.head_epochs < self.epochs:
-            raise UsageError(f"head_epochs must be in [0, epochs) = [0, {self.epochs}), got {self.head_epochs}",
-                             hint="the head-only epochs count in the budget; at least one epoch trains the body")
-        if not 0 < self.body_lr_scale <= 1:
-            raise UsageError(f"body_lr_scale must be in (0, 1], got {self.body_lr_scale}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def recipe(self, pretrained: bool) -> dict[str, Any]:
-        """The transfer recipe that applies to a start with (``pretrained``) or without weights."""
-        return {k: getattr(self, k) for k in RECIPE_OFF} if pretrained else dict(RECIPE_OFF)
-
-    def identity(self, pretrained: bool) -> dict[str, Any]:
-        """What decides a run's result besides its start and seed: every field but ``seed``, the
-        recipe's only where it applies and is on (so a run keyed before the recipe existed, or a
-        from-scratch run, keeps its key whatever the recipe)."""
-        recipe = self.recipe(pretrained)
-        return {k: v for k, v in self.to_dict().items()
-                if k != "seed" and not (k in RECIPE_OFF and recipe[k] == RECIPE_OFF[k])}
-
-    def image_passes(self, pretrained: bool, epochs: int | None = None) -> int:
-        """Forward-pass equivalents per trained image over the run (3 per trained epoch: forward
-        and backward; 1 per head-only epoch and for BN recalibration), for ``epochs`` (default
-        ``self.epochs``)."""
-        recipe = self.recipe(pretrained)
-        epochs = self.epochs if epochs is None else epochs
-        head = min(recipe["head_epochs"], epochs)
-        return 3 * (epochs - head) + head + int(recipe["recalibrate_bn"])
 
 
 @dataclass
@@ -144,13 +67,15 @@ class FinetuneData:
 
 
 def finetune(model_dir: str | Path, dataset: MedicalDataset, out_dir: str | Path,
-             config: FinetuneConfig = FinetuneConfig(),
+             config: FinetuneConfig | None = None,
              *, device: str = "cpu", manager: ComponentSource | None = None, console: Console | None = None,
              progress: bool = True) -> dict[str, Any]:
     """Fine-tune the export in ``model_dir`` on ``dataset``; files go to ``out_dir``.
 
+    :param config: the hyper-parameters (default: :class:`FinetuneConfig`'s).
     :returns: ``final.json``'s content: best epoch, its val and test metrics, per-epoch history.
     """
+    config = config if config is not None else FinetuneConfig()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     model = load_model(model_dir, manager=manager, device=device)  # checks the folder
     export = read_json(model_dir / METADATA)

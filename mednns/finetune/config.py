@@ -1,0 +1,87 @@
+"""Fine-tuning hyper-parameters and the transfer recipe (no torch here: stages read it to validate)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mednns.errors import UsageError
+
+#: The transfer recipe's fields with the values that switch it off (the loop as it was before it).
+RECIPE_OFF = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0}
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning hyper-parameters (the same for a retrieved model and for every baseline).
+
+    :param epochs: training epochs (the head-only ones included). :param lr: peak learning rate
+        (SGD, Nesterov ``momentum``). :param batch_size: images per step. :param weight_decay: not on
+        BN parameters and biases. :param warmup_epochs: linear warm-up before the cosine schedule.
+    :param label_smoothing: of the single-label loss. :param crop_padding: random-crop padding in
+        pixels (0: none). :param hflip: random horizontal flips.
+    :param max_train_images: fine-tune on a seeded random subset of this many training images.
+    :param eval_batch_size: :param channels_last: evaluation batch, memory format.
+    :param seed: of the head, the subset, the batch order and the augmentation.
+
+    The **transfer recipe** acts only on a model that starts from pretrained weights (inherited
+    from a supernet or ImageNet; ``train_model(..., pretrained=True)``), so that the features it
+    hands over are not thrown away by a random head trained at full rate (Kumar et al., ICLR 2022):
+
+    :param recalibrate_bn: before the first step, re-estimate every BN layer's statistics on the
+        target's training images (the inherited ones describe another dataset).
+    :param head_epochs: the first epochs train the new head only (the body frozen, in eval mode,
+        with those statistics): a linear probe, then full fine-tuning (LP-FT). They count in
+        ``epochs`` (same budget) and cost one forward pass per image.
+    :param body_lr_scale: the body's learning rate relative to ``lr`` (the head keeps ``lr``).
+    """
+
+    epochs: int = 10
+    lr: float = 0.05
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    crop_padding: int = 2
+    hflip: bool = False
+    max_train_images: int | None = None
+    eval_batch_size: int = 256
+    channels_last: bool = True
+    recalibrate_bn: bool = False
+    head_epochs: int = 0
+    body_lr_scale: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2 or self.lr <= 0:
+            raise UsageError("epochs must be >= 1, batch_size >= 2 and lr > 0")
+        if not 0 <= self.head_epochs < self.epochs:
+            raise UsageError(f"head_epochs must be in [0, epochs) = [0, {self.epochs}), got {self.head_epochs}",
+                             hint="the head-only epochs count in the budget; at least one epoch trains the body")
+        if not 0 < self.body_lr_scale <= 1:
+            raise UsageError(f"body_lr_scale must be in (0, 1], got {self.body_lr_scale}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def recipe(self, pretrained: bool) -> dict[str, Any]:
+        """The transfer recipe that applies to a start with (``pretrained``) or without weights."""
+        return {k: getattr(self, k) for k in RECIPE_OFF} if pretrained else dict(RECIPE_OFF)
+
+    def identity(self, pretrained: bool) -> dict[str, Any]:
+        """What decides a run's result besides its start and seed: every field but ``seed``, the
+        recipe's only where it applies and is on (so a run keyed before the recipe existed, or a
+        from-scratch run, keeps its key whatever the recipe)."""
+        recipe = self.recipe(pretrained)
+        return {k: v for k, v in self.to_dict().items()
+                if k != "seed" and not (k in RECIPE_OFF and recipe[k] == RECIPE_OFF[k])}
+
+    def image_passes(self, pretrained: bool, epochs: int | None = None) -> int:
+        """Forward-pass equivalents per trained image over the run (3 per trained epoch: forward
+        and backward; 1 per head-only epoch and for BN recalibration), for ``epochs`` (default
+        ``self.epochs``)."""
+        recipe = self.recipe(pretrained)
+        epochs = self.epochs if epochs is None else epochs
+        head = min(recipe["head_epochs"], epochs)
+        return 3 * (epochs - head) + head + int(recipe["recalibrate_bn"])
