@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from mednns.distributed import Distributed
+    from mednns.manager import PluginManager
     from mednns.registry import ComponentSource
 
 log = logging.getLogger("mednns.zoo")
@@ -63,12 +64,12 @@ def part_paths(store: Path) -> list[Path]:
     return sorted(store.parent.glob(f"{store.stem}.part-*-of-*{store.suffix}"), key=lambda p: p.name)
 
 
-def in_code_plugins(manager: Any) -> list[str]:
+def in_code_plugins(manager: PluginManager) -> list[str]:
     """Names of the plugins registered in code (a worker process cannot see them)."""
     return sorted(r.name for r in manager.records.values() if r.distribution == IN_CODE)
 
 
-def choose_workers(workers: Workers, *, todo: int, device: str, manager: Any) -> tuple[int, str]:
+def choose_workers(workers: Workers, *, todo: int, device: str, manager: PluginManager) -> tuple[int, str]:
     """How many local worker processes to run, and why.
 
     ``auto``: one per :data:`SUBNETS_PER_WORKER` subnets still to evaluate, at most one per usable
