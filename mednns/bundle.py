@@ -32,14 +32,13 @@ from typing import Any
 import mednns
 from mednns.errors import UsageError
 from mednns.files import read_json, write_json
-from mednns.layout import META_SPACE_STAGE, stage_dir
+from mednns.layout import META_SPACE_FILES, META_SPACE_MANIFEST, META_SPACE_STAGE, ZOO_STORE, stage_dir
+from mednns.training import FINAL, SUPERNET_METADATA, SUPERNET_WEIGHTS
 
 FORMAT = "mednns-bundle/1"
 MANIFEST = "bundle.json"
-ZOO, META, SUPERNETS = "zoo.sqlite", "metaspace", "supernets"
-SUPERNET_FILES = ("supernet.safetensors", "supernet.json", "final.json")
-META_FILES = ("metaspace.safetensors", "metaspace.json", "model_embeddings.npy", "dataset_features.npz",
-              "report.json")
+ZOO, META, SUPERNETS = ZOO_STORE, "metaspace", "supernets"
+SUPERNET_FILES = (SUPERNET_WEIGHTS, SUPERNET_METADATA, FINAL)
 
 
 def _sha256(path: Path) -> str:
@@ -57,16 +56,15 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
     :param licences: per source dataset, its licence as known (``unknown`` otherwise).
     :returns: the manifest.
     """
-    from mednns.metaspace.train import METADATA_FILE
     from mednns.zoo.store import ZooStore
 
     meta_dir = stage_dir(run_dir, META_SPACE_STAGE)
-    if not (meta_dir / METADATA_FILE).is_file():
+    if not (meta_dir / META_SPACE_MANIFEST).is_file():
         raise UsageError(f"{run_dir} has no trained meta-space ({meta_dir})", hint="run its fit_meta_space stage first")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty", hint="give a new folder")
-    metadata = read_json(meta_dir / METADATA_FILE)
+    metadata = read_json(meta_dir / META_SPACE_MANIFEST)
     zoo = Path(meta_dir / metadata["zoo"])
     (out / META).mkdir(parents=True)
     with ZooStore(zoo, readonly=True) as store:
@@ -79,10 +77,10 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             copy.commit()
         finally:
             copy.close()
-    for name in META_FILES:
+    for name in META_SPACE_FILES:
         if (meta_dir / name).is_file():
             shutil.copyfile(meta_dir / name, out / META / name)
-    write_json(out / META / METADATA_FILE, {**metadata, "zoo": f"../{ZOO}"})
+    write_json(out / META / META_SPACE_MANIFEST, {**metadata, "zoo": f"../{ZOO}"})
     files = sorted(p for p in out.rglob("*") if p.is_file())
     manifest = {"format": FORMAT, "mednns_version": mednns.__version__,
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

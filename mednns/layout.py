@@ -15,6 +15,13 @@ SUPERNET_STAGE, ZOO_STAGE, META_SPACE_STAGE = "train_supernet", "build_zoo", "fi
 QUERY_STAGE, EVALUATE_STAGE = "query", "evaluate"
 #: The zoo store of an unsharded build.
 ZOO_STORE = "zoo.sqlite"
+#: The files of a trained meta-space folder (``fit_meta_space``, each evaluation fold, a bundle):
+#: its network, its manifest, every zoo row's embedding, the fit's report, the training datasets'
+#: encoded images (the model encoders' setup reads them).
+META_SPACE_WEIGHTS, META_SPACE_MANIFEST, META_SPACE_EMBEDDINGS, META_SPACE_REPORT, META_SPACE_FEATURES = (
+    "metaspace.safetensors", "metaspace.json", "model_embeddings.npy", "report.json", "dataset_features.npz")
+META_SPACE_FILES = (META_SPACE_WEIGHTS, META_SPACE_MANIFEST, META_SPACE_EMBEDDINGS, META_SPACE_REPORT,
+                    META_SPACE_FEATURES)
 
 
 def stage_dir(run_directory: str | os.PathLike, stage: str) -> Path:

@@ -17,13 +17,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import mednns
-from mednns.layout import META_SPACE_STAGE
+from mednns.layout import (
+    META_SPACE_EMBEDDINGS,
+    META_SPACE_MANIFEST,
+    META_SPACE_REPORT,
+    META_SPACE_STAGE,
+    META_SPACE_WEIGHTS,
+)
 from mednns.metaspace import FitConfig, MetaSpaceSettings
 from mednns.stages import Stage
 
 STAGE = META_SPACE_STAGE
 #: The stage's files (``mednns.metaspace.train`` writes them under these names).
-FILES = ("metaspace.safetensors", "metaspace.json", "model_embeddings.npy", "report.json")
+FILES = (META_SPACE_WEIGHTS, META_SPACE_MANIFEST, META_SPACE_EMBEDDINGS, META_SPACE_REPORT)
 
 
 class FitMetaSpace(Stage):

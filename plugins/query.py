@@ -21,7 +21,7 @@ from rich.table import Table
 import mednns
 from mednns.errors import UsageError
 from mednns.finetune import FinetuneConfig
-from mednns.layout import QUERY_STAGE, meta_space_dir, stage_dir
+from mednns.layout import META_SPACE_MANIFEST, QUERY_STAGE, meta_space_dir, stage_dir
 from mednns.stages import Stage
 
 FINETUNE_STAGE = "finetune"
@@ -97,7 +97,7 @@ class Query(Stage):
     def targets(self, run) -> list[str]:
         if self.datasets is not None:
             return list(self.datasets)
-        meta = self.meta_dir(run) / "metaspace.json"
+        meta = self.meta_dir(run) / META_SPACE_MANIFEST
         held = json.loads(meta.read_text()).get("held_out", []) if meta.is_file() else []
         if not held:
             raise UsageError("query: no 'datasets' given and the meta-space holds none out",

@@ -60,7 +60,7 @@ from mednns.evaluation.methods import describe
 from mednns.evaluation.results import FORMAT, RESULTS_FILE
 from mednns.evaluation.settings import QUERY_METHODS, Condition, EvaluationSettings
 from mednns.files import read_json, write_json
-from mednns.layout import zoo_store
+from mednns.layout import META_SPACE_MANIFEST, zoo_store
 from mednns.seeding import derive_seed
 
 #: A method's starting points for one seed and condition (several: the best by validation ACC wins).
@@ -146,7 +146,7 @@ class Fold:
 
         args = {**args, "zoo": str(self.zoo_path), "held_out": [self.target]}
         directory = self.directory / "meta_spaces" / slug({"args": args, "zoo": self.zoo_key})
-        if not (directory / "metaspace.json").is_file():
+        if not (directory / META_SPACE_MANIFEST).is_file():
             self.run.console.print(f"[bold]{self.target}[/]: fitting a meta-space without it ({directory.name})")
             train_meta_space(self.run, MetaSpaceSettings.from_args(**{**args, "progress": self.settings.progress}),
                              directory)
@@ -163,7 +163,7 @@ class Fold:
         result = query(meta_dir, self.dataset, top_k=top_k, by=by, manager=self.run.manager,  # type: ignore[arg-type]
                        device=self.run.device, source_gate=source_gate)
         ranking = time.perf_counter() - start
-        encoding = self.encoding(read_json(meta_dir / "metaspace.json"))
+        encoding = self.encoding(read_json(meta_dir / META_SPACE_MANIFEST))
         return result, _phase(encoding["seconds"] + ranking, encoding["image_macs"])
 
     def reranked(self, variant: Any, rows: list[dict[str, Any]], candidates: tuple[Candidate, ...], seed: int,
@@ -282,7 +282,7 @@ class Fold:
                     self.imagenet_errors[name] = exc.message
             if name in self.imagenet_errors:
                 skipped["imagenet"] = self.imagenet_errors[name]
-        trained = read_json(meta_dir / "metaspace.json")
+        trained = read_json(meta_dir / META_SPACE_MANIFEST)
         sources = trained["train_datasets"]
         if "nearest_fid" in wanted:
             from mednns.metaspace.features import dataset_features

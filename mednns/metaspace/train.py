@@ -24,7 +24,15 @@ from torch import nn
 
 from mednns.errors import UsageError
 from mednns.files import atomic_write_bytes, read_manifest, write_json
-from mednns.layout import META_SPACE_STAGE, zoo_store
+from mednns.layout import (
+    META_SPACE_EMBEDDINGS,
+    META_SPACE_FEATURES,
+    META_SPACE_MANIFEST,
+    META_SPACE_REPORT,
+    META_SPACE_STAGE,
+    META_SPACE_WEIGHTS,
+    zoo_store,
+)
 from mednns.metaspace.contracts import ModelTable
 from mednns.metaspace.features import dataset_features, features_key
 from mednns.metaspace.fid import fid_matrix
@@ -42,8 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mednns.metaspace")
 FORMAT = "mednns-metaspace/1"
-WEIGHTS_FILE, METADATA_FILE, EMBEDDINGS_FILE, REPORT_FILE, FEATURES_FILE = (
-    "metaspace.safetensors", "metaspace.json", "model_embeddings.npy", "report.json", "dataset_features.npz")
 
 
 def normalized_fid(matrix: np.ndarray) -> np.ndarray:
@@ -127,12 +133,12 @@ def train_meta_space(run, settings: MetaSpaceSettings, directory: Path | None = 
     embeddings = all_model_embeddings(model, len(table))
     buffer = io.BytesIO()
     np.save(buffer, embeddings)
-    atomic_write_bytes(directory / EMBEDDINGS_FILE, buffer.getvalue())
+    atomic_write_bytes(directory / META_SPACE_EMBEDDINGS, buffer.getvalue())
     buffer = io.BytesIO()
     arrays: dict[str, Any] = {n: np.asarray(f, dtype=np.float32) for n, f in features.items()}
     np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(directory / FEATURES_FILE, buffer.getvalue())  # the model encoder's setup reads them
-    save_weights(directory / WEIGHTS_FILE, model)
+    atomic_write_bytes(directory / META_SPACE_FEATURES, buffer.getvalue())  # the model encoder's setup reads them
+    save_weights(directory / META_SPACE_WEIGHTS, model)
     metadata = {
         "format": FORMAT, "zoo": str(zoo_path.resolve()), "target": settings.target, "row_ids": table.ids.tolist(),
         "train_datasets": train_names, "held_out": list(settings.held_out), "feature_dim": int(stacked.shape[1]),
@@ -142,8 +148,8 @@ def train_meta_space(run, settings: MetaSpaceSettings, directory: Path | None = 
         "images": settings.images, "image_seed": run.seed, "config": config.to_dict(),
         "transfers": settings.transfers,
     }
-    write_json(directory / METADATA_FILE, metadata)
-    write_json(directory / REPORT_FILE, {**result, "history": fitter.history,
+    write_json(directory / META_SPACE_MANIFEST, metadata)
+    write_json(directory / META_SPACE_REPORT, {**result, "history": fitter.history,
                                            "fid": {"datasets": train_names, "matrix": fid.tolist()},
                                            **({"transfers": transfer_facts} if transfer_facts else {})})
     return {"best_step": result["best_step"], "objective": result["objective"], "summary": result["summary"],
@@ -211,7 +217,7 @@ def load_meta_space(directory: str | Path, *, manager: ComponentSource | None = 
     """
     from mednns.manager import get_plugin_manager
 
-    directory, metadata = read_manifest(directory, METADATA_FILE, FORMAT, what="trained meta-space",
+    directory, metadata = read_manifest(directory, META_SPACE_MANIFEST, FORMAT, what="trained meta-space",
                                         hint="run a fit_meta_space stage; its folder is <run>/stages/fit_meta_space")
     manager = manager or get_plugin_manager()
     metadata["zoo"] = str(directory / metadata["zoo"])  # a bundle's is relative to the folder; absolute stays
@@ -224,7 +230,7 @@ def load_meta_space(directory: str | Path, *, manager: ComponentSource | None = 
     if with_model_encoder:
         spec = metadata["model_encoder"]
         model_encoder = manager.create("model-encoders", spec["name"], **spec["args"])
-        features_path = directory / FEATURES_FILE
+        features_path = directory / META_SPACE_FEATURES
         features = {}
         if features_path.is_file():
             with np.load(features_path, allow_pickle=False) as saved:
@@ -234,12 +240,12 @@ def load_meta_space(directory: str | Path, *, manager: ComponentSource | None = 
     else:
         model_encoder = _SavedEmbeddingsOnly(metadata["model_embed_dim"])
     model = MetaSpace(metadata["feature_dim"], model_encoder, config["embed_dim"], config["hidden"]).to(device)
-    state = read_weights(directory / WEIGHTS_FILE, device)
+    state = read_weights(directory / META_SPACE_WEIGHTS, device)
     if not with_model_encoder:
         state = {k: v for k, v in state.items() if not k.startswith("model_encoder.")}
     missing, unexpected = model.load_state_dict(state, strict=with_model_encoder)
     if unexpected or (with_model_encoder and missing):
-        raise UsageError(f"{directory / WEIGHTS_FILE} does not fit the meta-space it describes")
+        raise UsageError(f"{directory / META_SPACE_WEIGHTS} does not fit the meta-space it describes")
     model.eval()
-    embeddings = np.load(directory / EMBEDDINGS_FILE)
+    embeddings = np.load(directory / META_SPACE_EMBEDDINGS)
     return TrainedMetaSpace(model, metadata, embeddings, table)

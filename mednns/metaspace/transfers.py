@@ -106,7 +106,9 @@ def sample_pairs(table: ModelTable, targets: Sequence[str], settings: TransferSe
 
 
 def _pair_key(table: ModelTable, row: int, digest: str, settings: TransferSettings) -> str:
-    weights = Path(table.supernet[row]) / "supernet.safetensors"
+    from mednns.training import SUPERNET_WEIGHTS
+
+    weights = Path(table.supernet[row]) / SUPERNET_WEIGHTS
     stamp = weights.stat().st_mtime_ns if weights.is_file() else 0
     text = json.dumps([str(weights.resolve()), stamp, table.arch[row], digest, settings.to_dict()], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
