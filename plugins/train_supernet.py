@@ -42,8 +42,8 @@ class TrainSupernet(Stage):
     :param datasets: names of the run's datasets to train on (default: all).
     :param training: every :class:`mednns.training.TrainConfig` setting, flat beside these two
         (``full_epochs``, ``shrink_epochs``, ``phases``, ``batch_size``, ``max_train_images``,
-        ``min_steps_per_epoch``, ``optimizer``, ``amp``, ...; ``mednns list stages`` and
-        ``mednns validate`` know them from the dataclass, its docstring says what each does).
+        ``min_steps_per_epoch``, ``optimizer``, ``amp``, ...: ``mednns validate`` checks them
+        against the dataclass, whose docstring says what each does).
     """
 
     reads = ()  # the datasets only: an unrelated stage before it does not retrain anything
