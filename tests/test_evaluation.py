@@ -134,6 +134,12 @@ def test_settings_name_conditions_and_variant_methods():
     assert [c.id for c in settings(budgets=["equal_compute"]).conditions()] == ["equal_compute@all"]
     assert settings(variants={"knn": {"rerank": {"score": "knn"}}}).variant_list()[1].settings().score == {
         "name": "knn", "args": {}}
+    measured = settings(train_images=[800, 100], budgets=["equal_epochs", "equal_compute"],
+                        ranking={"train_images": [100]}).ranking_conditions()
+    assert [c.id for c in measured] == ["equal_epochs@800", "equal_epochs@100"]
+    assert [c.id for c in chosen.ranking_conditions()] == ["equal_epochs@800"]  # the primary one by default
+    with pytest.raises(UsageError, match=r"ranking.train_images \[50\] are not among"):
+        settings(train_images=[800, 100], ranking={"train_images": [50]})
     for bad in ({"budgets": ["equal_money"]}, {"train_images": [100, 100]}, {"equal_compute_seeds": [7]},
                 {"max_epochs": 4}, {"variants": {"x": {"lr": 1}}}, {"variants": {"x": {"meta_space": {"zoo": "z"}}}},
                 {"variants": {"a b": {}}}, {"variants": {"x": {"rerank": {"score": "knn", "k": 3}}}},
@@ -222,7 +228,7 @@ EVALUATE = {"datasets": ["c", "d"], "methods": ["mednns", "mednns_topk", "random
                          "plain": {"finetune": {"recalibrate_bn": False, "head_epochs": 0}, "top_k": 1},
                          "knn": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16},
                                  "top_k": 1}},
-            "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40, "seeds": 2},
+            "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40, "seeds": 2, "train_images": [32]},
             "meta_space": META, "report": True, "progress": False}
 
 
@@ -505,8 +511,14 @@ def test_ranking_quality_fine_tunes_a_candidate_sample_and_correlates_every_rank
             values = [c["values"][name] for c in entry["candidates"]]
             assert facts["top1_regret"] == pytest.approx(max(truth) - truth[int(np.argmax(values))])
             assert facts["kendall"] is None or -1 <= facts["kendall"] <= 1  # None: a constant ranking or truth
+        further = results["datasets"][target]["ranking_at"][SMALL]  # the same sample under the smaller size
+        assert further["condition"] == SMALL and further["seeds"] == [0, 1]
+        assert [c["zoo_id"] for c in further["candidates"]] == [c["zoo_id"] for c in entry["candidates"]]
+        assert further["candidates"] != entry["candidates"]  # fine-tuned again: other accuracies and scores
+    assert set(results["ranking_at"]) == {SMALL} and set(results["ranking_at"][SMALL]) == expected
     report = (evaluation["stage"] / "report" / "report.md").read_text()
     assert "## Ranking quality" in report and "meta-space+knn" in report
+    assert "## Ranking quality (equal epochs (3), 32 training images)" in report
 
 
 @pipeline

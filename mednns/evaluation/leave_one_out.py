@@ -633,7 +633,10 @@ def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, An
         fold = Fold(run, settings, target, directory / target, zoo_path, supernets, imagenet_errors, zoo_key)
         entry = fold.evaluate()
         if settings.ranking is not None:
-            entry["ranking"] = ranking_quality(fold)
+            primary, *others = settings.ranking_conditions()
+            entry["ranking"] = ranking_quality(fold, primary)
+            if others:
+                entry["ranking_at"] = {c.id: ranking_quality(fold, c) for c in others}
         embeddings = Path("embeddings") / f"{target}.npz"
         save_embeddings(fold, directory / embeddings, [*[n for n in in_zoo if n != target], target])
         return {**entry, "embeddings": str(embeddings)}
@@ -643,6 +646,9 @@ def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, An
         results["overall"], results["statistics"] = {}, {}
         if settings.ranking is not None:
             results["ranking"] = ranking.overall({d: e["ranking"] for d, e in results["datasets"].items()})
+            for condition in settings.ranking_conditions()[1:]:
+                results.setdefault("ranking_at", {})[condition.id] = ranking.overall(
+                    {d: e["ranking_at"][condition.id] for d, e in results["datasets"].items()})
         for condition in settings.conditions():
             view = summary.condition_view(results, condition.id)
             results["overall"][condition.id] = summary.overall(view["datasets"], names)

@@ -1,7 +1,8 @@
 """Ranking quality: does a ranking of transfer candidates order them as fine-tuning does?
 
 Per held-out target, a seeded random sample of transfer candidates (zoo rows of the other datasets)
-is fine-tuned under the protocol's primary condition with its first ``seeds`` seeds: the same loop,
+is fine-tuned under the protocol's primary condition (and under the equal-epochs condition of each
+further size in ``train_images``) with its first ``seeds`` seeds: the same loop,
 budget, training subsets and transfer recipe as every method (the runs are shared with the
 evaluation's run store). Every ranking of the sample is then compared with the candidates' final
 test ACC (its mean over those seeds) by Kendall's tau, and by the top-1 regret (the sample's best
@@ -42,12 +43,16 @@ class RankingSettings:
     :param images: labelled images of the training subset the scores see (at most).
     :param seeds: how many of the primary condition's seeds each candidate is fine-tuned with; the
         truth is the mean test ACC over them (scores see the first seed's subset).
+    :param train_images: further training-set sizes (each among the evaluation's ``train_images``)
+        whose equal-epochs condition the same sample is measured under too, with the same seeds:
+        does a smaller budget separate the candidates more? (default: the primary condition only).
     """
 
     candidates: int = 10
     scores: tuple[Any, ...] = ("knn", "ridge", "logme")
     images: int = 500
     seeds: int = 1
+    train_images: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.candidates < 3 or self.images < 2:
@@ -59,7 +64,9 @@ class RankingSettings:
     def from_dict(cls, spec: dict[str, Any]) -> "RankingSettings":
         """From a config mapping; unknown keys are an error."""
         check_keys(cls, spec, "ranking")
-        return cls(**{**spec, **({"scores": tuple(spec["scores"])} if "scores" in spec else {})})
+        listed = ("scores", "train_images")
+        tuples: dict[str, tuple[Any, ...]] = {key: tuple(spec[key]) for key in listed if key in spec}
+        return cls(**{**spec, **tuples})
 
     def score_specs(self) -> list[dict[str, Any]]:
         """Each score as ``{name, args}``."""

@@ -14,18 +14,18 @@ from mednns.evaluation.leave_one_out import slug
 
 if TYPE_CHECKING:
     from mednns.evaluation.leave_one_out import Fold
+    from mednns.evaluation.settings import Condition
 
 
-def ranking_quality(fold: Fold) -> dict[str, Any]:
-    """Fine-tune a seeded random sample of transfer candidates and correlate every ranking with
-    their test ACC (:mod:`mednns.evaluation.ranking`)."""
+def ranking_quality(fold: Fold, condition: Condition) -> dict[str, Any]:
+    """Fine-tune a seeded random sample of transfer candidates under ``condition`` and correlate
+    every ranking with their test ACC (:mod:`mednns.evaluation.ranking`)."""
     from mednns.export import adapt_network
     from mednns.metaspace.retrieval import RankBy, predict_all, rank_key
     from mednns.transfer.reranking import TargetSample, candidate_outputs
     from mednns.zoo.store import ZooStore
 
     chosen = fold.settings.ranking_settings()
-    condition = fold.settings.conditions()[0]
     if chosen.seeds > len(condition.seeds):
         raise UsageError(f"ranking seeds: {chosen.seeds} asked, the primary condition has {len(condition.seeds)}",
                          hint="lower ranking.seeds or add seeds to the evaluation")

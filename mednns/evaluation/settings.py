@@ -124,13 +124,23 @@ class EvaluationSettings:
         for checked in self.variant_list():
             checked.settings()  # checks the re-ranking settings
         if self.ranking is not None:
-            self.ranking_settings()  # checks it
+            extra = sorted(set(self.ranking_settings().train_images) - {n for n in self.train_images if n is not None})
+            if extra:
+                raise UsageError(f"ranking.train_images {extra} are not among the evaluation's train_images "
+                                 f"{self.train_images}")
 
     def ranking_settings(self):
         """The :class:`~mednns.evaluation.ranking.RankingSettings` of the ``ranking`` option."""
         from mednns.evaluation.ranking import RankingSettings
 
         return RankingSettings.from_dict(self.ranking or {})
+
+    def ranking_conditions(self) -> list[Condition]:
+        """The conditions the ranking sample is fine-tuned under: the primary one, then the
+        equal-epochs condition of each further ``ranking.train_images`` size."""
+        primary, *others = self.conditions()
+        sizes = [n for n in self.ranking_settings().train_images if n != primary.train_images]
+        return [primary, *(c for c in others if c.budget == "equal_epochs" and c.train_images in sizes)]
 
     # --- what runs ------------------------------------------------------------------------
     def variant_list(self) -> list[Variant]:

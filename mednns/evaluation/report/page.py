@@ -35,6 +35,7 @@ from mednns.evaluation.report.tables import (
     method_items,
     overall_table,
     protocol_items,
+    ranking_conditions,
     ranking_table,
     separation_line,
     statistics_table,
@@ -87,9 +88,12 @@ def report_sections(results: dict[str, Any], figures: Collection[str]) -> list[t
     if len(conditions(results)) > 1:
         blocks += [("h2", "Budgets side by side"), ("table", budgets_table(results))]
     blocks += [("h2", "Target-side compute"), ("table", compute_table(results))]
-    ranked = ranking_table(results)
-    if ranked is not None:
-        blocks += [("h2", "Ranking quality"), ("table", ranked)]
+    found = {c["id"]: c for c in conditions(results)}
+    for measured in ranking_conditions(results):
+        ranked = ranking_table(results, measured)
+        if ranked is not None:
+            label = f" ({condition_label(found[measured], k)})" if measured in found else ""
+            blocks += [("h2", "Ranking quality" + label), ("table", ranked)]
     blocks += figure("sizes.png", "mednns's gain against the target's training-set size")
     blocks += figure("fid_heatmap.png", "FID between datasets")
     blocks += [("h2", f"Per dataset ({condition_label(primary, k)})")]

@@ -378,13 +378,24 @@ def compute_table(results: dict[str, Any]) -> Table:
     return table
 
 
-def ranking_table(results: dict[str, Any]) -> Table | None:
+def ranking_conditions(results: dict[str, Any]) -> list[str | None]:
+    """The conditions with a ranking-quality measurement: ``None`` (the primary one) when there is
+    one, then the further ones (``ranking.train_images``) by id."""
+    if "ranking" not in results:
+        return []
+    return [None, *results.get("ranking_at", {})]
+
+
+def ranking_table(results: dict[str, Any], condition: str | None = None) -> Table | None:
     """Ranking quality (the ``ranking`` option): per ranking of the fine-tuned candidate sample,
-    Kendall's tau against their test ACC (mean, range, per dataset) and the top-1 regret."""
+    Kendall's tau against their test ACC (mean, range, per dataset) and the top-1 regret, under the
+    primary condition or the further ``condition``."""
     from mednns.evaluation import ranking
     from mednns.evaluation.ranking import overall
 
-    per_target = {d: e["ranking"] for d, e in results.get("datasets", {}).items() if e.get("ranking")}
+    datasets = results.get("datasets", {})
+    per_target = ({d: e["ranking"] for d, e in datasets.items() if e.get("ranking")} if condition is None else
+                  {d: e["ranking_at"][condition] for d, e in datasets.items() if condition in e.get("ranking_at", {})})
     if not per_target:
         return None
     names = dataset_order(results)
