@@ -288,3 +288,25 @@ def test_the_built_in_stages_say_what_they_read():
     assert reads["finetune"] == ("query",)
     for name, read in reads.items():
         assert read is None or set(read) <= set(reads), name  # they name registered stages
+
+
+#: Fingerprints of the built-in stages with every argument at its default (the config below), as
+#: every finished run directory recorded them. A changed signature default changes them: every run
+#: would train its supernets again (or stop and ask for --restart). Change one on purpose only with
+#: ``Stage.fingerprint_omits`` for the new value, or when the results really change, and then here.
+PINNED_FINGERPRINTS = {"train_supernet": "78d0d2108f342dcd", "build_zoo": "81f90a75c6b0b47a",
+                       "fit_meta_space": "f94bd047d427ab86", "query": "b88baefc66072cf6",
+                       "finetune": "dcf0e4b62c86fa6b", "evaluate": "ba2f2f367e7f7a2f"}
+
+
+def test_the_built_in_stages_default_arguments_keep_finished_runs_finished():
+    import types
+
+    from mednns.runner import stage_fingerprint
+
+    data = {"name": "pinned", "seed": 0, "datasets": [{"name": "npz", "args": {"path": "pinned.npz", "name": "p"}}],
+            "stages": [{"name": name} for name in PINNED_FINGERPRINTS]}
+    config = validate_config(PluginManager(environ={}), data)  # the resolved config: defaults filled in
+    run = types.SimpleNamespace(config=config)
+    found = {spec["name"]: stage_fingerprint(run, spec, "")[0] for spec in config.stages}
+    assert found == PINNED_FINGERPRINTS

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 from mednns.errors import UsageError
@@ -78,7 +78,7 @@ class TrainConfig:
     full_lr: float = 0.1
     shrink_epochs: int = 6
     shrink_lr: float = 0.03
-    phases: dict[str, dict[str, float]] = field(default_factory=dict)
+    phases: dict[str, dict[str, float]] | None = None  # null: no overrides (a dict once built)
     batch_size: int = 128
     num_random: int = 2
     kd_weight: float = 1.0
@@ -131,7 +131,7 @@ class TrainConfig:
             problems.append(f"checkpoint_every_steps must be >= 1 (or null), got {self.checkpoint_every_steps}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             problems.append(f"grad_clip must be > 0 (or null), got {self.grad_clip}")
-        for name, override in self.phases.items():
+        for name, override in (self.phases or {}).items():
             unknown = sorted(set(override) - {"epochs", "lr"})
             if unknown:
                 problems.append(f"phases.{name}: unknown key(s) {', '.join(unknown)}; allowed: epochs, lr")
@@ -192,13 +192,14 @@ def plan_phases(dimensions: Sequence[str], config: TrainConfig,
     """
     dimensions = tuple(dimensions)
     allowed = (FULL_PHASE, *dimensions)
-    unknown = sorted(set(config.phases) - set(allowed))
+    overrides = config.phases or {}
+    unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise UsageError(f"phases: unknown phase(s) {', '.join(unknown)} for a space with dimensions "
                          f"{', '.join(dimensions) or 'none'}", hint=f"phase names: {', '.join(allowed)}")
 
     def setting(name: str, key: str, default: float) -> float:
-        value = config.phases.get(name, {}).get(key)
+        value = overrides.get(name, {}).get(key)
         return default if value is None else value
 
     phases = [Phase(FULL_PHASE, (), int(setting(FULL_PHASE, "epochs", config.full_epochs)),
