@@ -295,7 +295,7 @@ def test_transfer_pairs_fine_tune_models_of_other_datasets_and_join_the_meta_spa
     from mednns.metaspace.settings import MetaSpaceSettings
     from mednns.metaspace.table import load_table
     from mednns.metaspace.train import train_meta_space
-    from mednns.metaspace.transfers import TransferSettings, sample_pairs
+    from mednns.metaspace.transfers import TransferSettings, measure_pairs, sample_pairs
     from mednns.runs import prepare_run
     from mednns.zoo import ZooStore
 
@@ -323,6 +323,18 @@ def test_transfer_pairs_fine_tune_models_of_other_datasets_and_join_the_meta_spa
     assert json.loads((tmp_path / "two" / "report.json").read_text())["transfers"]["measured_now"] == 0  # cached
     assert again["objective"] == pytest.approx(first["objective"])
     assert json.loads((tmp_path / "one" / "metaspace.json").read_text())["transfers"]["models"] == 3
+    # repeats: the first fine-tuning of each pair is the one measured above (cached), one more is new
+    twice = {**args, "transfers": {**args["transfers"], "repeats": 2}}
+    train_meta_space(run, MetaSpaceSettings.from_args(**twice), tmp_path / "three")
+    report = json.loads((tmp_path / "three" / "report.json").read_text())["transfers"]
+    assert report["measured_now"] == report["pairs"] == len(measured)  # one new fine-tuning per pair
+    row_of = {int(i): row for row, i in enumerate(table.ids)}
+    again_twice = measure_pairs(table, [(m["dataset"], row_of[m["zoo_id"]]) for m in measured],
+                                {n: run.dataset(n) for n in ("a", "b")}, TransferSettings(**twice["transfers"]),
+                                cache=tmp_path / "cache", progress=False)
+    for once, both in zip(measured, again_twice):
+        assert both["cached"] and both["fresh"] == 0 and both["val_accs"][0] == pytest.approx(once["val_acc"])
+        assert both["val_acc"] == pytest.approx(np.mean(both["val_accs"]))
 
 
 def test_pairs_join_each_datasets_draw_with_their_own_targets():

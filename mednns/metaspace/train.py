@@ -170,13 +170,13 @@ def _transfer_pairs(run, settings: MetaSpaceSettings, table: ModelTable, train_n
     pairs = [(d, row) for d, row in sample_pairs(table, train_names, transfers) if table.dataset[row] not in held]
     measured = measure_pairs(table, pairs, {n: run.dataset(n) for n in train_names}, transfers, cache=cache,
                              device=run.device, manager=run.manager, console=run.console, progress=settings.progress)
-    fresh = [m for m in measured if not m["cached"]]
-    facts = {"settings": transfers.to_dict(), "pairs": len(measured), "measured_now": len(fresh),
-             "seconds_now": round(sum(m["seconds"] for m in fresh), 2),
+    facts = {"settings": transfers.to_dict(), "pairs": len(measured),
+             "measured_now": int(sum(m["fresh"] for m in measured)),  # fine-tunings, each repeat counted
+             "seconds_now": round(sum(m["fresh_seconds"] for m in measured), 2),
              "seconds_all": round(sum(m["seconds"] for m in measured), 2),
              "per_dataset": {d: int(np.sum([m["dataset"] == d for m in measured])) for d in train_names},
              "measured": [{k: m[k] for k in ("dataset", "zoo_id", "source", "val_acc", "val_auc")} for m in measured]}
-    log.info("meta-space: %d transfer pairs (%d measured now in %.0f s)", len(measured), len(fresh),
+    log.info("meta-space: %d transfer pairs (%d fine-tunings now in %.0f s)", len(measured), facts["measured_now"],
              facts["seconds_now"])
     return pair_targets(measured, settings.target), facts
 

@@ -23,7 +23,7 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -51,6 +51,9 @@ class TransferSettings:
     :param finetune: other :class:`mednns.finetune.FinetuneConfig` fields (default: the transfer
         recipe of the published protocol: BN recalibrated, one head-only epoch).
     :param seed: seed of the samples and subsets.
+    :param repeats: fine-tunings per pair, each with its own seed (subset, head, batch order); the
+        pair's value is their mean. A single fine-tuning's seed noise is about as large as the
+        differences between candidates, so one repeat teaches mostly noise.
     """
 
     models: int = 16
@@ -58,16 +61,15 @@ class TransferSettings:
     epochs: int = 8
     finetune: dict[str, Any] = field(default_factory=lambda: {"recalibrate_bn": True, "head_epochs": 1})
     seed: int = 0
+    repeats: int = 1
 
     def __post_init__(self) -> None:
-        if self.models < 1 or self.images < 2 or self.epochs < 1:
-            raise UsageError("transfers need models >= 1, images >= 2 and epochs >= 1")
+        if self.models < 1 or self.images < 2 or self.epochs < 1 or self.repeats < 1:
+            raise UsageError("transfers need models >= 1, images >= 2, epochs >= 1 and repeats >= 1")
         own = {"epochs", "max_train_images", "seed"}  # set by the transfer settings themselves
         wrong = sorted(set(self.finetune) & own)
         if wrong:
             raise UsageError(f"transfers.finetune: set {', '.join(wrong)} with the transfer settings themselves")
-        from dataclasses import fields
-
         from mednns.finetune import FinetuneConfig
 
         known = {f.name for f in fields(FinetuneConfig)}
@@ -83,10 +85,10 @@ class TransferSettings:
             return None
         if spec is True:
             return cls()
-        unknown = sorted(set(spec) - {"models", "images", "epochs", "finetune", "seed"})
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(spec) - set(known))
         if unknown:
-            raise UsageError(f"transfers: unknown key(s) {', '.join(unknown)}",
-                             hint="known: models, images, epochs, finetune, seed")
+            raise UsageError(f"transfers: unknown key(s) {', '.join(unknown)}", hint=f"known: {', '.join(known)}")
         return cls(**spec)
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,11 +108,15 @@ def sample_pairs(table: ModelTable, targets: Sequence[str], settings: TransferSe
 
 
 def _pair_key(table: ModelTable, row: int, digest: str, settings: TransferSettings) -> str:
+    """The cache key of one fine-tuning of a pair: the weights, the architecture, the training
+    subset (one per repeat) and the settings but ``repeats`` (a fine-tuning does not depend on how
+    many there are, so a pair measured once keeps its first one when repeats are added)."""
     from mednns.training import SUPERNET_WEIGHTS
 
     weights = Path(table.supernet[row]) / SUPERNET_WEIGHTS
     stamp = weights.stat().st_mtime_ns if weights.is_file() else 0
-    text = json.dumps([str(weights.resolve()), stamp, table.arch[row], digest, settings.to_dict()], sort_keys=True)
+    own = {k: v for k, v in settings.to_dict().items() if k != "repeats"}
+    text = json.dumps([str(weights.resolve()), stamp, table.arch[row], digest, own], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -118,8 +124,10 @@ def measure_pairs(table: ModelTable, pairs: Sequence[tuple[str, int]], datasets:
                   settings: TransferSettings, *, cache: Path, device: str = "cpu",
                   manager: ComponentSource | None = None, console: Console | None = None,
                   progress: bool = True) -> list[dict[str, Any]]:
-    """Fine-tune every pair (or read it from ``cache``): per pair ``{dataset, row, val_acc, val_auc,
-    val_majority, seconds, cached}`` in the order of ``pairs``."""
+    """Fine-tune every pair ``repeats`` times (or read each from ``cache``): per pair ``{dataset, row,
+    val_acc, val_auc, val_majority, seconds, cached, fresh, fresh_seconds}`` (means over the repeats,
+    with ``val_accs`` when there are several; ``fresh``: the repeats fine-tuned now) in the order of
+    ``pairs``."""
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -131,44 +139,61 @@ def measure_pairs(table: ModelTable, pairs: Sequence[tuple[str, int]], datasets:
     from mednns.training import load_supernet
 
     folder = cache / "transfers"
-    data: dict[str, tuple[FinetuneData, str, float, FinetuneConfig]] = {}
+    data: dict[tuple[str, int], tuple[FinetuneData, str, float, FinetuneConfig]] = {}
     supernets: dict[str, Any] = {}
+
+    def prepared(name: str, repeat: int) -> tuple[FinetuneData, str, float, FinetuneConfig]:
+        """The subset, its digest, the validation majority rate and the configuration of one repeat
+        (the first keeps the seed pairs were measured with before repeats existed)."""
+        if (name, repeat) not in data:
+            parts = ("transfers", name) if repeat == 0 else ("transfers", name, repeat)
+            config = FinetuneConfig(**{**settings.finetune, "epochs": settings.epochs,
+                                       "max_train_images": settings.images,
+                                       "seed": derive_seed(settings.seed, *parts)})
+            subset = FinetuneData.from_dataset(datasets[name], config)
+            majority = majority_rate(datasets[name].info.task, subset.val_y.numpy())
+            data[name, repeat] = (subset, tensor_digest(subset.train_x, subset.train_y), majority, config)
+        return data[name, repeat]
+
+    def fine_tune(name: str, row: int, repeat: int) -> dict[str, Any]:
+        subset, digest, majority, config = prepared(name, repeat)
+        path = folder / f"{_pair_key(table, row, digest, settings)}.json"
+        if path.is_file():
+            return {**read_json(path), "cached": True}
+        start = time.perf_counter()
+        if table.supernet[row] not in supernets:
+            supernets[table.supernet[row]] = load_supernet(table.supernet[row], manager=manager)
+        space, _ = supernets[table.supernet[row]]
+        info = datasets[name].info
+        model = space.extract(space.arch_from_json(table.arch[row])).cpu()
+        adapt_network(model, num_classes=info.n_classes, in_channels=info.n_channels, seed=config.seed)
+        torch.manual_seed(config.seed)
+        trained = train_model(model, subset, config, device=device, progress=False, pretrained=True,
+                              eval_epochs=[settings.epochs], label=f"{name} <- zoo row {int(table.ids[row])}")
+        last = trained["history"][-1]
+        record = {"dataset": name, "zoo_id": int(table.ids[row]), "source": table.dataset[row],
+                  "val_acc": float(last["val_acc"]), "val_auc": float(last["val_auc"]),
+                  "val_majority": float(majority), "seconds": round(time.perf_counter() - start, 3)}
+        write_json(path, record)
+        return {**record, "cached": False}
+
     results = []
     columns = (TextColumn("[bold]transfer pairs"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not progress) as bar:
-        task = bar.add_task("pairs", total=len(pairs))
+        task = bar.add_task("pairs", total=len(pairs) * settings.repeats)
         for name, row in pairs:
-            if name not in data:
-                config = FinetuneConfig(**{**settings.finetune, "epochs": settings.epochs,
-                                           "max_train_images": settings.images,
-                                           "seed": derive_seed(settings.seed, "transfers", name)})
-                prepared = FinetuneData.from_dataset(datasets[name], config)
-                majority = majority_rate(datasets[name].info.task, prepared.val_y.numpy())
-                data[name] = (prepared, tensor_digest(prepared.train_x, prepared.train_y), majority, config)
-            prepared, digest, majority, config = data[name]
-            path = folder / f"{_pair_key(table, row, digest, settings)}.json"
-            if path.is_file():
-                results.append({**read_json(path), "cached": True})
+            repeats = []
+            for repeat in range(settings.repeats):
+                repeats.append(fine_tune(name, row, repeat))
                 bar.update(task, advance=1)
-                continue
-            start = time.perf_counter()
-            if table.supernet[row] not in supernets:
-                supernets[table.supernet[row]] = load_supernet(table.supernet[row], manager=manager)
-            space, _ = supernets[table.supernet[row]]
-            info = datasets[name].info
-            model = space.extract(space.arch_from_json(table.arch[row])).cpu()
-            adapt_network(model, num_classes=info.n_classes, in_channels=info.n_channels, seed=config.seed)
-            torch.manual_seed(config.seed)
-            trained = train_model(model, prepared, config, device=device, progress=False, pretrained=True,
-                                  eval_epochs=[settings.epochs], label=f"{name} <- zoo row {int(table.ids[row])}")
-            last = trained["history"][-1]
-            record = {"dataset": name, "zoo_id": int(table.ids[row]), "source": table.dataset[row],
-                      "val_acc": float(last["val_acc"]), "val_auc": float(last["val_auc"]),
-                      "val_majority": float(majority), "seconds": round(time.perf_counter() - start, 3)}
-            write_json(path, record)
-            results.append({**record, "cached": False})
-            bar.update(task, advance=1)
-    return [{**r, "row": row} for r, (_, row) in zip(results, pairs)]
+            first = repeats[0]
+            mean = {key: float(np.mean([r[key] for r in repeats])) for key in ("val_acc", "val_auc", "val_majority")}
+            fresh = [r for r in repeats if not r["cached"]]
+            results.append({**first, **mean, "seconds": round(sum(r["seconds"] for r in repeats), 3),
+                            "cached": not fresh, "fresh": len(fresh),
+                            "fresh_seconds": round(sum(r["seconds"] for r in fresh), 3), "row": row,
+                            **({"val_accs": [r["val_acc"] for r in repeats]} if settings.repeats > 1 else {})})
+    return results
 
 
 def pair_targets(measured: Sequence[dict[str, Any]], target: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
