@@ -58,10 +58,11 @@ class Evaluate(Stage):
         finetune: {...}}}`` (``meta_space`` and ``finetune`` entries override the stage's; ``finetune``
         may not change the shared budget: epochs, batch size, training images).
     :param ranking: measure ranking quality (:mod:`mednns.evaluation.ranking`): ``{candidates: 10,
-        scores: [knn, ridge, logme], images: 500}`` fine-tunes a seeded random sample of transfer
-        candidates per target (primary condition, first seed) and reports Kendall's tau of every
-        ranking (meta-space, each score on the fine-tuning subset, both combined) against their
-        test ACC.
+        scores: [knn, ridge, logme], images: 500, seeds: 1, train_images: []}`` fine-tunes a seeded
+        random sample of transfer candidates per target (primary condition, and the equal-epochs
+        condition of each further size, with the first ``seeds`` seeds) and reports Kendall's tau of
+        every ranking (meta-space, each score on the fine-tuning subset, both combined, one
+        fine-tuning of each candidate) against their mean test ACC.
     :param top_k: models of the query fine-tuned by ``mednns_topk`` (the best validation ACC wins).
     :param by: how the query ranks: ``predicted`` metric, retrieval ``score`` or ``combined``.
     :param rerank: re-rank the query's top candidates on each run's own fine-tuning subset (the

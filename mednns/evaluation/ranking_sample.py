@@ -27,7 +27,7 @@ def ranking_quality(fold: Fold, condition: Condition) -> dict[str, Any]:
 
     chosen = fold.settings.ranking_settings()
     if chosen.seeds > len(condition.seeds):
-        raise UsageError(f"ranking seeds: {chosen.seeds} asked, the primary condition has {len(condition.seeds)}",
+        raise UsageError(f"ranking seeds: {chosen.seeds} asked, {condition.id} has {len(condition.seeds)}",
                          hint="lower ranking.seeds or add seeds to the evaluation")
     seeds = condition.seeds[: chosen.seeds]
     seed = seeds[0]
