@@ -44,8 +44,9 @@ class FitMetaSpace(Stage):
     :param losses: loss terms (``mednns list losses``). :param loss_weights: weight per loss name (default 1).
     :param images: training images encoded per dataset.
     :param transfers: cross-dataset supervision: ``true`` or ``{models, images, epochs, finetune,
-        seed}`` fine-tunes, per training dataset, a sample of zoo models of the *other* datasets on it
-        and learns those pairs too (:mod:`mednns.metaspace.transfers`; off by default).
+        seed, repeats}`` fine-tunes, per training dataset, a sample of zoo models of the *other*
+        datasets on it (``repeats`` times each) and learns those pairs too
+        (:mod:`mednns.metaspace.transfers`; off by default).
     :param progress: show progress bars.
     :param fit: the :class:`mednns.metaspace.FitConfig` settings but its seed (the run's), flat
         beside the others: ``embed_dim``, ``hidden``, ``steps``, ``lr``, ``weight_decay``,
