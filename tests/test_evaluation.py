@@ -140,6 +140,8 @@ def test_settings_name_conditions_and_variant_methods():
     assert [c.id for c in chosen.ranking_conditions()] == ["equal_epochs@800"]  # the primary one by default
     with pytest.raises(UsageError, match=r"ranking.train_images \[50\] are not among"):
         settings(train_images=[800, 100], ranking={"train_images": [50]})
+    with pytest.raises(UsageError, match="ranking.seeds is 4, the evaluation has 3 seed"):
+        settings(ranking={"seeds": 4})  # refused before any work, not after an hour of fine-tuning
     for bad in ({"budgets": ["equal_money"]}, {"train_images": [100, 100]}, {"equal_compute_seeds": [7]},
                 {"max_epochs": 4}, {"variants": {"x": {"lr": 1}}}, {"variants": {"x": {"meta_space": {"zoo": "z"}}}},
                 {"variants": {"a b": {}}}, {"variants": {"x": {"rerank": {"score": "knn", "k": 3}}}},

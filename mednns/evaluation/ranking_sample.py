@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from mednns.errors import UsageError
 from mednns.evaluation import ranking
 from mednns.evaluation.leave_one_out import slug
 
@@ -26,10 +25,7 @@ def ranking_quality(fold: Fold, condition: Condition) -> dict[str, Any]:
     from mednns.zoo.store import ZooStore
 
     chosen = fold.settings.ranking_settings()
-    if chosen.seeds > len(condition.seeds):
-        raise UsageError(f"ranking seeds: {chosen.seeds} asked, {condition.id} has {len(condition.seeds)}",
-                         hint="lower ranking.seeds or add seeds to the evaluation")
-    seeds = condition.seeds[: chosen.seeds]
+    seeds = condition.seeds[: chosen.seeds]  # equal-epochs conditions have every seed (settings check the count)
     seed = seeds[0]
     with ZooStore(fold.zoo_path, readonly=True) as store:
         folders = {s["id"]: str(Path(s["path"]).parent) for s in store.supernets()}

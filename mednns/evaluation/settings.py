@@ -124,10 +124,14 @@ class EvaluationSettings:
         for checked in self.variant_list():
             checked.settings()  # checks the re-ranking settings
         if self.ranking is not None:
-            extra = sorted(set(self.ranking_settings().train_images) - {n for n in self.train_images if n is not None})
+            chosen = self.ranking_settings()
+            extra = sorted(set(chosen.train_images) - {n for n in self.train_images if n is not None})
             if extra:
                 raise UsageError(f"ranking.train_images {extra} are not among the evaluation's train_images "
                                  f"{self.train_images}")
+            if chosen.seeds > len(self.seeds):
+                raise UsageError(f"ranking.seeds is {chosen.seeds}, the evaluation has {len(self.seeds)} seed(s)",
+                                 hint="lower ranking.seeds or add seeds")
 
     def ranking_settings(self):
         """The :class:`~mednns.evaluation.ranking.RankingSettings` of the ``ranking`` option."""
