@@ -199,6 +199,32 @@ def test_fine_tuned_once_ranks_each_seed_against_the_other_seeds_mean():
     assert ONCE not in assess(single, {"x": [1, 2, 3]}).rankings  # one seed: nothing to compare
 
 
+def test_top1_gain_is_the_first_ones_accuracy_above_the_sample_mean_per_seed():
+    from mednns.evaluation.ranking import ONCE, assess, overall, top1_gains
+
+    rng = np.random.default_rng(3)
+    per_target = {}
+    for target in "abcd":
+        accs = rng.uniform(0.4, 0.8, size=(5, 3))  # candidate x seed
+        candidates = [{"zoo_id": i, "test_acc": float(r.mean()), "test_accs": list(r)} for i, r in enumerate(accs)]
+        oracle = list(accs.mean(axis=1))
+        entry = json.loads(json.dumps(assess(candidates, {"oracle": oracle, "worst": [-v for v in oracle]}).to_dict()))
+        per_target[target] = entry
+        gains = top1_gains(entry)
+        best, worst = int(np.argmax(oracle)), int(np.argmin(oracle))
+        # naive: seed by seed, the chosen candidate's ACC minus the five candidates' mean ACC
+        assert gains["oracle"] == pytest.approx([accs[best, s] - accs[:, s].mean() for s in range(3)])
+        assert gains["worst"] == pytest.approx([accs[worst, s] - accs[:, s].mean() for s in range(3)])
+        for s in range(3):  # fine-tuned once: seed s chooses, the other two seeds judge
+            others = np.delete(accs, s, axis=1).mean(axis=1)
+            assert gains[ONCE][s] == pytest.approx(others[np.argmax(accs[:, s])] - others.mean())
+    summary = overall(per_target)
+    assert summary["oracle"]["top1_gain"]["mean"] > 0 > summary["worst"]["top1_gain"]["mean"]
+    low, high = summary["oracle"]["top1_gain"]["ci"]
+    assert 0 < low <= summary["oracle"]["top1_gain"]["mean"] <= high  # the oracle beats the sample mean on every target
+    assert summary["worst"]["top1_gain"]["ci"][1] < 0
+
+
 def test_macs_are_counted_from_the_network():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1, bias=False), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 8 * 8, 2, bias=False))
@@ -500,6 +526,9 @@ def test_ranking_quality_fine_tunes_a_candidate_sample_and_correlates_every_rank
     expected = {"meta-space", "meta-space:auc", "knn", "ridge", "meta-space+knn", "meta-space+ridge",
                 "source val ACC", "fine-tuned once"}
     assert set(results["ranking"]) == expected
+    for facts in results["ranking"].values():  # over 2 targets: a mean and, with 2 groups, an interval around it
+        low, high = facts["top1_gain"]["ci"]
+        assert low <= facts["top1_gain"]["mean"] <= high
     for target in ("c", "d"):
         entry = results["datasets"][target]["ranking"]
         assert entry["condition"] == PRIMARY and entry["seeds"] == [0, 1] and len(entry["candidates"]) == 3
@@ -519,7 +548,7 @@ def test_ranking_quality_fine_tunes_a_candidate_sample_and_correlates_every_rank
         assert further["candidates"] != entry["candidates"]  # fine-tuned again: other accuracies and scores
     assert set(results["ranking_at"]) == {SMALL} and set(results["ranking_at"][SMALL]) == expected
     report = (evaluation["stage"] / "report" / "report.md").read_text()
-    assert "## Ranking quality" in report and "meta-space+knn" in report
+    assert "## Ranking quality" in report and "meta-space+knn" in report and "top-1 vs a random candidate" in report
     assert "## Ranking quality (equal epochs (3), 32 training images)" in report
 
 

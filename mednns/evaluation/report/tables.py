@@ -400,12 +400,15 @@ def ranking_table(results: dict[str, Any], condition: str | None = None) -> Tabl
         return None
     names = dataset_order(results)
     names = [d for d in names if d in per_target] + [d for d in per_target if d not in names]
-    table = Table(["ranking", "mean tau", "range", "mean top-1 regret", *names], align=["l"] + ["r"] * (3 + len(names)))
+    table = Table(["ranking", "mean tau", "range", "mean top-1 regret", "top-1 vs a random candidate [95% CI]", *names],
+                  align=["l"] + ["r"] * (4 + len(names)))
     for name, entry in overall(per_target).items():
         taus = [per_target[d]["rankings"].get(name, {}).get("kendall") for d in names]
         low, high = finite_number(entry["min_kendall"]), finite_number(entry["max_kendall"])
         table.rows.append(Row([name, fmt(finite_number(entry["mean_kendall"])), f"{fmt(low)} to {fmt(high)}",
-                               fmt(finite_number(entry["mean_top1_regret"])), *(fmt(finite_number(t)) for t in taus)],
+                               fmt(finite_number(entry["mean_top1_regret"])),
+                               f"{fmt_gain(entry['top1_gain']['mean'])} {fmt_ci(entry['top1_gain'])}",
+                               *(fmt(finite_number(t)) for t in taus)],
                               ours=name.startswith("meta-space")))
     first = next(iter(per_target.values()))
     seeds = first.get("seeds", [first["seed"]])
@@ -413,7 +416,9 @@ def ranking_table(results: dict[str, Any], condition: str | None = None) -> Tabl
                       f"{first['condition']} (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}); "
                       f"Kendall's tau of each ranking against their final test ACC"
                       f"{' (mean over the seeds)' if len(seeds) > 1 else ''} (— where a ranking or the truth is "
-                      f"constant); regret: the sample's best test ACC minus that of the ranking's first. Scores see "
+                      f"constant); regret: the sample's best test ACC minus that of the ranking's first; top-1 vs a "
+                      f"random candidate: the test ACC of the ranking's first minus the sample's mean (targets "
+                      f"and seeds resampled). Scores see "
                       f"only the fine-tuning subset."
                       + (f" {ranking.ONCE}: each seed's test ACC as a ranking of the other seeds' mean, what "
                          f"fine-tuning every candidate once reaches." if len(seeds) > 1 else ""))
