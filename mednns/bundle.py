@@ -32,7 +32,7 @@ from typing import Any
 import mednns
 from mednns.errors import UsageError
 from mednns.files import read_json, write_json
-from mednns.layout import META_SPACE_FILES, META_SPACE_MANIFEST, META_SPACE_STAGE, ZOO_STORE, stage_dir
+from mednns.layout import META_SPACE_MANIFEST, META_SPACE_STAGE, ZOO_STORE, meta_space_files, stage_dir
 from mednns.training import FINAL, SUPERNET_METADATA, SUPERNET_WEIGHTS
 
 FORMAT = "mednns-bundle/1"
@@ -77,7 +77,7 @@ def export_bundle(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             copy.commit()
         finally:
             copy.close()
-    for name in META_SPACE_FILES:
+    for name in meta_space_files(len(metadata.get("member_seeds", [None]))):
         if (meta_dir / name).is_file():
             shutil.copyfile(meta_dir / name, out / META / name)
     write_json(out / META / META_SPACE_MANIFEST, {**metadata, "zoo": f"../{ZOO}"})

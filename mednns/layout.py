@@ -24,6 +24,19 @@ META_SPACE_FILES = (META_SPACE_WEIGHTS, META_SPACE_MANIFEST, META_SPACE_EMBEDDIN
                     META_SPACE_FEATURES)
 
 
+def member_files(member: int) -> tuple[str, str]:
+    """The weights and the zoo-row embeddings of one member of a meta-space ensemble (``members``
+    > 1): the first member's are the single meta-space's files, the others' are numbered."""
+    if member == 0:
+        return META_SPACE_WEIGHTS, META_SPACE_EMBEDDINGS
+    return f"metaspace.member{member}.safetensors", f"model_embeddings.member{member}.npy"
+
+
+def meta_space_files(members: int = 1) -> tuple[str, ...]:
+    """Every file of a meta-space folder of ``members`` members."""
+    return (*META_SPACE_FILES, *(f for member in range(1, members) for f in member_files(member)))
+
+
 def stage_dir(run_directory: str | os.PathLike, stage: str) -> Path:
     """``<run>/stages/<stage>`` (not created)."""
     return Path(run_directory) / STAGES / stage

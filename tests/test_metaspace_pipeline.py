@@ -337,6 +337,55 @@ def test_transfer_pairs_fine_tune_models_of_other_datasets_and_join_the_meta_spa
         assert both["val_acc"] == pytest.approx(np.mean(both["val_accs"]))
 
 
+def test_an_ensemble_of_meta_spaces_ranks_by_its_members_mean_and_travels_in_a_bundle(pipeline, tmp_path,
+                                                                                      monkeypatch):
+    from mednns.bundle import export_bundle, verify_bundle
+    from mednns.config import load_config
+    from mednns.errors import UsageError
+    from mednns.manager import get_plugin_manager
+    from mednns.metaspace.retrieval import predict_all, query
+    from mednns.metaspace.settings import MetaSpaceSettings
+    from mednns.metaspace.train import member_seeds, train_meta_space
+    from mednns.runs import prepare_run
+
+    monkeypatch.setenv("MEDNNS_CACHE_DIR", str(tmp_path / "cache"))
+    manager = get_plugin_manager()
+    config = load_config(manager, pipeline["run"] / "config.yaml")
+    config.stages = []
+    run = prepare_run(manager, config, directory=pipeline["run"])
+    folder = tmp_path / "run" / "stages" / "fit_meta_space"  # where a run keeps it: the bundle reads it there
+    summary = train_meta_space(run, MetaSpaceSettings.from_args(**META, members=3), folder)
+    assert summary["members"] == 3
+    manifest = json.loads((folder / "metaspace.json").read_text())
+    assert manifest["member_seeds"] == member_seeds(0, 3) and len(set(manifest["member_seeds"])) == 3
+    assert len(json.loads((folder / "report.json").read_text())["members"]) == 3
+    target = run.dataset("c")
+    single = predict_all(pipeline["run"] / "stages" / "fit_meta_space", target)
+    members = [load_meta_space(folder, with_model_encoder=False, member=k) for k in range(3)]
+    features = torch.as_tensor(np.load(folder / "dataset_features.npz")["c"])
+    naive = []
+    with torch.no_grad():
+        for trained in members:
+            predicted, _ = trained.model.pair(trained.model.embed_datasets([features]),
+                                              torch.as_tensor(trained.embeddings).unsqueeze(0))
+            naive.append(predicted[0].numpy())
+    np.testing.assert_allclose(naive[0], single.predicted, atol=1e-5)  # the first member is the single meta-space
+    assert not np.allclose(naive[0], naive[1])  # the members differ: only their seed does
+    ensemble = predict_all(folder, target)
+    np.testing.assert_allclose(ensemble.predicted, np.mean(naive, axis=0), atol=1e-6)
+    with pytest.raises(UsageError, match="3 meta-space member"):
+        load_meta_space(folder, member=3)
+    with pytest.raises(UsageError, match="members must be >= 1"):
+        MetaSpaceSettings.from_args(members=0)
+
+    bundle = tmp_path / "bundle"
+    files = export_bundle(tmp_path / "run", bundle)["files"]
+    assert {"metaspace/metaspace.member2.safetensors", "metaspace/model_embeddings.member1.npy"} <= set(files)
+    verify_bundle(bundle)
+    from_bundle = query(bundle / "metaspace", target, top_k=5)["results"]
+    assert [r["zoo_id"] for r in from_bundle] == [r["zoo_id"] for r in query(folder, target, top_k=5)["results"]]
+
+
 def test_pairs_join_each_datasets_draw_with_their_own_targets():
     from mednns.metaspace.contracts import ModelTable
     from mednns.metaspace.fit import MetaSpaceFitter

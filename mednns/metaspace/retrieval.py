@@ -132,22 +132,29 @@ class Predictions:
 def predict_all(meta_dir: str | Path, dataset: MedicalDataset, *, manager: ComponentSource | None = None,
                 device: str = "cpu", progress: bool = False) -> Predictions:
     """The predicted metric and retrieval score of every zoo row of the meta-space in ``meta_dir``
-    for ``dataset`` (its training images encoded with the meta-space's dataset encoder, cached)."""
+    for ``dataset`` (its training images encoded with the meta-space's dataset encoder, cached); of
+    an ensemble (``members`` > 1), the mean over its members."""
     from mednns.manager import get_plugin_manager
 
     trained = load_meta_space(meta_dir, manager=manager, device=device, with_model_encoder=False)
-    model, metadata = trained.model, trained.metadata
+    metadata = trained.metadata
     spec = metadata["dataset_encoder"]
     encoder = (manager or get_plugin_manager()).create("dataset-encoders", spec["name"], **spec["args"]).to(device)
-    features = dataset_features(encoder, dataset, images=metadata["images"], seed=metadata["image_seed"],
-                                cache_dir=cache_dir(), progress=progress)
-    start = time.perf_counter()
-    with torch.no_grad():
-        d = model.embed_datasets([torch.as_tensor(features, device=device)])
-        m = torch.as_tensor(trained.embeddings, device=device).unsqueeze(0)
-        predicted, score = model.pair(d, m)
-    return Predictions(metadata, trained.table, predicted[0].cpu().numpy(), score[0].cpu().numpy(),
-                       time.perf_counter() - start)
+    features = torch.as_tensor(dataset_features(encoder, dataset, images=metadata["images"],
+                                                seed=metadata["image_seed"], cache_dir=cache_dir(), progress=progress),
+                               device=device)
+    seconds, outputs = 0.0, []
+    for member in range(len(metadata.get("member_seeds", [None]))):
+        if member:
+            trained = load_meta_space(meta_dir, manager=manager, device=device, with_model_encoder=False, member=member)
+        start = time.perf_counter()
+        with torch.no_grad():
+            d = trained.model.embed_datasets([features])
+            m = torch.as_tensor(trained.embeddings, device=device).unsqueeze(0)
+            outputs.append([x[0].cpu().numpy() for x in trained.model.pair(d, m)])
+        seconds += time.perf_counter() - start
+    predicted, score = (np.mean([o[i] for o in outputs], axis=0) for i in (0, 1))
+    return Predictions(metadata, trained.table, predicted, score, seconds)
 
 
 def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by: RankBy = "predicted",

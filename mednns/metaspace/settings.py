@@ -79,6 +79,8 @@ class MetaSpaceSettings:
     :param fit: the training hyper-parameters (its seed is replaced by one derived from the run's).
     :param transfers: cross-dataset supervision (:class:`mednns.metaspace.transfers.TransferSettings`
         as a mapping; ``None``: off): zoo models fine-tuned on the other training datasets.
+    :param members: meta-spaces trained alike but for their fit seed; a query averages their
+        predictions (one meta-space's ranking of the zoo depends on its seed much more than its top-1 can afford).
     :param progress: show progress bars.
     """
 
@@ -92,6 +94,7 @@ class MetaSpaceSettings:
     images: int = 1000
     fit: FitConfig = field(default_factory=FitConfig)
     transfers: dict[str, Any] | None = None
+    members: int = 1
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -101,13 +104,15 @@ class MetaSpaceSettings:
             raise UsageError(f"loss_weights names {', '.join(unknown)}, which are not in losses ({', '.join(names)})")
         if self.images < 2:
             raise UsageError("images must be >= 2")
+        if self.members < 1:
+            raise UsageError(f"members must be >= 1 (got {self.members})")
 
     @classmethod
     def from_args(cls, *, zoo: str | None = None, held_out: Sequence[str] | None = None, target: Target = "val_acc",
                   dataset_encoder: Mapping[str, Any] | None = None, model_encoder: Mapping[str, Any] | None = None,
                   losses: Sequence[Mapping[str, Any]] | None = None, loss_weights: Mapping[str, float] | None = None,
-                  images: int = 1000, transfers: Mapping[str, Any] | bool | None = None, progress: bool = True,
-                  **fit: Any) -> MetaSpaceSettings:
+                  images: int = 1000, transfers: Mapping[str, Any] | bool | None = None, members: int = 1,
+                  progress: bool = True, **fit: Any) -> MetaSpaceSettings:
         """The settings from a ``fit_meta_space`` stage's arguments (``fit``: :class:`FitConfig` fields)."""
         unexpected = sorted(set(fit) - set(FIT_KEYS))
         if unexpected:
@@ -117,7 +122,7 @@ class MetaSpaceSettings:
                    model_encoder=component(model_encoder or DEFAULT_MODEL_ENCODER),
                    losses=tuple(component(s) for s in (losses if losses is not None else DEFAULT_LOSSES)),
                    loss_weights=dict(loss_weights or {}), images=images, fit=FitConfig(**fit),
-                   transfers=_transfers(transfers), progress=progress)
+                   transfers=_transfers(transfers), members=members, progress=progress)
 
     def transfer_settings(self) -> Any:
         """The :class:`~mednns.metaspace.transfers.TransferSettings`, or ``None`` (off)."""

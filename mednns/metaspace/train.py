@@ -25,12 +25,11 @@ from torch import nn
 from mednns.errors import UsageError
 from mednns.files import atomic_write_bytes, read_manifest, write_json
 from mednns.layout import (
-    META_SPACE_EMBEDDINGS,
     META_SPACE_FEATURES,
     META_SPACE_MANIFEST,
     META_SPACE_REPORT,
     META_SPACE_STAGE,
-    META_SPACE_WEIGHTS,
+    member_files,
     zoo_store,
 )
 from mednns.metaspace.contracts import ModelTable
@@ -95,7 +94,6 @@ def train_meta_space(run, settings: MetaSpaceSettings, directory: Path | None = 
     if missing:
         raise UsageError(f"fit_meta_space: the run has no dataset {', '.join(missing)} (the zoo or held_out names it)",
                          hint="add it under 'datasets' so its images can be encoded")
-    seed = derive_seed(run.seed, META_SPACE_STAGE)
     cache = cache_dir()
     encoder_spec = settings.dataset_encoder
     encoder = run.manager.create("dataset-encoders", encoder_spec["name"], **encoder_spec["args"]).to(run.device)
@@ -110,12 +108,57 @@ def train_meta_space(run, settings: MetaSpaceSettings, directory: Path | None = 
     order = [fid_names.index(n) for n in train_names]
     fid = fid[np.ix_(order, order)]
 
-    model_spec = settings.model_encoder
-    model_encoder = run.manager.create("model-encoders", model_spec["name"], **model_spec["args"])
-    model_encoder.setup(table, {"device": run.device, "cache_dir": cache, "seed": seed, "progress": settings.progress,
-                                "dataset_features": features})
     pairs, transfer_facts = _transfer_pairs(run, settings, table, train_names, cache)
     stacked = np.concatenate([features[n] for n in train_names])
+    directory = Path(directory) if directory is not None else run.stage_dir(META_SPACE_STAGE)
+    directory.mkdir(parents=True, exist_ok=True)
+    seeds = member_seeds(run.seed, settings.members)
+    fits = []
+    for member, seed in enumerate(seeds):
+        if len(seeds) > 1:
+            run.console.print(f"meta-space member {member + 1} of {len(seeds)} (seed {seed})")
+        fits.append(_fit_member(run, settings, table, features, train_names, fid, pairs, stacked, seed,
+                                directory, member))
+    result, fitter, config = fits[0]
+    buffer = io.BytesIO()
+    arrays: dict[str, Any] = {n: np.asarray(f, dtype=np.float32) for n, f in features.items()}
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(directory / META_SPACE_FEATURES, buffer.getvalue())  # the model encoder's setup reads them
+    metadata = {
+        "format": FORMAT, "zoo": str(zoo_path.resolve()), "target": settings.target, "row_ids": table.ids.tolist(),
+        "train_datasets": train_names, "held_out": list(settings.held_out), "feature_dim": int(stacked.shape[1]),
+        "model_embed_dim": int(fitter.model.model_encoder.embed_dim),
+        "dataset_encoder": encoder_spec, "model_encoder": settings.model_encoder, "losses": list(settings.losses),
+        "loss_weights": {spec["name"]: settings.weight(spec["name"]) for spec in settings.losses},
+        "images": settings.images, "image_seed": run.seed, "config": config.to_dict(),
+        "transfers": settings.transfers, **({"member_seeds": seeds} if len(seeds) > 1 else {}),
+    }
+    write_json(directory / META_SPACE_MANIFEST, metadata)
+    members = ({"members": [{"seed": s, "best_step": r["best_step"], "objective": r["objective"],
+                             "summary": r["summary"]} for s, (r, _, _) in zip(seeds, fits)]} if len(seeds) > 1 else {})
+    write_json(directory / META_SPACE_REPORT, {**result, "history": fitter.history,
+                                           "fid": {"datasets": train_names, "matrix": fid.tolist()},
+                                           **({"transfers": transfer_facts} if transfer_facts else {}), **members})
+    return {"best_step": result["best_step"], "objective": result["objective"], "summary": result["summary"],
+            "rows": len(table), "train_datasets": train_names, "held_out": list(settings.held_out),
+            **({"members": len(seeds)} if len(seeds) > 1 else {})}
+
+
+def member_seeds(run_seed: int, members: int) -> list[int]:
+    """The fit seed of each ensemble member: the first one's is the seed a single meta-space has
+    always had (so ``members: 1`` changes nothing), the others' are derived from it."""
+    first = derive_seed(run_seed, META_SPACE_STAGE)
+    return [first, *(derive_seed(run_seed, META_SPACE_STAGE, "member", k) for k in range(1, members))]
+
+
+def _fit_member(run, settings: MetaSpaceSettings, table: ModelTable, features: dict[str, np.ndarray],
+                train_names: list[str], fid: np.ndarray, pairs: Any, stacked: np.ndarray, seed: int,
+                directory: Path, member: int) -> tuple[dict[str, Any], MetaSpaceFitter, Any]:
+    """Train one meta-space (one ensemble member) with ``seed``; save its weights and embeddings."""
+    model_spec = settings.model_encoder
+    model_encoder = run.manager.create("model-encoders", model_spec["name"], **model_spec["args"])
+    model_encoder.setup(table, {"device": run.device, "cache_dir": cache_dir(), "seed": seed,
+                                "progress": settings.progress, "dataset_features": features})
     config = replace(settings.fit, seed=seed)
     torch.manual_seed(seed)
     model = MetaSpace(stacked.shape[1], model_encoder, config.embed_dim, config.hidden,
@@ -127,33 +170,12 @@ def train_meta_space(run, settings: MetaSpaceSettings, directory: Path | None = 
                              pairs=pairs)
     result = fitter.fit()
     run.console.print(correlation_table(result["datasets"]))
-
-    directory = Path(directory) if directory is not None else run.stage_dir(META_SPACE_STAGE)
-    directory.mkdir(parents=True, exist_ok=True)
-    embeddings = all_model_embeddings(model, len(table))
+    weights, embeddings_file = member_files(member)
     buffer = io.BytesIO()
-    np.save(buffer, embeddings)
-    atomic_write_bytes(directory / META_SPACE_EMBEDDINGS, buffer.getvalue())
-    buffer = io.BytesIO()
-    arrays: dict[str, Any] = {n: np.asarray(f, dtype=np.float32) for n, f in features.items()}
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(directory / META_SPACE_FEATURES, buffer.getvalue())  # the model encoder's setup reads them
-    save_weights(directory / META_SPACE_WEIGHTS, model)
-    metadata = {
-        "format": FORMAT, "zoo": str(zoo_path.resolve()), "target": settings.target, "row_ids": table.ids.tolist(),
-        "train_datasets": train_names, "held_out": list(settings.held_out), "feature_dim": int(stacked.shape[1]),
-        "model_embed_dim": int(model_encoder.embed_dim),
-        "dataset_encoder": encoder_spec, "model_encoder": model_spec, "losses": list(settings.losses),
-        "loss_weights": {spec["name"]: settings.weight(spec["name"]) for spec in settings.losses},
-        "images": settings.images, "image_seed": run.seed, "config": config.to_dict(),
-        "transfers": settings.transfers,
-    }
-    write_json(directory / META_SPACE_MANIFEST, metadata)
-    write_json(directory / META_SPACE_REPORT, {**result, "history": fitter.history,
-                                           "fid": {"datasets": train_names, "matrix": fid.tolist()},
-                                           **({"transfers": transfer_facts} if transfer_facts else {})})
-    return {"best_step": result["best_step"], "objective": result["objective"], "summary": result["summary"],
-            "rows": len(table), "train_datasets": train_names, "held_out": list(settings.held_out)}
+    np.save(buffer, all_model_embeddings(model, len(table)))
+    atomic_write_bytes(directory / embeddings_file, buffer.getvalue())
+    save_weights(directory / weights, model)
+    return result, fitter, config
 
 
 def _transfer_pairs(run, settings: MetaSpaceSettings, table: ModelTable, train_names: list[str],
@@ -208,12 +230,13 @@ class _SavedEmbeddingsOnly(nn.Module):
 
 
 def load_meta_space(directory: str | Path, *, manager: ComponentSource | None = None, device: str = "cpu",
-                    with_model_encoder: bool = True) -> TrainedMetaSpace:
-    """The trained meta-space of a ``fit_meta_space`` folder.
+                    with_model_encoder: bool = True, member: int = 0) -> TrainedMetaSpace:
+    """The trained meta-space of a ``fit_meta_space`` folder (of an ensemble: one ``member``).
 
     :param with_model_encoder: set the model encoder up again on the zoo rows it was trained with
         (cached inputs make this cheap), so :meth:`MetaSpace.embed_models` works; queries need only
         the saved embeddings and skip it.
+    :param member: which member of an ensemble (``members`` > 1); 0, the first, otherwise.
     """
     from mednns.manager import get_plugin_manager
 
@@ -227,6 +250,11 @@ def load_meta_space(directory: str | Path, *, manager: ComponentSource | None = 
         raise UsageError(f"the zoo {metadata['zoo']} changed since the meta-space was trained",
                          hint="train the meta-space again (its stage reruns when the zoo stage changes)")
     config = metadata["config"]
+    seeds = metadata.get("member_seeds", [config["seed"]])
+    if not 0 <= member < len(seeds):
+        raise UsageError(f"{directory} has {len(seeds)} meta-space member(s), not a member {member}")
+    config = {**config, "seed": seeds[member]}
+    weights, embeddings_file = member_files(member)
     if with_model_encoder:
         spec = metadata["model_encoder"]
         model_encoder = manager.create("model-encoders", spec["name"], **spec["args"])
@@ -240,12 +268,12 @@ def load_meta_space(directory: str | Path, *, manager: ComponentSource | None = 
     else:
         model_encoder = _SavedEmbeddingsOnly(metadata["model_embed_dim"])
     model = MetaSpace(metadata["feature_dim"], model_encoder, config["embed_dim"], config["hidden"]).to(device)
-    state = read_weights(directory / META_SPACE_WEIGHTS, device)
+    state = read_weights(directory / weights, device)
     if not with_model_encoder:
         state = {k: v for k, v in state.items() if not k.startswith("model_encoder.")}
     missing, unexpected = model.load_state_dict(state, strict=with_model_encoder)
     if unexpected or (with_model_encoder and missing):
-        raise UsageError(f"{directory / META_SPACE_WEIGHTS} does not fit the meta-space it describes")
+        raise UsageError(f"{directory / weights} does not fit the meta-space it describes")
     model.eval()
-    embeddings = np.load(directory / META_SPACE_EMBEDDINGS)
+    embeddings = np.load(directory / embeddings_file)
     return TrainedMetaSpace(model, metadata, embeddings, table)
