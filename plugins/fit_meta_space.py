@@ -52,7 +52,7 @@ class FitMetaSpace(Stage):
         (:mod:`mednns.metaspace.transfers`; off by default).
     :param members: train this many meta-spaces that differ only in their fit seed (an ensemble);
         a query ranks the zoo by their mean prediction. One meta-space's ranking of the zoo changes
-        with its seed (its predictions over the zoo correlate about 0.5 between seeds in the
+        with its seed (its predictions over the zoo correlate about 0.47 between seeds in the
         CPU evaluation), so its top-1 is partly a draw of the seed; default 1.
     :param progress: show progress bars.
     :param fit: the :class:`mednns.metaspace.FitConfig` settings but its seed (the run's), flat
