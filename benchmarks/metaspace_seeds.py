@@ -30,21 +30,8 @@ from mednns.files import atomic_write_text, read_json, write_json
 from mednns.manager import get_plugin_manager
 from mednns.metaspace.retrieval import predict_all
 from mednns.metaspace.settings import MetaSpaceSettings
-from mednns.metaspace.train import load_meta_space, train_meta_space
+from mednns.metaspace.train import train_meta_space
 from mednns.runs import prepare_run
-
-
-def member_predictions(folder: Path, dataset: Any, members: int) -> np.ndarray:
-    """``(members, rows)``: each member's predicted metric for ``dataset``."""
-    features = torch.as_tensor(np.load(folder / "dataset_features.npz")[dataset.name])
-    out = []
-    for k in range(members):
-        trained = load_meta_space(folder, with_model_encoder=False, member=k)
-        with torch.no_grad():
-            predicted, _ = trained.model.pair(trained.model.embed_datasets([features]),
-                                              torch.as_tensor(trained.embeddings).unsqueeze(0))
-        out.append(predicted[0].numpy())
-    return np.stack(out)
 
 
 def fold_facts(predictions: np.ndarray, ensemble: np.ndarray, ids: np.ndarray, sources: np.ndarray,
@@ -93,10 +80,8 @@ def main() -> None:
         folder = scratch / target
         if not (folder / "metaspace.json").is_file():
             train_meta_space(run, MetaSpaceSettings.from_args(**meta), folder)
-        dataset = run.dataset(target)
-        predictions = member_predictions(folder, dataset, args.members)
-        ensemble = predict_all(folder, dataset)
-        folds[target] = fold_facts(predictions, ensemble.predicted, np.asarray(ensemble.table.ids),
+        ensemble = predict_all(folder, run.dataset(target))
+        folds[target] = fold_facts(ensemble.member_predicted, ensemble.predicted, np.asarray(ensemble.table.ids),
                                    np.asarray(ensemble.table.dataset), target, entry["ranking"])
         print(target, folds[target], flush=True)
     mean = {key: float(np.mean([f[key] for f in folds.values()]))

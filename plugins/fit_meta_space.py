@@ -19,20 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import mednns
-from mednns.layout import (
-    META_SPACE_EMBEDDINGS,
-    META_SPACE_MANIFEST,
-    META_SPACE_REPORT,
-    META_SPACE_STAGE,
-    META_SPACE_WEIGHTS,
-    member_files,
-)
+from mednns.layout import META_SPACE_STAGE, meta_space_files
 from mednns.metaspace import FitConfig, MetaSpaceSettings
 from mednns.stages import Stage
 
 STAGE = META_SPACE_STAGE
-#: The stage's files (``mednns.metaspace.train`` writes them under these names).
-FILES = (META_SPACE_WEIGHTS, META_SPACE_MANIFEST, META_SPACE_EMBEDDINGS, META_SPACE_REPORT)
 
 
 class FitMetaSpace(Stage):
@@ -80,9 +71,8 @@ class FitMetaSpace(Stage):
             progress=progress, **fit)  # validated before any work
 
     def outputs(self, run) -> list[Path]:
-        directory = run.stage_dir(self.name)
-        members = [f for member in range(1, self.settings.members) for f in member_files(member)]
-        return [directory / f for f in (*FILES, *members)]
+        directory = run.stage_dir(self.name)  # mednns.metaspace.train writes them under these names
+        return [directory / f for f in meta_space_files(self.settings.members)]
 
     def run(self, run) -> dict[str, Any]:
         from mednns.metaspace import train_meta_space

@@ -372,7 +372,9 @@ def test_an_ensemble_of_meta_spaces_ranks_by_its_members_mean_and_travels_in_a_b
     np.testing.assert_allclose(naive[0], single.predicted, atol=1e-5)  # the first member is the single meta-space
     assert not np.allclose(naive[0], naive[1])  # the members differ: only their seed does
     ensemble = predict_all(folder, target)
+    np.testing.assert_allclose(ensemble.member_predicted, naive, atol=1e-6)
     np.testing.assert_allclose(ensemble.predicted, np.mean(naive, axis=0), atol=1e-6)
+    assert single.member_predicted.shape == (1, len(single.predicted))
     with pytest.raises(UsageError, match="3 meta-space member"):
         load_meta_space(folder, member=3)
     with pytest.raises(UsageError, match="members must be >= 1"):

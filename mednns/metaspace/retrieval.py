@@ -119,6 +119,8 @@ class LatencyMeter:
 class Predictions:
     """A trained meta-space's outputs for one dataset and every zoo row it knows (``table``'s order).
 
+    :param predicted: :param score: of an ensemble, the mean over its members.
+    :param member_predicted: ``(members, rows)``: each member's own prediction.
     :param seconds: the pairing's time (after the dataset's features are encoded).
     """
 
@@ -126,6 +128,7 @@ class Predictions:
     table: Any
     predicted: np.ndarray
     score: np.ndarray
+    member_predicted: np.ndarray
     seconds: float
 
 
@@ -153,8 +156,9 @@ def predict_all(meta_dir: str | Path, dataset: MedicalDataset, *, manager: Compo
             m = torch.as_tensor(trained.embeddings, device=device).unsqueeze(0)
             outputs.append([x[0].cpu().numpy() for x in trained.model.pair(d, m)])
         seconds += time.perf_counter() - start
-    predicted, score = (np.mean([o[i] for o in outputs], axis=0) for i in (0, 1))
-    return Predictions(metadata, trained.table, predicted, score, seconds)
+    members = np.stack([o[0] for o in outputs])
+    return Predictions(metadata, trained.table, members.mean(axis=0), np.mean([o[1] for o in outputs], axis=0),
+                       members, seconds)
 
 
 def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by: RankBy = "predicted",
