@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 import mednns
+from mednns.transfer import rerank_from_options, rerank_options
 
 
 @mednns.hookimpl
@@ -24,6 +25,7 @@ def register_commands(cli):
     @click.option("--max-params", type=int, help="Largest parameter count allowed.")
     @click.option("--max-macs", type=int, help="Largest MAC count allowed (per image).")
     @click.option("--max-latency-ms", type=float, help="Largest measured latency allowed (ms per image, this machine).")
+    @rerank_options
     @click.option("--epochs", type=int, default=10, show_default=True, help="Fine-tuning epochs.")
     @click.option("--lr", type=float, default=0.05, show_default=True)
     @click.option("--batch-size", type=int, default=128, show_default=True)
@@ -33,8 +35,9 @@ def register_commands(cli):
     @click.option("--device", default="cpu", show_default=True)
     @click.option("--no-progress", is_flag=True)
     def adapt_command(data: str, bundle: str, out_dir: str | None, top_k: int, max_params: int | None,
-                      max_macs: int | None, max_latency_ms: float | None, epochs: int, lr: float, batch_size: int,
-                      deploy: str, seed: int, device: str, no_progress: bool) -> None:
+                      max_macs: int | None, max_latency_ms: float | None, rerank_score: str | None, candidates: int,
+                      rerank_images: int, combine: str, epochs: int, lr: float, batch_size: int, deploy: str,
+                      seed: int, device: str, no_progress: bool) -> None:
         """Adapt a bundle's best model to DATA (an image folder, flat or train/val/test; an .npz file; or a
         registered dataset, NAME:key=value,...): query, export with inherited weights, fine-tune, report,
         model card and a deployable file, in one folder."""
@@ -47,11 +50,12 @@ def register_commands(cli):
 
         refuse_torchrun("mednns adapt", "run it as one process")
         manager = get_plugin_manager()
+        rerank = rerank_from_options(manager, rerank_score, candidates, rerank_images, combine)
         dataset = resolve_dataset(manager, data)
         out = Path(out_dir) if out_dir else Path("runs") / f"adapt-{dataset.info.name}"
         console = Console(soft_wrap=False)
         summary = adapt(dataset, bundle, out, top_k=top_k,
-                        constraints=Constraints(max_params, max_macs, max_latency_ms),
+                        constraints=Constraints(max_params, max_macs, max_latency_ms), rerank=rerank,
                         finetune_config=FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed),
                         deploy=deploy, device=device, manager=manager, console=console,  # type: ignore[arg-type]
                         progress=not no_progress)

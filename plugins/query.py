@@ -23,6 +23,7 @@ from mednns.errors import UsageError
 from mednns.finetune import FinetuneConfig
 from mednns.layout import META_SPACE_MANIFEST, QUERY_STAGE, meta_space_dir, stage_dir
 from mednns.stages import Stage
+from mednns.transfer import rerank_from_options, rerank_options
 
 FINETUNE_STAGE = "finetune"
 
@@ -213,14 +214,7 @@ def register_commands(cli):
     @click.option("--exclude-source", "exclude", multiple=True, metavar="DATASET",
                   help="Leave out models from this source dataset; repeatable [default: the meta-space's held-out "
                        "datasets].")
-    @click.option("--rerank", "rerank_score", metavar="NAME",
-                  help="Re-rank the top candidates on the dataset's training images with this transfer score "
-                       "(mednns list transfer-scores).")
-    @click.option("--candidates", type=int, default=20, show_default=True, help="Candidates --rerank scores.")
-    @click.option("--rerank-images", type=int, default=500, show_default=True,
-                  help="Labelled training images --rerank reads.")
-    @click.option("--combine", type=click.Choice(["score", "rank_sum"]), default="rank_sum", show_default=True,
-                  help="Final order: the transfer score's, or the mean of the meta-space and score ranks.")
+    @rerank_options
     @click.option("--source-gate", is_flag=True,
                   help="Leave out the models of source supernets that learned nothing (largest subnet not above "
                        "its validation majority-class rate; mednns zoo stats shows them).")
@@ -237,15 +231,10 @@ def register_commands(cli):
         from mednns.files import write_json
         from mednns.manager import get_plugin_manager
         from mednns.metaspace import Constraints, query
-        from mednns.transfer import RerankSettings
 
         refuse_torchrun("mednns query", "run it as one process")
         manager = get_plugin_manager()
-        rerank = None
-        if rerank_score:
-            manager.create("transfer-scores", rerank_score)  # an unknown name fails before any work
-            rerank = RerankSettings({"name": rerank_score, "args": {}}, candidates, rerank_images,
-                                    combine=combine)
+        rerank = rerank_from_options(manager, rerank_score, candidates, rerank_images, combine)
         run_path = Path(run_dir)
         known = {}
         if (run_path / "config.yaml").is_file():

@@ -549,6 +549,22 @@ def test_adapt_goes_from_a_dataset_and_a_bundle_to_a_documented_deployable_model
     again = invoke("export-model", out, "--format", "torchscript", "--out", tmp_path / "ts")  # the adapt folder
     assert again.exit_code == 0 and json.loads((tmp_path / "ts" / "preprocessing.json").read_text())["mean"] == \
         deploy["mean"]
+    # re-ranked on the dataset's training images before choosing: the choice is the re-ranked order's first
+    reranked_out = tmp_path / "reranked"
+    result = invoke("adapt", pipeline["root"] / "c.npz", "--bundle", bundle, "--out", reranked_out, "--epochs", 1,
+                    "--batch-size", 16, "--rerank", "knn", "--candidates", 3, "--combine", "score", "--deploy", "none",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((reranked_out / "adapt.json").read_text())
+    ranked = json.loads((reranked_out / "candidates.json").read_text())
+    assert ranked["rerank"]["score"]["name"] == "knn" and ranked["rerank"]["candidates"] == 3
+    scores = [r["transfer_score"] for r in ranked["results"][:3]]
+    assert scores == sorted(scores, reverse=True) and summary["chosen"]["zoo_id"] == ranked["results"][0]["zoo_id"]
+    assert summary["rerank"]["score"]["name"] == "knn"
+    assert "re-ranked its top 3 with the `knn` transfer score" in (reranked_out / "report.md").read_text()
+    assert "re-ranked with the knn transfer score" in (reranked_out / "model_card.md").read_text()
+    refused = invoke("adapt", pipeline["root"] / "c.npz", "--bundle", bundle, "--rerank", "no_such_score")
+    assert refused.exit_code == 2 and "no_such_score" in refused.output
 
 
 REFERENCE_BUNDLE = Path(__file__).resolve().parents[1] / "benchmarks" / "bundles" / "cpu"
