@@ -25,6 +25,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "MetaSpaceSettings": "mednns.metaspace.settings",
     "train_meta_space": "mednns.metaspace.train",
     "load_meta_space": "mednns.metaspace.train",
+    "load_members": "mednns.metaspace.train",
     "TrainedMetaSpace": "mednns.metaspace.train",
     "Constraints": "mednns.metaspace.retrieval",
     "query": "mednns.metaspace.retrieval",

@@ -24,7 +24,7 @@ from mednns.data import MedicalDataset
 from mednns.errors import UsageError
 from mednns.files import read_json, write_json
 from mednns.metaspace.features import dataset_features
-from mednns.metaspace.train import load_meta_space
+from mednns.metaspace.train import load_members
 from mednns.paths import cache_dir
 
 if TYPE_CHECKING:
@@ -139,26 +139,23 @@ def predict_all(meta_dir: str | Path, dataset: MedicalDataset, *, manager: Compo
     an ensemble (``members`` > 1), the mean over its members."""
     from mednns.manager import get_plugin_manager
 
-    trained = load_meta_space(meta_dir, manager=manager, device=device, with_model_encoder=False)
-    metadata = trained.metadata
+    members = load_members(meta_dir, device=device)
+    metadata = members[0].metadata
     spec = metadata["dataset_encoder"]
     encoder = (manager or get_plugin_manager()).create("dataset-encoders", spec["name"], **spec["args"]).to(device)
     features = torch.as_tensor(dataset_features(encoder, dataset, images=metadata["images"],
                                                 seed=metadata["image_seed"], cache_dir=cache_dir(), progress=progress),
                                device=device)
-    seconds, outputs = 0.0, []
-    for member in range(len(metadata.get("member_seeds", [None]))):
-        if member:
-            trained = load_meta_space(meta_dir, manager=manager, device=device, with_model_encoder=False, member=member)
-        start = time.perf_counter()
-        with torch.no_grad():
+    start = time.perf_counter()
+    outputs = []
+    with torch.no_grad():
+        for trained in members:
             d = trained.model.embed_datasets([features])
             m = torch.as_tensor(trained.embeddings, device=device).unsqueeze(0)
             outputs.append([x[0].cpu().numpy() for x in trained.model.pair(d, m)])
-        seconds += time.perf_counter() - start
-    members = np.stack([o[0] for o in outputs])
-    return Predictions(metadata, trained.table, members.mean(axis=0), np.mean([o[1] for o in outputs], axis=0),
-                       members, seconds)
+    predicted = np.stack([o[0] for o in outputs])
+    return Predictions(metadata, members[0].table, predicted.mean(axis=0), np.mean([o[1] for o in outputs], axis=0),
+                       predicted, time.perf_counter() - start)
 
 
 def query(meta_dir: str | Path, dataset: MedicalDataset, *, top_k: int = 10, by: RankBy = "predicted",

@@ -238,17 +238,36 @@ def load_meta_space(directory: str | Path, *, manager: ComponentSource | None = 
         the saved embeddings and skip it.
     :param member: which member of an ensemble (``members`` > 1); 0, the first, otherwise.
     """
-    from mednns.manager import get_plugin_manager
+    directory, metadata, table = _read_folder(directory)
+    return _member(directory, metadata, table, member, manager, device, with_model_encoder)
 
+
+def load_members(directory: str | Path, *, device: str = "cpu") -> list[TrainedMetaSpace]:
+    """Every member of a meta-space folder (one unless ``members`` > 1), with their saved zoo-row
+    embeddings only (what a query needs); the manifest and the zoo are read once."""
+    directory, metadata, table = _read_folder(directory)
+    return [_member(directory, metadata, table, k, None, device, False)
+            for k in range(len(metadata.get("member_seeds", [None])))]
+
+
+def _read_folder(directory: str | Path) -> tuple[Path, dict[str, Any], ModelTable]:
+    """A meta-space folder's manifest and the zoo rows it was trained with (checked unchanged)."""
     directory, metadata = read_manifest(directory, META_SPACE_MANIFEST, FORMAT, what="trained meta-space",
                                         hint="run a fit_meta_space stage; its folder is <run>/stages/fit_meta_space")
-    manager = manager or get_plugin_manager()
     metadata["zoo"] = str(directory / metadata["zoo"])  # a bundle's is relative to the folder; absolute stays
     with ZooStore(metadata["zoo"], readonly=True) as store:
         table = load_table(store, metadata["target"])
     if not np.array_equal(table.ids, np.asarray(metadata["row_ids"], dtype=np.int64)):
         raise UsageError(f"the zoo {metadata['zoo']} changed since the meta-space was trained",
                          hint="train the meta-space again (its stage reruns when the zoo stage changes)")
+    return directory, metadata, table
+
+
+def _member(directory: Path, metadata: dict[str, Any], table: ModelTable, member: int,
+            manager: ComponentSource | None, device: str, with_model_encoder: bool) -> TrainedMetaSpace:
+    """One member's network and zoo-row embeddings (see :func:`load_meta_space`)."""
+    from mednns.manager import get_plugin_manager
+
     config = metadata["config"]
     seeds = metadata.get("member_seeds", [config["seed"]])
     if not 0 <= member < len(seeds):
@@ -257,7 +276,7 @@ def load_meta_space(directory: str | Path, *, manager: ComponentSource | None = 
     weights, embeddings_file = member_files(member)
     if with_model_encoder:
         spec = metadata["model_encoder"]
-        model_encoder = manager.create("model-encoders", spec["name"], **spec["args"])
+        model_encoder = (manager or get_plugin_manager()).create("model-encoders", spec["name"], **spec["args"])
         features_path = directory / META_SPACE_FEATURES
         features = {}
         if features_path.is_file():
