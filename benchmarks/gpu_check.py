@@ -13,7 +13,9 @@ no download needed on a machine without internet) it runs, through the stages a 
    model-dataset pairs would take at that rate;
 3. ``evaluate`` on the third dataset held out (one seed): a meta-space fitted on the other two, the
    query, the retrieved subnet exported with its weights and fine-tuned, beside the same architecture
-   from random init: the seconds of each.
+   from random init: the seconds of each; and the ``rerank`` variant (issue 13): a 3-member
+   meta-space ensemble whose top 20 are re-ranked by the ridge probe on the target's training images
+   on the GPU, its candidates per second.
 
 Writes ``gpu_check.json`` and ``gpu_check.md`` into ``--out``. Throughput and time are the point;
 the synthetic accuracies only show that the steps learned something.
@@ -45,8 +47,9 @@ PAPER_PAIRS = 720_000
 DATASETS = ("a", "b", "c")
 #: (full, quick): training images per dataset, supernet epochs (full phase, each shrinking phase),
 #: zoo subnets per supernet, meta-space steps, fine-tuning epochs.
+#: Re-ranking: meta-space members, candidates re-ranked.
 SIZES = {"images": (6000, 160), "full_epochs": (4, 1), "shrink_epochs": (1, 1), "samples": (300, 6),
-         "steps": (300, 20), "epochs": (5, 2)}
+         "steps": (300, 20), "epochs": (5, 2), "members": (3, 2), "candidates": (20, 3)}
 
 
 def config(root: Path, device: str, quick: bool) -> dict[str, Any]:
@@ -65,7 +68,10 @@ def config(root: Path, device: str, quick: bool) -> dict[str, Any]:
                 {"name": "build_zoo", "args": {"samples": pick["samples"], "anchors": 2, "progress": False}},
                 {"name": "evaluate", "args": {
                     "datasets": ["c"], "methods": ["mednns", "random_init"], "seeds": [0], "epochs": pick["epochs"],
-                    "meta_space": {"steps": pick["steps"], "eval_every": max(10, pick["steps"] // 6), "progress": False},
+                    "meta_space": {"steps": pick["steps"], "eval_every": max(10, pick["steps"] // 6),
+                                   "progress": False},
+                    "variants": {"rerank": {"meta_space": {"members": pick["members"]}, "top_k": 1, "rerank": {
+                        "score": "ridge", "candidates": pick["candidates"], "combine": "score"}}},
                     "report": False, "progress": False}}]}
 
 
@@ -104,6 +110,14 @@ def evaluate_facts(run_dir: Path) -> dict[str, Any]:
     return facts
 
 
+def rerank_facts(run_dir: Path) -> dict[str, Any]:
+    """The re-ranking's measured cost (one target subset: the evaluation's one seed)."""
+    (path,) = (stage_dir(run_dir, "evaluate") / "c" / "queries").glob("rerank@*.json")
+    facts = read_json(path)["rerank"]
+    return {key: facts[key] for key in ("candidates", "images", "seconds",
+                                        "candidates_per_second", "image_macs")}
+
+
 def markdown(report: dict[str, Any]) -> str:
     env, stages = report["environment"], report["stage_seconds"]
     lines = [f"# GPU check ({env['device_name']}, torch {env['torch']})", "",
@@ -124,6 +138,10 @@ def markdown(report: dict[str, Any]) -> str:
     for method, f in report["evaluate"].items():
         setup = ", ".join(f"{k} {v:.1f}" for k, v in f["setup_seconds"].items()) or "–"
         lines.append(f"| {method} | {f['model']} | {setup} | {f['finetune_seconds']:.1f} | {f['test_acc']:.3f} |")
+    r = report["rerank"]
+    lines += ["", f"Re-ranking (`mednns:rerank`): {r['candidates']} candidates scored on {r['images']} training images "
+                  f"in {r['seconds']:.1f} s, "
+                  f"{r['candidates_per_second']} candidates/s, {r['image_macs'] / 1e9:.0f} GMACs of images."]
     return "\n".join(lines) + "\n"
 
 
@@ -161,6 +179,7 @@ def main() -> None:
             "supernets": supernet_facts(run.directory),
             "zoo": zoo_facts(run.directory, stage_seconds["build_zoo"]),
             "evaluate": evaluate_facts(run.directory),
+            "rerank": rerank_facts(run.directory),
         }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "gpu_check.json", report)

@@ -30,8 +30,10 @@ def test_gpu_check_runs_every_step_and_reports_rates(tmp_path):
     zoo = report["zoo"]
     assert zoo["subnets"] == 3 * (6 + 2 + 2)  # samples + anchors + largest and smallest, per supernet
     assert zoo["paper_pairs_hours"] == pytest.approx(720_000 / zoo["subnets_per_second"] / 3600, rel=0.01)
-    assert set(report["evaluate"]) == {"mednns", "random_init"}
+    assert set(report["evaluate"]) == {"mednns", "mednns:rerank", "random_init"}
     assert report["evaluate"]["mednns"]["setup_seconds"]["query"] > 0
+    assert report["evaluate"]["mednns:rerank"]["setup_seconds"]["rerank"] > 0
+    assert report["rerank"]["candidates"] == 3 and report["rerank"]["candidates_per_second"] > 0
     assert "| mednns |" in (tmp_path / "gpu_check.md").read_text()
 
 
