@@ -55,8 +55,10 @@ class Evaluate(Stage):
     :param variants: named variants of the mednns methods, each run on the same folds, seeds and
         training subsets and reported as its own row (``mednns:<name>``, ``mednns_topk:<name>``):
         ``{name: {meta_space: {...}, by: ..., top_k: ..., rerank: {...}, source_gate: ...,
-        finetune: {...}}}`` (``meta_space`` and ``finetune`` entries override the stage's; ``finetune``
-        may not change the shared budget: epochs, batch size, training images).
+        finetune: {...}, pool: ...}}`` (``meta_space`` and ``finetune`` entries override the stage's;
+        ``finetune`` may not change the shared budget: epochs, batch size, training images; ``pool:
+        random`` re-ranks ``rerank.candidates`` zoo models drawn at random per seed instead of the
+        meta-space's top: re-ranking without the meta-space).
     :param ranking: measure ranking quality (:mod:`mednns.evaluation.ranking`): ``{candidates: 10,
         scores: [knn, ridge, logme], images: 500, seeds: 1, train_images: []}`` fine-tunes a seeded
         random sample of transfer candidates per target (primary condition, and the equal-epochs

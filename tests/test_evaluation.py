@@ -145,7 +145,10 @@ def test_settings_name_conditions_and_variant_methods():
     for bad in ({"budgets": ["equal_money"]}, {"train_images": [100, 100]}, {"equal_compute_seeds": [7]},
                 {"max_epochs": 4}, {"variants": {"x": {"lr": 1}}}, {"variants": {"x": {"meta_space": {"zoo": "z"}}}},
                 {"variants": {"a b": {}}}, {"variants": {"x": {"rerank": {"score": "knn", "k": 3}}}},
-                {"rerank": {"combine": "vote"}}, {"variants": {"x": {"finetune": {"epochs": 3}}}}):
+                {"rerank": {"combine": "vote"}}, {"variants": {"x": {"finetune": {"epochs": 3}}}},
+                {"variants": {"x": {"pool": "zoo"}}}, {"variants": {"x": {"pool": "random"}}},  # no re-ranking
+                {"variants": {"x": {"pool": "random", "rerank": {"score": "knn"}, "top_k": 1}}},  # rank_sum
+                {"variants": {"x": {"pool": "random", "rerank": {"score": "knn", "combine": "score"}}}}):  # top_k 2
         with pytest.raises(UsageError):
             settings(**bad)
 
@@ -255,7 +258,9 @@ EVALUATE = {"datasets": ["c", "d"], "methods": ["mednns", "mednns_topk", "random
             "variants": {"auc": {"meta_space": {"target": "val_auc"}},
                          "plain": {"finetune": {"recalibrate_bn": False, "head_epochs": 0}, "top_k": 1},
                          "knn": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16},
-                                 "top_k": 1}},
+                                 "top_k": 1},
+                         "knn_alone": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16,
+                                                  "combine": "score"}, "top_k": 1, "pool": "random"}},
             "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40, "seeds": 2, "train_images": [32]},
             "meta_space": META, "report": True, "progress": False}
 
@@ -638,6 +643,34 @@ def test_re_ranking_reads_each_runs_own_fine_tuning_subset_and_counts_as_its_set
                                                           + run["compute"]["finetune"]["image_macs"])
     plain = methods_of(results, "c")["mednns"]["runs"][0]["compute"]["setup"]
     assert "rerank" not in plain
+
+
+@pipeline
+def test_a_random_pool_re_ranks_zoo_models_drawn_per_seed_without_the_meta_space(evaluation):
+    import random
+
+    from mednns.layout import zoo_store
+    from mednns.seeding import derive_seed
+    from mednns.zoo.store import ZooStore
+
+    results, stage = evaluation["results"], evaluation["stage"]
+    with ZooStore(zoo_store(evaluation["root"] / "run"), readonly=True) as store:
+        others = [r["id"] for r in store.models(["id", "dataset"]) if r["dataset"] != "c"]
+    assert not (stage / "c" / "queries" / "knn_alone.json").exists()  # no query was made
+    pools = {}
+    for condition in (PRIMARY, SMALL, COMPUTE):
+        for run in methods_of(results, "c", condition)["mednns:knn_alone"]["runs"]:
+            saved = json.loads((stage / "c" / "queries" / f"knn_alone@{run['train_subset']}.json").read_text())
+            drawn = random.Random(derive_seed(run["seed"], "rerank_pool", "c")).sample(others, 3)
+            assert sorted(saved["order"]) == sorted(drawn)  # the seed's random draw from other datasets' rows
+            assert [r["meta_rank"] for r in saved["results"]] != [] and saved["rerank"]["combine"] == "score"
+            scores = [r["transfer_score"] for r in saved["results"]]
+            assert scores == sorted(scores, reverse=True)  # the score alone orders them
+            first = saved["results"][0]
+            assert run["model"]["arch"] == first["arch"] and run["model"]["source"] == first["dataset"]
+            assert set(run["compute"]["setup"]) == {"rerank"}  # no meta-space query is charged
+            pools[run["seed"]] = sorted(drawn)
+    assert pools[0] != pools[1]  # each seed draws its own pool
 
 
 def test_fold_meta_space_arguments_are_checked_with_their_key_paths_before_any_work():

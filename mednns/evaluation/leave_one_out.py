@@ -217,6 +217,37 @@ class Fold:
             self.encodings[key] = _phase(time.perf_counter() - start, counter.get_total_flops() // 2)
         return self.encodings[key]
 
+    def transfer_rows(self, *columns: str) -> list[dict[str, Any]]:
+        """Every zoo row of another dataset (the transfer candidates), with its supernet folder and
+        ``columns`` beside the identity and architecture."""
+        from mednns.zoo.store import ZooStore
+
+        with ZooStore(self.zoo_path, readonly=True) as store:
+            folders = {s["id"]: str(Path(s["path"]).parent) for s in store.supernets()}
+            rows = store.models(["id", "dataset", "space", "arch", "supernet_id", *columns])
+        return [{**r, "supernet": folders[r["supernet_id"]]} for r in rows if r["dataset"] != self.target]
+
+    def random_pool(self, variant: Any) -> Plan:
+        """Re-ranking without the meta-space (a variant with ``pool: random``): per seed,
+        ``rerank.candidates`` transfer candidates drawn at random (those of weak sources left out
+        when the variant gates), re-ranked on the run's fine-tuning subset like the meta-space's top."""
+        from mednns.metaspace.retrieval import weak_sources
+
+        rows = self.transfer_rows("macs")
+        if variant.source_gate:
+            weak = {str(q["folder"]) for q in weak_sources(self.zoo_path)}
+            rows = [r for r in rows if r["supernet"] not in weak]
+        count = min(variant.settings().candidates, len(rows))
+
+        def order(seed: int, condition: Condition) -> list[Candidate]:
+            drawn = random.Random(derive_seed(seed, "rerank_pool", self.target)).sample(rows, count)
+            pool = [{**r, "zoo_id": r["id"], "rank": k} for k, r in enumerate(drawn, start=1)]
+            found = tuple(replace(self.from_row(r, f"{r['space']} subnet of {r['dataset']} (zoo id {r['id']}, "
+                                                   f"random pool)"), finetune=variant.finetune) for r in pool)
+            return self.reranked(variant, pool, found, seed, condition)
+
+        return order
+
     def from_row(self, row: dict[str, Any], label: str) -> Candidate:
         return inherited(self.supernets, row["supernet"], row["arch"], self.dataset.info, source=row["dataset"],
                          label=label)
@@ -239,6 +270,10 @@ class Fold:
         first: dict[str, Any] = {}
         meta_dir = self.directory
         for variant in settings.variant_list():
+            if variant.pool == "random":  # no query: nothing of the meta-space is used
+                plans[variant.method("mednns")] = _first(self.random_pool(variant), 1)
+                setup[variant.method("mednns")] = {}
+                continue
             meta = self.meta_space(variant.meta_space)
             rerank = variant.settings()
             result, spent = self.query(meta, variant.by, max(variant.top_k, rerank.candidates if rerank else 1),
@@ -313,15 +348,11 @@ class Fold:
             tans_top = self.from_row(row, f"{row['space']} subnet of {row['dataset']} (TANS-style top-1)")
             plans["tans"], setup["tans"] = _fixed(tans_top), {"query": spent}
         if "random_pick" in wanted:
-            with ZooStore(self.zoo_path, readonly=True) as store:
-                folders = {s["id"]: str(Path(s["path"]).parent) for s in store.supernets()}
-                rows = [r for r in store.models(["id", "dataset", "space", "arch", "supernet_id"])
-                        if r["dataset"] != self.target]
+            rows = self.transfer_rows()
 
             def pick(seed: int, condition: Condition) -> list[Candidate]:
                 row = random.Random(derive_seed(seed, "random_pick", self.target)).choice(rows)
-                return [self.from_row({**row, "supernet": folders[row["supernet_id"]]},
-                                      f"{row['space']} subnet of {row['dataset']} (zoo id {row['id']})")]
+                return [self.from_row(row, f"{row['space']} subnet of {row['dataset']} (zoo id {row['id']})")]
 
             plans["random_pick"] = pick
         for name, init in (("own_supernet_search", None), ("mednns_search", first.get("supernet"))):

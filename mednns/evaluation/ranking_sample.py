@@ -5,7 +5,6 @@ both combined, the source's own validation ACC) with their fine-tuned test ACC
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from mednns.evaluation import ranking
@@ -22,20 +21,14 @@ def ranking_quality(fold: Fold, condition: Condition) -> dict[str, Any]:
     from mednns.export import adapt_network
     from mednns.metaspace.retrieval import RankBy, predict_all, rank_key
     from mednns.transfer.reranking import TargetSample, candidate_outputs
-    from mednns.zoo.store import ZooStore
 
     chosen = fold.settings.ranking_settings()
     seeds = condition.seeds[: chosen.seeds]  # equal-epochs conditions have every seed (settings check the count)
     seed = seeds[0]
-    with ZooStore(fold.zoo_path, readonly=True) as store:
-        folders = {s["id"]: str(Path(s["path"]).parent) for s in store.supernets()}
-        rows = [r for r in store.models(["id", "dataset", "space", "arch", "supernet_id", "val_acc"])
-                if r["dataset"] != fold.target]
-    sample = ranking.draw_sample(rows, chosen.candidates, fold.target)
+    sample = ranking.draw_sample(fold.transfer_rows("val_acc"), chosen.candidates, fold.target)
     candidates = []
     for row in sample:
-        candidate = fold.from_row({**row, "supernet": folders[row["supernet_id"]]},
-                                  f"{row['space']} subnet of {row['dataset']} (zoo id {row['id']})")
+        candidate = fold.from_row(row, f"{row['space']} subnet of {row['dataset']} (zoo id {row['id']})")
         accs = [fold.train(candidate, s, condition, f"{fold.target} ranking sample {row['id']} seed {s}")
                 ["history"][-1]["test_acc"] for s in seeds]
         candidates.append({"zoo_id": row["id"], "dataset": row["dataset"], "arch": row["arch"],
@@ -63,7 +56,7 @@ def ranking_quality(fold: Fold, condition: Condition) -> dict[str, Any]:
     for name in scorers:
         values[name] = []
     for row in sample:
-        space, _ = fold.supernets(folders[row["supernet_id"]])
+        space, _ = fold.supernets(row["supernet"])
         network = space.extract(space.arch_from_json(row["arch"])).cpu()
         adapt_network(network, in_channels=fold.dataset.info.n_channels)  # the source head stays: LEEP reads it
         features, probabilities = candidate_outputs(network, target_sample, device=fold.run.device)

@@ -16,7 +16,10 @@ BUDGETS = ("equal_epochs", "equal_compute")
 #: Methods that start from a query of a meta-space (they have variants).
 QUERY_METHODS = ("mednns", "mednns_topk")
 #: What a variant may change.
-VARIANT_KEYS = ("meta_space", "by", "top_k", "rerank", "source_gate", "finetune")
+VARIANT_KEYS = ("meta_space", "by", "top_k", "rerank", "source_gate", "finetune", "pool")
+#: Where a variant's re-ranked candidates come from: the meta-space's top, or zoo models drawn at random
+#: (re-ranking without the meta-space).
+POOLS = ("meta_space", "random")
 #: Fine-tuning settings a variant must not change: the budget every method shares.
 FIXED_FINETUNE = ("epochs", "max_train_images", "batch_size", "seed")
 
@@ -55,6 +58,9 @@ class Variant:
     source_gate: bool = False
     #: fine-tuning settings of its rows that differ from the protocol's (e.g. the transfer recipe)
     finetune: dict[str, Any] = field(default_factory=dict)
+    #: ``meta_space``: the query's top is re-ranked; ``random``: ``rerank.candidates`` zoo models drawn
+    #: at random per seed are (re-ranking without the meta-space)
+    pool: str = "meta_space"
 
     def settings(self):
         """The :class:`~mednns.transfer.reranking.RerankSettings` of the query (``None``: no re-ranking)."""
@@ -121,6 +127,14 @@ class EvaluationSettings:
                                  f"method shares)")
             if "top_k" in variant and int(variant["top_k"]) < 1:
                 raise UsageError(f"variant {name}: top_k must be >= 1")
+            pool = variant.get("pool", "meta_space")
+            if pool not in POOLS:
+                raise UsageError(f"variant {name}: pool must be one of {', '.join(POOLS)}, got {pool!r}")
+            rerank = variant.get("rerank", self.rerank)
+            if pool == "random" and (rerank is None or rerank.get("combine") != "score"
+                                     or int(variant.get("top_k", self.top_k)) != 1):
+                raise UsageError(f"variant {name}: pool random needs rerank with combine: score and top_k: 1",
+                                 hint="a random pool has no meta-space order to combine with or to take a top-k of")
         for checked in self.variant_list():
             checked.settings()  # checks the re-ranking settings
         if self.ranking is not None:
@@ -152,7 +166,8 @@ class EvaluationSettings:
         default = Variant("", dict(self.meta_space), self.by, self.top_k, self.rerank, self.source_gate)
         return [default, *(Variant(name, {**self.meta_space, **(v.get("meta_space") or {})}, v.get("by", self.by),
                                    int(v.get("top_k", self.top_k)), v.get("rerank", self.rerank),
-                                   bool(v.get("source_gate", self.source_gate)), dict(v.get("finetune") or {}))
+                                   bool(v.get("source_gate", self.source_gate)), dict(v.get("finetune") or {}),
+                                   str(v.get("pool", "meta_space")))
                            for name, v in self.variants.items())]
 
     def method_names(self) -> list[str]:
