@@ -115,9 +115,11 @@ def test_knn_equals_a_loop_over_neighbours():
         assert KNNAccuracy(k).score(f, labels, "multi-class") == pytest.approx(naive_knn(f, labels, k))
 
 
-def test_ridge_probe_equals_explicit_solves_over_the_same_folds():
-    f, labels = separable(spread=0.5, seed=3)
+@pytest.mark.parametrize("d", [16, 300])  # more images than features, and fewer (the images' Gram matrix)
+def test_ridge_probe_equals_explicit_solves_over_the_same_folds(d):
+    f, labels = separable(d=d, spread=0.5 if d < 100 else 0.12, seed=3)
     probe = RidgeProbe()
+    assert 0.4 < probe.score(f, labels, "multi-class") < 1.0  # neither chance nor perfect: the penalty matters
     assert probe.score(f, labels, "multi-class") == pytest.approx(naive_ridge(f, labels, probe))
     folds = probe.fold_of(target_columns(labels, "multi-class"))
     for fold in range(probe.folds):  # every fold holds every class

@@ -178,12 +178,18 @@ class RidgeProbe(TransferScore):
             mean, std = f[train].mean(axis=0), f[train].std(axis=0) + 1e-8
             x_train, x_test = (f[train] - mean) / std, (f[test] - mean) / std
             y_mean = targets[train].mean(axis=0)
-            u, s, vt = np.linalg.svd(x_train, full_matrices=False)
-            projected = u.T @ (targets[train] - y_mean)
+            centred = targets[train] - y_mean
+            # The exact ridge solution through the eigenvectors of the smaller Gram matrix: the images'
+            # (X X^T, when fewer images than features) or the features' (X^T X); several times
+            # faster than an SVD of X for wide features, and every penalty reuses it.
+            if len(x_train) <= x_train.shape[1]:
+                eigenvalues, vectors = np.linalg.eigh(x_train @ x_train.T)
+                left, right = (x_test @ x_train.T) @ vectors, vectors.T @ centred
+            else:
+                eigenvalues, vectors = np.linalg.eigh(x_train.T @ x_train)
+                left, right = x_test @ vectors, vectors.T @ (x_train.T @ centred)
             for i, penalty in enumerate(self.penalties):
-                shrink = s / (s**2 + penalty * train.sum())
-                weights = vt.T @ (shrink[:, None] * projected)
-                predicted = x_test @ weights + y_mean
+                predicted = left @ (right / (eigenvalues + penalty * train.sum())[:, None]) + y_mean
                 if task == "multi-label":
                     correct[i] += np.sum((predicted > 0.5) == targets[test].astype(bool)) / targets.shape[1]
                 else:
