@@ -649,6 +649,7 @@ def test_re_ranking_reads_each_runs_own_fine_tuning_subset_and_counts_as_its_set
 def test_a_random_pool_re_ranks_zoo_models_drawn_per_seed_without_the_meta_space(evaluation):
     import random
 
+    from mednns.evaluation.leave_one_out import slug
     from mednns.layout import zoo_store
     from mednns.seeding import derive_seed
     from mednns.zoo.store import ZooStore
@@ -660,8 +661,10 @@ def test_a_random_pool_re_ranks_zoo_models_drawn_per_seed_without_the_meta_space
     pools = {}
     for condition in (PRIMARY, SMALL, COMPUTE):
         for run in methods_of(results, "c", condition)["mednns:knn_alone"]["runs"]:
-            saved = json.loads((stage / "c" / "queries" / f"knn_alone@{run['train_subset']}.json").read_text())
             drawn = random.Random(derive_seed(run["seed"], "rerank_pool", "c")).sample(others, 3)
+            # named by the subset and the pool: seeds that train on the same images still draw their own
+            saved = json.loads((stage / "c" / "queries" / f"knn_alone@{run['train_subset']}+{slug(sorted(drawn))}.json"
+                                ).read_text())
             assert sorted(saved["order"]) == sorted(drawn)  # the seed's random draw from other datasets' rows
             assert [r["meta_rank"] for r in saved["results"]] != [] and saved["rerank"]["combine"] == "score"
             scores = [r["transfer_score"] for r in saved["results"]]

@@ -171,12 +171,15 @@ class Fold:
         """``candidates`` (the meta-space's top rows ``rows``) re-ranked on the fine-tuning subset of
         ``(seed, condition)``: the labelled images that run may use, nothing else. Saved (with its
         first-measured cost) in ``queries/<variant>@<subset digest>.json`` (conditions that share a
-        subset share it); the cost is recorded for the variant's methods as the run's ``rerank``
-        setup phase."""
+        subset share it; a random pool, drawn per seed, adds its candidates' digest: seeds that
+        train on the same images, all of a small dataset, draw different pools); the cost is
+        recorded for the variant's methods as the run's ``rerank`` setup phase."""
         from mednns.transfer.reranking import TargetSample, rerank
 
         settings = variant.settings()
-        path = self.directory / "queries" / f"{variant.name or 'default'}@{self.subset_digest(seed, condition)}.json"
+        pool = f"+{slug(sorted(r['zoo_id'] for r in rows))}" if variant.pool == "random" else ""
+        path = (self.directory / "queries"
+                / f"{variant.name or 'default'}@{self.subset_digest(seed, condition)}{pool}.json")
         if path.is_file():
             saved = read_json(path)
         else:
