@@ -331,7 +331,7 @@ def test_every_method_runs_for_every_seed_of_every_condition_on_the_same_subsets
                 if name in ("own_supernet_search", "mednns_search") and target == "d":
                     assert method["status"] == "skipped" and "no supernet trained on d" in method["reason"]
                     continue
-                if name in ("mednns_topk:plain", "mednns_topk:knn"):  # the variants ask for their top-1 only
+                if name in ("mednns_topk:plain", "mednns_topk:knn", "mednns_topk:knn_alone"):  # their top-1 only
                     assert method["status"] == "skipped" and "top_k is 1" in method["reason"]
                     continue
                 assert method["status"] == "ok", (target, name)
@@ -674,6 +674,7 @@ def test_a_random_pool_re_ranks_zoo_models_drawn_per_seed_without_the_meta_space
             assert set(run["compute"]["setup"]) == {"rerank"}  # no meta-space query is charged
             pools[run["seed"]] = sorted(drawn)
     assert pools[0] != pools[1]  # each seed draws its own pool
+    assert methods_of(results, "c")["mednns_topk:knn_alone"]["status"] == "skipped"  # top_k 1: as top-1
 
 
 def test_fold_meta_space_arguments_are_checked_with_their_key_paths_before_any_work():

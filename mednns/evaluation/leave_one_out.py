@@ -251,6 +251,25 @@ class Fold:
 
         return order
 
+    def queried(self, variant: Any) -> tuple[Plan, dict[str, Any], tuple[Candidate, ...], dict[str, Any], Path]:
+        """A variant's query of its meta-space: the plan of its order (re-ranked per run when the
+        variant re-ranks), its setup compute, the candidates and the first row, and the meta-space."""
+        meta = self.meta_space(variant.meta_space)
+        rerank = variant.settings()
+        result, spent = self.query(meta, variant.by, max(variant.top_k, rerank.candidates if rerank else 1),
+                                   variant.source_gate)
+        write_json(self.directory / "queries" / f"{variant.name or 'default'}.json", result)
+        if not result["results"]:
+            raise UsageError(f"{self.target}: the query returned no zoo model (no other dataset has zoo rows?)")
+        rows = result["results"]
+        found = tuple(replace(self.from_row(r, f"{r['space']} subnet of {r['dataset']} (rank {r['rank']})"),
+                              finetune=variant.finetune) for r in rows)
+
+        def order(seed: int, condition: Condition) -> list[Candidate]:
+            return list(found) if variant.rerank is None else self.reranked(variant, rows, found, seed, condition)
+
+        return order, {"query": spent}, found, rows[0], meta
+
     def from_row(self, row: dict[str, Any], label: str) -> Candidate:
         return inherited(self.supernets, row["supernet"], row["arch"], self.dataset.info, source=row["dataset"],
                          label=label)
@@ -273,35 +292,22 @@ class Fold:
         first: dict[str, Any] = {}
         meta_dir = self.directory
         for variant in settings.variant_list():
+            spent: dict[str, Any] = {}
             if variant.pool == "random":  # no query: nothing of the meta-space is used
-                plans[variant.method("mednns")] = _first(self.random_pool(variant), 1)
-                setup[variant.method("mednns")] = {}
-                continue
-            meta = self.meta_space(variant.meta_space)
-            rerank = variant.settings()
-            result, spent = self.query(meta, variant.by, max(variant.top_k, rerank.candidates if rerank else 1),
-                                       variant.source_gate)
-            write_json(self.directory / "queries" / f"{variant.name or 'default'}.json", result)
-            if not result["results"]:
-                raise UsageError(f"{self.target}: the query returned no zoo model (no other dataset has zoo rows?)")
-            found = tuple(replace(self.from_row(r, f"{r['space']} subnet of {r['dataset']} (rank {r['rank']})"),
-                                  finetune=variant.finetune)
-                          for r in result["results"])
-            if not variant.name:
-                top, first, meta_dir = list(found), result["results"][0], meta
-
-            def order(seed: int, condition: Condition, v=variant, rows=result["results"], cs=found) -> list[Candidate]:
-                return list(cs) if v.rerank is None else self.reranked(v, rows, cs, seed, condition)
-
+                order = self.random_pool(variant)
+            else:
+                order, spent, found, row, meta = self.queried(variant)
+                if not variant.name:
+                    top, first, meta_dir = list(found), row, meta
             name = variant.method("mednns")
-            plans[name], setup[name] = _first(order, 1), {"query": spent}
+            plans[name], setup[name] = _first(order, 1), dict(spent)
             if "mednns_topk" in wanted:
                 name = variant.method("mednns_topk")
                 if variant.top_k < 2:
                     skipped[name] = "top_k is 1 (the same as mednns top-1)"
                 else:
                     plans[name] = _first(order, variant.top_k)
-                    setup[name] = {"query": spent}
+                    setup[name] = dict(spent)
         if "random_init" in wanted:
             space_spec = self.supernets(first["supernet"])[1]["space"]
             candidate = random_init(self.run.manager, space_spec, first["arch"], top[0].model["arch_hash"], info,
