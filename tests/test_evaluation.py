@@ -338,6 +338,7 @@ def test_every_method_runs_for_every_seed_of_every_condition_on_the_same_subsets
                 assert [r["seed"] for r in method["runs"]] == condition["seeds"]
                 for run in method["runs"]:
                     assert run["train_images"] == condition["train_images"]
+                    assert run["torch_threads"] == 1  # as the fixture set: results depend on it on a CPU
                     subsets.setdefault(run["seed"], set()).add(run["train_subset"])
                     if condition["budget"] == "equal_epochs":
                         assert [row["epoch"] for row in run["history"]] == [1, 2, 3]

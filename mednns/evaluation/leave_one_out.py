@@ -500,6 +500,8 @@ class Fold:
         """Fine-tune ``candidate`` for ``seed`` under ``condition`` (or read the saved run). With
         ``epochs`` above the equal-epochs count, validation and test run at as many evenly spaced
         epochs as the equal-epochs budget has (the same validation compute)."""
+        import torch
+
         from mednns.finetune import train_model
 
         config = self.config(seed, condition, epochs, candidate)
@@ -525,7 +527,9 @@ class Fold:
         record = {"key": candidate.key, "seed": seed, "model": model_info, "epochs": config.epochs,
                   "train_images": len(data.train_x), "train_subset": self.subset_digest(seed, condition),
                   "history": [{k: row[k] for k in keep} for row in trained["history"]],
-                  "prepare_seconds": round(prepare, 3), "finetune_seconds": trained["seconds"]}
+                  "prepare_seconds": round(prepare, 3), "finetune_seconds": trained["seconds"],
+                  # on a CPU the result depends on it (the order parallel sums run in), as much as a seed can
+                  "torch_threads": torch.get_num_threads()}
         write_json(path, record)
         return record
 
