@@ -1,9 +1,13 @@
 """Publish a leave-one-dataset-out evaluation: run ``mednns evaluate CONFIG`` and copy its results
 and report into ``benchmarks/results/<run name>/``.
 
-Written there: ``results.json`` (every run's per-epoch history), ``report.md`` (the tables),
-``report.html`` (one page), the PNG figures, and ``run.json`` (the command, wall time per stage,
-machine facts). A rerun of the same command resumes an interrupted evaluation.
+Written there: ``results.json`` (every run's per-epoch history; without indentation: it is read by
+programs, and indented it was twice the size), ``report.md`` (the tables), the PNG figures,
+``table.md`` (the README's tables) and ``run.json`` (the command, wall time per stage, machine facts).
+``report.html``, the same report with every figure inlined, is not published (it repeated the PNG
+files beside it, 8-10 MB per evaluation); it stays in the run's ``stages/evaluate/report/``, and
+``mednns report RUN_DIR`` writes it again. A rerun of the same command resumes an interrupted
+evaluation.
 
     MEDMNIST_ROOT=../shared/data/medmnist python benchmarks/evaluation.py benchmarks/evaluation_cpu.yaml
 """
@@ -11,6 +15,7 @@ machine facts). A rerun of the same command resumes an interrupted evaluation.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -18,7 +23,7 @@ from pathlib import Path
 
 from mednns.config import load_config
 from mednns.evaluation.report import render_report
-from mednns.files import read_json, write_json
+from mednns.files import atomic_write_text, read_json, write_json
 from mednns.manager import get_plugin_manager
 from mednns.runner import execute
 from mednns.runs import environment_facts, prepare_run
@@ -98,8 +103,9 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    shutil.copyfile(stage / "results.json", out / "results.json")
-    render_report(stage / "results.json", out)  # from the stage: the embedding figures need its npz files
+    atomic_write_text(out / "results.json", json.dumps(read_json(stage / "results.json"), separators=(",", ":")) + "\n")
+    page = render_report(stage / "results.json", out)  # from the stage: the embedding figures need its npz files
+    page.unlink()  # report.html: the figures beside it again, inlined (see the module's docstring)
     (out / "table.md").write_text(compact_table(read_json(out / "results.json")))
     command = " ".join(["python", *sys.argv])
     write_json(out / "run.json", {
