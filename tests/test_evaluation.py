@@ -134,6 +134,10 @@ def test_settings_name_conditions_and_variant_methods():
     assert [c.id for c in settings(budgets=["equal_compute"]).conditions()] == ["equal_compute@all"]
     assert settings(variants={"knn": {"rerank": {"score": "knn"}}}).variant_list()[1].settings().score == {
         "name": "knn", "args": {}}
+    # the re-ranking defaults are the measured configuration: the ridge probe's order alone, which a
+    # random pool (no meta-space order to combine with) accepts without restating it
+    alone = settings(variants={"alone": {"rerank": {}, "pool": "random", "top_k": 1}}).variant_list()[1].settings()
+    assert alone.score == {"name": "ridge", "args": {}} and alone.combine == "score"
     measured = settings(train_images=[800, 100], budgets=["equal_epochs", "equal_compute"],
                         ranking={"train_images": [100]}).ranking_conditions()
     assert [c.id for c in measured] == ["equal_epochs@800", "equal_epochs@100"]
@@ -147,7 +151,8 @@ def test_settings_name_conditions_and_variant_methods():
                 {"variants": {"a b": {}}}, {"variants": {"x": {"rerank": {"score": "knn", "k": 3}}}},
                 {"rerank": {"combine": "vote"}}, {"variants": {"x": {"finetune": {"epochs": 3}}}},
                 {"variants": {"x": {"pool": "zoo"}}}, {"variants": {"x": {"pool": "random"}}},  # no re-ranking
-                {"variants": {"x": {"pool": "random", "rerank": {"score": "knn"}, "top_k": 1}}},  # rank_sum
+                {"variants": {"x": {"pool": "random", "rerank": {"score": "knn", "combine": "rank_sum"},
+                                    "top_k": 1}}},
                 {"variants": {"x": {"pool": "random", "rerank": {"score": "knn", "combine": "score"}}}}):  # top_k 2
         with pytest.raises(UsageError):
             settings(**bad)

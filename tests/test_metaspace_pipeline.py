@@ -173,6 +173,7 @@ def test_query_command_reranks_and_shows_both_orders(pipeline):
                     "--rerank-images", 40)
     assert result.exit_code == 0, result.output
     assert "meta-space rank" in result.output and "transfer score" in result.output and "candidates/s" in result.output
+    assert "re-ranked by knn (score)" in result.output  # the score's order unless --combine says otherwise
     unknown = invoke("query", run, "--dataset", "c", "--rerank", "magic")
     assert unknown.exit_code == 2 and "magic" in unknown.output
 

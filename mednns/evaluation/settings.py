@@ -99,6 +99,8 @@ class EvaluationSettings:
     report: bool = True
 
     def __post_init__(self) -> None:
+        from mednns.transfer.reranking import RerankSettings
+
         unknown = sorted(set(self.budgets) - set(BUDGETS))
         if unknown or not self.budgets:
             raise UsageError(f"budgets must be a non-empty list of {', '.join(BUDGETS)} (got {self.budgets})")
@@ -131,7 +133,7 @@ class EvaluationSettings:
             if pool not in POOLS:
                 raise UsageError(f"variant {name}: pool must be one of {', '.join(POOLS)}, got {pool!r}")
             rerank = variant.get("rerank", self.rerank)
-            if pool == "random" and (rerank is None or rerank.get("combine") != "score"
+            if pool == "random" and (rerank is None or RerankSettings.from_dict(rerank).combine != "score"
                                      or int(variant.get("top_k", self.top_k)) != 1):
                 raise UsageError(f"variant {name}: pool random needs rerank with combine: score and top_k: 1",
                                  hint="a random pool has no meta-space order to combine with or to take a top-k of")

@@ -24,7 +24,7 @@ def rerank_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--candidates", type=int, default=20, show_default=True, help="Candidates --rerank scores."),
         click.option("--rerank-images", type=int, default=500, show_default=True,
                      help="Labelled training images --rerank reads."),
-        click.option("--combine", type=click.Choice(["score", "rank_sum"]), default="rank_sum", show_default=True,
+        click.option("--combine", type=click.Choice(["score", "rank_sum"]), default="score", show_default=True,
                      help="Final order: the transfer score's, or the mean of the meta-space and score ranks."),
     ]):
         command = option(command)
