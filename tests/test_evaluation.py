@@ -158,6 +158,26 @@ def test_settings_name_conditions_and_variant_methods():
             settings(**bad)
 
 
+def test_a_saved_re_ranking_is_reused_only_for_the_settings_and_candidates_it_was_made_with():
+    from mednns.evaluation.leave_one_out import reranking_applies
+    from mednns.transfer.reranking import RerankSettings
+
+    settings = RerankSettings.from_dict({"score": "knn", "candidates": 3}).to_dict()
+    made_with = {"settings": settings, "candidates": [4, 7, 9], "images": 24, "batch_size": 16}
+    saved = json.loads(json.dumps({"order": [7, 4, 9], "made_with": made_with}))  # as read back from its file
+    assert reranking_applies(saved, made_with)
+    for changed in ({"settings": {**settings, "score": {"name": "ridge", "args": {}}}},
+                    {"settings": {**settings, "combine": "rank_sum"}}, {"candidates": [4, 7, 8]},
+                    {"images": 100}, {"batch_size": 128}):
+        assert not reranking_applies(saved, {**made_with, **changed}), changed
+    # saved before the record existed: judged by the facts the re-ranking wrote
+    legacy = {"order": [7, 4, 9], "rerank": {**settings, "candidates": 3, "images": 24, "seconds": 1.0}}
+    assert reranking_applies(legacy, made_with)
+    for changed in ({"settings": {**settings, "score": {"name": "ridge", "args": {}}}},
+                    {"settings": {**settings, "seed": 1}}, {"candidates": [4, 7, 8]}, {"images": 100}):
+        assert not reranking_applies(legacy, {**made_with, **changed}), changed
+
+
 def test_ranking_quality_helpers_correlate_rank_and_average_as_documented():
     from mednns.evaluation.ranking import RankingSettings, assess, draw_sample, overall, rank_sum_key
 
@@ -638,6 +658,8 @@ def test_re_ranking_reads_each_runs_own_fine_tuning_subset_and_counts_as_its_set
         for run in methods_of(results, "c", condition)["mednns:knn"]["runs"]:
             saved = json.loads((stage / "c" / "queries" / f"knn@{run['train_subset']}.json").read_text())
             assert sorted(saved["order"]) == sorted(top)  # the same candidates, in the re-ranked order
+            assert saved["made_with"]["candidates"] == sorted(top)  # what a rerun checks before reusing it
+            assert saved["made_with"]["settings"]["score"]["name"] == "knn"
             first = next(r for r in saved["results"] if r["rank"] == 1)
             assert run["model"]["arch"] == first["arch"] and run["model"]["source"] == first["dataset"]
             facts = saved["rerank"]

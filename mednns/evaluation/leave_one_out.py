@@ -91,6 +91,20 @@ def zoo_fingerprint(zoo_path: Path) -> str:
         return slug([sorted(s["weights_sha256"] for s in store.supernets()), store.count()])
 
 
+def reranking_applies(saved: dict[str, Any], made_with: dict[str, Any]) -> bool:
+    """Whether a saved re-ranking was made as ``made_with`` asks (its ``settings``, the sorted zoo ids
+    of its ``candidates``, the ``images`` it scored and the fine-tuning ``batch_size`` its BN
+    calibration batches follow). A file saved before it recorded this is judged by its facts (every
+    setting but the batch size). A variant renamed nothing when its settings changed: without this,
+    its stale order would be reused."""
+    if "made_with" in saved:
+        return saved["made_with"] == made_with
+    facts, settings = saved.get("rerank") or {}, made_with["settings"]
+    return (all(facts.get(key) == settings[key] for key in ("score", "combine", "calibration_images", "seed"))
+            and facts.get("images") == made_with["images"]
+            and sorted(saved.get("order", [])) == made_with["candidates"])
+
+
 def _phase(seconds: float | None, image_macs: int | float | None) -> dict[str, Any]:
     return {"seconds": None if seconds is None else round(float(seconds), 3),
             "image_macs": None if image_macs is None else int(image_macs)}
@@ -173,22 +187,26 @@ class Fold:
         first-measured cost) in ``queries/<variant>@<subset digest>.json`` (conditions that share a
         subset share it; a random pool, drawn per seed, adds its candidates' digest: seeds that
         train on the same images, all of a small dataset, draw different pools); the cost is
-        recorded for the variant's methods as the run's ``rerank`` setup phase."""
+        recorded for the variant's methods as the run's ``rerank`` setup phase. A saved re-ranking
+        made otherwise (:func:`reranking_applies`) is made again."""
         from mednns.transfer.reranking import TargetSample, rerank
 
         settings = variant.settings()
         pool = f"+{slug(sorted(r['zoo_id'] for r in rows))}" if variant.pool == "random" else ""
         path = (self.directory / "queries"
                 / f"{variant.name or 'default'}@{self.subset_digest(seed, condition)}{pool}.json")
-        if path.is_file():
-            saved = read_json(path)
-        else:
-            data = self.finetune_data(seed, condition)
+        data = self.finetune_data(seed, condition)
+        made_with = {"settings": settings.to_dict(),
+                     "candidates": sorted(r["zoo_id"] for r in rows[:settings.candidates]),
+                     "images": min(settings.images, len(data.train_x)), "batch_size": condition.batch_size}
+        saved = read_json(path) if path.is_file() else None
+        if saved is None or not reranking_applies(saved, made_with):
             sample = TargetSample.from_tensors(data.train_x, data.train_y, str(self.dataset.info.task), settings,
                                                batch_size=condition.batch_size)
             results, facts = rerank(rows, self.dataset, settings, manager=self.run.manager, device=self.run.device,
                                     load=self.supernets, sample=sample)
-            saved = {"order": [r["zoo_id"] for r in results], "results": results, "rerank": facts}
+            saved = {"order": [r["zoo_id"] for r in results], "results": results, "rerank": facts,
+                     "made_with": made_with}
             write_json(path, saved)
         spent = _phase(saved["rerank"]["seconds"], saved["rerank"]["image_macs"])
         for base in QUERY_METHODS:
