@@ -103,7 +103,8 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    atomic_write_text(out / "results.json", json.dumps(read_json(stage / "results.json"), separators=(",", ":")) + "\n")
+    compact = json.dumps(read_json(stage / "results.json"), separators=(",", ":"))
+    atomic_write_text(out / "results.json", compact + "\n")
     page = render_report(stage / "results.json", out)  # from the stage: the embedding figures need its npz files
     page.unlink()  # report.html: the figures beside it again, inlined (see the module's docstring)
     (out / "table.md").write_text(compact_table(read_json(out / "results.json")))

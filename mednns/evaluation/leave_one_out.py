@@ -95,8 +95,8 @@ def reranking_applies(saved: dict[str, Any], made_with: dict[str, Any]) -> bool:
     """Whether a saved re-ranking was made as ``made_with`` asks (its ``settings``, the sorted zoo ids
     of its ``candidates``, the ``images`` it scored and the fine-tuning ``batch_size`` its BN
     calibration batches follow). A file saved before it recorded this is judged by its facts (every
-    setting but the batch size). A variant renamed nothing when its settings changed: without this,
-    its stale order would be reused."""
+    setting but the batch size). A variant keeps its name when its settings change: without this
+    check its stale order would be reused."""
     if "made_with" in saved:
         return saved["made_with"] == made_with
     facts, settings = saved.get("rerank") or {}, made_with["settings"]
