@@ -501,10 +501,16 @@ def test_statistics_pair_runs_by_dataset_and_seed(evaluation):
             expected[target] = np.mean([ours[s] - theirs[s] for s in (0, 1)])
         assert acc["datasets"] == pytest.approx(expected)
         assert acc["mean"] == pytest.approx(np.mean(list(expected.values())))
+        # at equal epochs also test ACC after each earlier report epoch (3 epochs: after the first)
         assert acc["pairs"] == 4 and "p_wilcoxon" in acc and set(stats["mednns"][other]) == {
-            "test_acc", "test_auc", "test_bal_acc"}
+            "test_acc", "test_auc", "test_bal_acc", "test_acc@1"}
+    first = {target: np.mean([a["history"][0]["test_acc"] - b["history"][0]["test_acc"] for a, b in zip(
+        *(sorted(methods_of(results, target)[m]["runs"], key=lambda r: r["seed"]) for m in ("mednns", "random_init")))])
+             for target in ("c", "d")}
+    assert stats["mednns"]["random_init"]["test_acc@1"]["datasets"] == pytest.approx(first)
     assert stats["mednns"]["random_init"]["test_acc"]["ci"] is not None
     assert results["statistics"][COMPUTE]["mednns"]["random_init"]["test_acc"]["pairs"] == 2  # seed 0 only
+    assert "test_acc@1" not in results["statistics"][COMPUTE]["mednns"]["random_init"]  # epochs differ there
 
 
 @pipeline

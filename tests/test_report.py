@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import re
@@ -305,6 +306,25 @@ def test_statistics_budgets_and_compute_tables(results):
                                           "total s"]
     assert compute_rows["mednns (top-1)"][3] == "2.0" and compute_rows["random init"][3] == ""
     assert compute_rows["mednns (top-1)"][-1] == str(K)  # the equal-compute epochs
+
+
+def test_early_gains_table_appears_where_the_statistics_hold_earlier_epochs(results):
+    from mednns.evaluation.results import condition_view
+    from mednns.evaluation.statistics import compare_methods
+
+    assert report.early_table(condition_view(results, "equal_epochs@all")) is None  # final metrics only
+    early = copy.deepcopy(results)
+    methods = {d: e["conditions"]["equal_epochs@all"]["methods"] for d, e in early["datasets"].items()}
+    early["statistics"]["equal_epochs@all"] = compare_methods(methods, ["mednns"], list(METHODS),
+                                                              ["test_acc", "test_acc@1", "test_acc@3"])
+    table = report.early_table(condition_view(early, "equal_epochs@all"))
+    assert table is not None and table.headers[2::3] == ["after epoch 1", "after epoch 3", "final"]
+    row = next(r.cells for r in table.rows if r.cells[1] == "random init")
+    given = early["statistics"]["equal_epochs@all"]["mednns"]["random_init"]
+    assert [row[2], row[5], row[8]] == [f"{given[m]['mean']:+.3f}" for m in ("test_acc@1", "test_acc@3", "test_acc")]
+    markdown = report.markdown_report(early)
+    assert "Does it train faster?" in markdown.split("### equal compute", 1)[0]  # under equal epochs only
+    assert "Does it train faster?" not in markdown.split("### equal compute", 1)[1]
 
 
 def test_single_seed_has_no_plus_minus_and_report_epochs_are_deduplicated(tmp_path):

@@ -34,6 +34,19 @@ def test_paired_differences_use_the_last_epoch_of_seeds_present_in_both():
     assert S.paired_differences(ours, theirs, "test_auc") == {}  # not recorded: no pairs
 
 
+def test_an_early_metric_pairs_the_runs_after_that_epoch():
+    ours = [{"seed": 0, "history": [{"epoch": 1, "test_acc": 0.6}, {"epoch": 2, "test_acc": 0.7},
+                                    {"epoch": 3, "test_acc": 0.9}]},
+            {"seed": 1, "history": [{"epoch": 1, "test_acc": 0.5}]}]  # stopped after one epoch
+    theirs = [{"seed": 0, "history": [{"epoch": 1, "test_acc": 0.4}, {"epoch": 2, "test_acc": 0.8},
+                                      {"epoch": 3, "test_acc": 0.8}]},
+              {"seed": 1, "history": [{"epoch": 1, "test_acc": 0.45}, {"epoch": 2, "test_acc": 0.6}]}]
+    assert S.early_metric("test_acc", 1) == "test_acc@1"
+    assert S.paired_differences(ours, theirs, "test_acc@1") == pytest.approx({0: 0.2, 1: 0.05})
+    assert S.paired_differences(ours, theirs, "test_acc@2") == pytest.approx({0: -0.1})  # seed 1 has no epoch 2
+    assert S.paired_differences(ours, theirs, "test_acc") == pytest.approx({0: 0.1, 1: -0.1})  # the last epochs
+
+
 @pytest.mark.parametrize("values", [[0.1, 0.2, 0.3, 0.4, 0.5], [0.1, -0.2, 0.3, 0.4, 0.5],
                                     [-0.05, 0.11, -0.31, 0.02, 0.07, -0.13, 0.23, 0.19]])
 def test_wilcoxon_p_is_the_exact_two_sided_signed_rank_p(values):

@@ -715,8 +715,15 @@ def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, An
             view = summary.condition_view(results, condition.id)
             results["overall"][condition.id] = summary.overall(view["datasets"], names)
             results["statistics"][condition.id] = statistics.compare_methods(
-                {d: e["methods"] for d, e in view["datasets"].items()}, ours, names)
+                {d: e["methods"] for d, e in view["datasets"].items()}, ours, names, metrics(condition))
         write_json(directory / RESULTS_FILE, results)
+
+    def metrics(condition: Condition) -> tuple[str, ...]:
+        """The final test metrics and, at equal epochs, test ACC after each earlier report epoch
+        (every method has then trained as long: does one train faster?)."""
+        k = settings.finetune["epochs"]
+        early = [statistics.early_metric("test_acc", e) for e in summary.report_epochs(k) if e < k]
+        return statistics.PAIRED_METRICS + (tuple(early) if condition.budget == "equal_epochs" else ())
 
     if not job.active:
         for target in targets:

@@ -10,6 +10,10 @@ runs of one (dataset, seed). Per dataset the mean difference over its seeds; ove
 * the Wilcoxon signed-rank p-value of the per-dataset means (``scipy.stats.wilcoxon``, two-sided);
 * wins: datasets whose mean difference is positive.
 
+A metric is a run's final value (``test_acc``) or its value after an earlier epoch
+(``test_acc@1``: after one epoch): "trains faster" is a claim about the second kind, and it needs
+the same paired statistics as "ends better".
+
 Pure functions of JSON-like data (no torch).
 """
 
@@ -25,15 +29,24 @@ CONFIDENCE = 0.95
 RESAMPLES = 9999
 
 
+def early_metric(metric: str, epoch: int) -> str:
+    """The name of ``metric`` after ``epoch`` epochs (``test_acc@1``)."""
+    return f"{metric}@{epoch}"
+
+
 def final_value(run: Mapping[str, Any], metric: str) -> float | None:
-    """``metric`` at a run's last epoch (``None`` when the run did not record it)."""
-    value = run["history"][-1].get(metric)
+    """``metric`` at a run's last epoch, or after the epoch a ``metric@epoch`` name gives (``None``
+    when the run did not record it or did not train that long)."""
+    name, _, epoch = metric.partition("@")
+    entry: Mapping[str, Any] = (next((h for h in run["history"] if h.get("epoch") == int(epoch)), {}) if epoch
+                                else run["history"][-1])
+    value = entry.get(name)
     return None if value is None or not np.isfinite(value) else float(value)
 
 
 def paired_differences(ours: Sequence[Mapping[str, Any]], theirs: Sequence[Mapping[str, Any]],
                        metric: str) -> dict[int, float]:
-    """Per seed present in both: ``ours - theirs`` of ``metric`` at the last epoch."""
+    """Per seed present in both: ``ours - theirs`` of ``metric`` (:func:`final_value`)."""
     by_seed = {r["seed"]: final_value(r, metric) for r in theirs}
     differences = {}
     for run in ours:

@@ -31,6 +31,7 @@ from mednns.evaluation.report.tables import (
     conditions,
     dataset_heading,
     dataset_table,
+    early_table,
     fid_line,
     method_items,
     overall_table,
@@ -84,6 +85,9 @@ def report_sections(results: dict[str, Any], figures: Collection[str]) -> list[t
             continue
         seeds = ", ".join(str(x) for x in condition.get("seeds") or [])
         blocks += [("h3", f"{condition_label(condition, k)} (seeds {seeds})"), ("table", statistics_table(cview))]
+        faster = early_table(cview)
+        if faster is not None:
+            blocks += [("p", "Does it train faster?"), ("table", faster)]
         blocks += figure(forest_name(condition), f"gains with 95% intervals: {condition_label(condition, k)}")
     if len(conditions(results)) > 1:
         blocks += [("h2", "Budgets side by side"), ("table", budgets_table(results))]

@@ -305,6 +305,45 @@ def statistics_table(view: dict[str, Any]) -> Table:
     return table
 
 
+def early_epochs(view: dict[str, Any]) -> list[int]:
+    """The epochs before the last with paired statistics of test ACC in one condition (``test_acc@k``)."""
+    found = {int(metric.split("@")[1]) for versus in (view.get("statistics") or {}).values()
+             for metrics in versus.values() for metric in metrics if metric.startswith("test_acc@")}
+    return sorted(found)
+
+
+def early_table(view: dict[str, Any]) -> Table | None:
+    """Does a method train faster? Paired test ACC gains of every mednns method after each earlier
+    report epoch and at the end (mean gain, 95% bootstrap interval, wins); ``None`` when the condition
+    has no early statistics (equal compute: the methods train for different epochs).
+
+    :param view: a condition view of evaluation results.
+    """
+    view = as_view(view)
+    early = early_epochs(view)
+    if not early:
+        return None
+    metrics = [f"test_acc@{e}" for e in early] + ["test_acc"]
+    headers = ["mednns method", "vs"]
+    for e in early:
+        headers += [f"after epoch {e}", "95% CI", "wins"]
+    headers += ["final", "95% CI", "wins"]
+    table = Table(headers, align=["l", "l"] + ["r"] * (3 * len(metrics)))
+    for ours in [m for m in method_order(view) if is_ours(view, m)]:
+        for other in method_order(view):
+            found = [gain_stats(view, ours, other, metric) for metric in metrics]
+            if found[-1] is None:
+                continue
+            cells = [label(view, ours), label(view, other)]
+            for stats in found:
+                wins = (stats or {}).get("wins") or [0, 0]
+                cells += [fmt_gain((stats or {}).get("mean")), fmt_ci(stats), f"{wins[0]}/{wins[1]}"]
+            table.rows.append(Row(cells, ours=ours == REFERENCE))
+    table.footnote = ("Test ACC gains after each earlier epoch and at the end, paired and resampled as in the table "
+                      "above: a method that trains faster is ahead early; one that ends better, at the end.")
+    return table
+
+
 def budgets_table(results: dict[str, Any]) -> Table:
     """Every condition side by side: per method its mean final test ACC and mean target-side seconds.
 
