@@ -6,7 +6,9 @@ Measures, for one search space on PneumoniaMNIST at 28x28:
    wall time and TEST accuracy of the largest / a median / the smallest subnet after BN
    recalibration (from the trainer's ``final.json``);
 2. the same largest architecture trained alone (the full phase only: no weight sharing)
-   for about the same wall time: what weight sharing costs;
+   for about the same wall time, or for ``--standalone-epochs`` epochs (for example as many
+   epochs as the supernet's phases together: what weight sharing costs the largest network at
+   equal epochs rather than equal time);
 3. throughput of one sandwich step (images/s of the batch);
 4. evaluating one subnet through the supernet (``set_active``) versus through its
    extracted network on the same images (ratio; target <= 1.3).
@@ -116,6 +118,9 @@ def main() -> None:
     parser.add_argument("--train", action="append", default=[], metavar="KEY=VALUE",
                         help="any other TrainConfig field, e.g. --train weight_decay=5e-4 (repeatable)")
     parser.add_argument("--skip-standalone", action="store_true")
+    parser.add_argument("--standalone-epochs", type=int,
+                        help="epochs of the largest architecture trained alone [default: as many as fit in the "
+                             "supernet's wall time]")
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
@@ -141,7 +146,7 @@ def main() -> None:
 
     if not args.skip_standalone:
         full_epoch_s = epoch_seconds(work / "supernet" / "metrics.csv", "full")
-        epochs = max(1, round(supernet_seconds / full_epoch_s))
+        epochs = args.standalone_epochs or max(1, round(supernet_seconds / full_epoch_s))
         torch.manual_seed(args.seed)
         alone_space = make_space()
         alone_config = TrainConfig(full_epochs=epochs, shrink_epochs=0, progress=False, **extra)
