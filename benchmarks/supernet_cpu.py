@@ -66,6 +66,14 @@ def epoch_seconds(metrics_csv: Path, phase: str) -> float:
     return statistics.median(float(r["seconds"]) for r in rows)
 
 
+def last_validation(metrics_csv: Path) -> dict:
+    """The largest network's validation ACC and AUC after the last epoch (the trainer's metrics.csv):
+    the held-out split drawn like the training images, beside a test split that may be shifted."""
+    with open(metrics_csv) as handle:
+        last = list(csv.DictReader(handle))[-1]
+    return {"acc": float(last["val_acc_largest"]), "auc": float(last["val_auc_largest"])}
+
+
 def sandwich_throughput(space, x, y, task, num_random: int, repeats: int = 5) -> dict:
     space.train()
     rng = random.Random(0)
@@ -142,7 +150,8 @@ def main() -> None:
     start = time.perf_counter()
     final = SupernetTrainer(space, dataset, work / "supernet", config, space_name=args.space, seed=args.seed).fit()
     supernet_seconds = time.perf_counter() - start
-    results["supernet"] = {"wall_s": round(supernet_seconds, 1), "count": space.count(), "final": final}
+    results["supernet"] = {"wall_s": round(supernet_seconds, 1), "count": space.count(), "final": final,
+                           "val_largest": last_validation(work / "supernet" / "metrics.csv")}
 
     if not args.skip_standalone:
         full_epoch_s = epoch_seconds(work / "supernet" / "metrics.csv", "full")
@@ -154,7 +163,8 @@ def main() -> None:
         alone = SupernetTrainer(alone_space, dataset, work / "standalone", alone_config, space_name=args.space,
                                 seed=args.seed).fit()
         results["standalone_largest"] = {"epochs": epochs, "wall_s": round(time.perf_counter() - start, 1),
-                                         "test": alone["test"]["largest"]}
+                                         "test": alone["test"]["largest"],
+                                         "val": last_validation(work / "standalone" / "metrics.csv")}
 
     x, y = dataset_tensors(dataset, "train")
     results["sandwich_step"] = sandwich_throughput(space, x[:128], y[:128], info.task, config.num_random)
@@ -192,6 +202,9 @@ def to_markdown(r: dict, args) -> str:
         s = r["standalone_largest"]
         lines.append(f"| largest architecture trained alone, {s['epochs']} epochs, {s['wall_s'] / 60:.1f} min | "
                      f"{_acc(s['test'])} |")
+        if "val" in s and "val_largest" in r["supernet"]:
+            lines.append(f"| validation ACC of the largest: in the supernet / trained alone | "
+                         f"{r['supernet']['val_largest']['acc']:.1%} / {s['val']['acc']:.1%} |")
     sw = r["sandwich_step"]
     lines.append(f"| sandwich step ({sw['subnets_per_step']} subnets, batch {sw['batch']}) | "
                  f"{sw['seconds_per_step']:.3f} s = {sw['images_per_s']:.0f} images/s |")
