@@ -27,6 +27,7 @@ from mednns.evaluation.report.view import (
     seeds_run,
     shown_epochs,
 )
+from mednns.evaluation.statistics import early_metric
 
 
 # -- formatting ----------------------------------------------------------------------------------------
@@ -323,7 +324,7 @@ def early_table(view: dict[str, Any]) -> Table | None:
     early = early_epochs(view)
     if not early:
         return None
-    metrics = [f"test_acc@{e}" for e in early] + ["test_acc"]
+    metrics = [early_metric("test_acc", e) for e in early] + ["test_acc"]
     headers = ["mednns method", "vs"]
     for e in early:
         headers += [f"after epoch {e}", "95% CI", "wins"]
