@@ -144,8 +144,6 @@ def test_settings_name_conditions_and_variant_methods():
     assert [c.id for c in chosen.ranking_conditions()] == ["equal_epochs@800"]  # the primary one by default
     with pytest.raises(UsageError, match=r"ranking.train_images \[50\] are not among"):
         settings(train_images=[800, 100], ranking={"train_images": [50]})
-    with pytest.raises(UsageError, match="ranking.seeds is 4, the evaluation has 3 seed"):
-        settings(ranking={"seeds": 4})  # refused before any work, not after an hour of fine-tuning
     for bad in ({"budgets": ["equal_money"]}, {"train_images": [100, 100]}, {"equal_compute_seeds": [7]},
                 {"max_epochs": 4}, {"variants": {"x": {"lr": 1}}}, {"variants": {"x": {"meta_space": {"zoo": "z"}}}},
                 {"variants": {"a b": {}}}, {"variants": {"x": {"rerank": {"score": "knn", "k": 3}}}},
@@ -176,6 +174,14 @@ def test_a_saved_re_ranking_is_reused_only_for_the_settings_and_candidates_it_wa
     for changed in ({"settings": {**settings, "score": {"name": "ridge", "args": {}}}},
                     {"settings": {**settings, "seed": 1}}, {"candidates": [4, 7, 8]}, {"images": 100}):
         assert not reranking_applies(legacy, {**made_with, **changed}), changed
+
+
+def test_the_ranking_sample_takes_the_evaluations_seeds_first_then_further_ones():
+    from mednns.evaluation.ranking import sample_seeds
+
+    assert sample_seeds([0, 1, 2], 2) == [0, 1]  # runs shared with the methods
+    assert sample_seeds([0, 1, 2], 5) == [0, 1, 2, 3, 4]  # a less noisy truth for the sample alone
+    assert sample_seeds([4, 0], 4) == [4, 0, 5, 6]  # never a seed the evaluation already has
 
 
 def test_ranking_quality_helpers_correlate_rank_and_average_as_documented():
@@ -286,7 +292,7 @@ EVALUATE = {"datasets": ["c", "d"], "methods": ["mednns", "mednns_topk", "random
                                  "top_k": 1},
                          "knn_alone": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16,
                                                   "combine": "score"}, "top_k": 1, "pool": "random"}},
-            "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40, "seeds": 2, "train_images": [32]},
+            "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40, "seeds": 3, "train_images": [32]},
             "meta_space": META, "report": True, "progress": False}
 
 
@@ -568,10 +574,11 @@ def test_ranking_quality_fine_tunes_a_candidate_sample_and_correlates_every_rank
         assert low <= facts["top1_gain"]["mean"] <= high
     for target in ("c", "d"):
         entry = results["datasets"][target]["ranking"]
-        assert entry["condition"] == PRIMARY and entry["seeds"] == [0, 1] and len(entry["candidates"]) == 3
+        # the evaluation's seeds 0 and 1, then seed 2 for the sample alone: a truth less noisy than theirs
+        assert entry["condition"] == PRIMARY and entry["seeds"] == [0, 1, 2] and len(entry["candidates"]) == 3
         assert all(c["dataset"] != target for c in entry["candidates"])
         for c in entry["candidates"]:  # the truth: the mean over the ranking's seeds, each seed's run kept
-            assert len(c["test_accs"]) == 2 and c["test_acc"] == pytest.approx(np.mean(c["test_accs"]))
+            assert len(c["test_accs"]) == 3 and c["test_acc"] == pytest.approx(np.mean(c["test_accs"]))
         for name, facts in entry["rankings"].items():
             if name == "fine-tuned once":
                 continue  # its own truth, tested above
@@ -580,7 +587,7 @@ def test_ranking_quality_fine_tunes_a_candidate_sample_and_correlates_every_rank
             assert facts["top1_regret"] == pytest.approx(max(truth) - truth[int(np.argmax(values))])
             assert facts["kendall"] is None or -1 <= facts["kendall"] <= 1  # None: a constant ranking or truth
         further = results["datasets"][target]["ranking_at"][SMALL]  # the same sample under the smaller size
-        assert further["condition"] == SMALL and further["seeds"] == [0, 1]
+        assert further["condition"] == SMALL and further["seeds"] == [0, 1, 2]
         assert [c["zoo_id"] for c in further["candidates"]] == [c["zoo_id"] for c in entry["candidates"]]
         assert further["candidates"] != entry["candidates"]  # fine-tuned again: other accuracies and scores
     assert set(results["ranking_at"]) == {SMALL} and set(results["ranking_at"][SMALL]) == expected

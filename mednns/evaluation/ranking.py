@@ -2,7 +2,8 @@
 
 Per held-out target, a seeded random sample of transfer candidates (zoo rows of the other datasets)
 is fine-tuned under the protocol's primary condition (and under the equal-epochs condition of each
-further size in ``train_images``) with its first ``seeds`` seeds: the same loop,
+further size in ``train_images``) with ``seeds`` seeds (the evaluation's first, then further ones
+when it asks for more than the evaluation has): the same loop,
 budget, training subsets and transfer recipe as every method (the runs are shared with the
 evaluation's run store). Every ranking of the sample is then compared with the candidates' final
 test ACC (its mean over those seeds) by Kendall's tau, by the top-1 regret (the sample's best
@@ -44,8 +45,10 @@ class RankingSettings:
     :param candidates: transfer candidates per target, fine-tuned each (at least 3).
     :param scores: ``transfer-scores`` names (or ``{name, args}``) to rank the sample with.
     :param images: labelled images of the training subset the scores see (at most).
-    :param seeds: how many of the primary condition's seeds each candidate is fine-tuned with; the
-        truth is the mean test ACC over them (scores see the first seed's subset).
+    :param seeds: how many seeds each candidate is fine-tuned with: the evaluation's seeds first,
+        then as many further ones as needed (:func:`sample_seeds`; a less noisy truth costs only the
+        sample's fine-tuning, not every method's); the truth is the mean test ACC over them (scores
+        see the first seed's subset).
     :param train_images: further training-set sizes (each among the evaluation's ``train_images``)
         whose equal-epochs condition the same sample is measured under too, with the same seeds:
         does a smaller budget separate the candidates more? (default: the primary condition only).
@@ -74,6 +77,15 @@ class RankingSettings:
     def score_specs(self) -> list[dict[str, Any]]:
         """Each score as ``{name, args}``."""
         return [component_spec(s) for s in self.scores]
+
+
+def sample_seeds(seeds: tuple[int, ...] | list[int], count: int) -> list[int]:
+    """The first ``count`` of the evaluation's ``seeds``, continued past the largest when ``count``
+    is more (seeds 0, 1, 2 and a count of 5 give 0, 1, 2, 3, 4): the runs of the evaluation's seeds are
+    shared with its methods, the further ones are the ranking sample's alone."""
+    chosen = list(seeds[:count])
+    following = max(seeds, default=-1) + 1
+    return chosen + list(range(following, following + count - len(chosen)))
 
 
 def draw_sample(rows: list[dict[str, Any]], count: int, target: str) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ def ranking_quality(fold: Fold, condition: Condition) -> dict[str, Any]:
     from mednns.transfer.reranking import TargetSample, candidate_outputs
 
     chosen = fold.settings.ranking_settings()
-    seeds = condition.seeds[: chosen.seeds]  # equal-epochs conditions have every seed (settings check the count)
+    seeds = ranking.sample_seeds(condition.seeds, chosen.seeds)  # equal-epochs conditions have every seed
     seed = seeds[0]
     sample = ranking.draw_sample(fold.transfer_rows("val_acc"), chosen.candidates, fold.target)
     candidates = []

@@ -145,9 +145,6 @@ class EvaluationSettings:
             if extra:
                 raise UsageError(f"ranking.train_images {extra} are not among the evaluation's train_images "
                                  f"{self.train_images}")
-            if chosen.seeds > len(self.seeds):
-                raise UsageError(f"ranking.seeds is {chosen.seeds}, the evaluation has {len(self.seeds)} seed(s)",
-                                 hint="lower ranking.seeds or add seeds")
 
     def ranking_settings(self):
         """The :class:`~mednns.evaluation.ranking.RankingSettings` of the ``ranking`` option."""
