@@ -233,6 +233,35 @@ def test_fine_tuned_once_ranks_each_seed_against_the_other_seeds_mean():
     assert ONCE not in assess(single, {"x": [1, 2, 3]}).rankings  # one seed: nothing to compare
 
 
+def test_separation_tells_candidates_that_differ_from_fine_tuning_noise():
+    from mednns.evaluation.ranking import separation
+
+    def entry(accs: np.ndarray) -> dict[str, Any]:
+        return {"candidates": [{"test_acc": float(r.mean()), "test_accs": list(r)} for r in accs]}
+
+    rng = np.random.default_rng(0)
+    levels = np.linspace(0.5, 0.7, 8)[:, None]  # eight candidates 0.2 apart end to end
+    settled = separation(entry(levels + rng.normal(0, 0.005, size=(8, 6))))
+    assert settled["reliability"] > 0.99 and settled["reliability_once"] > 0.95 and settled["seeds"] == 6
+    assert settled["spread"] == pytest.approx(levels.std(ddof=1), abs=0.003)
+    assert settled["noise"] == pytest.approx(0.005, abs=0.002)
+    # a seed that is better for every candidate (its training subset, say) orders nothing: same answer
+    shifted = separation(entry(levels + rng.normal(0, 0.005, size=(8, 6)) + np.array([0, 0.1, -0.1, 0, 0.2, 0])))
+    assert shifted["reliability"] > 0.99 and shifted["noise"] < 0.008
+    noise = separation(entry(0.6 + rng.normal(0, 0.03, size=(60, 6))))  # no differences at all
+    assert noise["reliability"] < 0.3 and noise["reliability_once"] <= noise["reliability"]
+    assert noise["noise"] == pytest.approx(0.03, abs=0.003)
+    # the naive two-way decomposition, ICC(3,k) = (MS_rows - MS_residual) / MS_rows
+    accs = rng.uniform(0.4, 0.8, size=(5, 4))
+    rows, cols, grand = accs.mean(axis=1), accs.mean(axis=0), accs.mean()
+    ms_rows = 4 * sum((r - grand) ** 2 for r in rows) / 4
+    ms_res = sum((accs[i, j] - rows[i] - cols[j] + grand) ** 2 for i in range(5) for j in range(4)) / 12
+    facts = separation(entry(accs))
+    assert facts["reliability"] == pytest.approx(max(0.0, (ms_rows - ms_res) / ms_rows))
+    assert facts["reliability_once"] == pytest.approx(max(0.0, (ms_rows - ms_res) / (ms_rows + 3 * ms_res)))
+    assert separation({"candidates": [{"test_acc": 0.5}, {"test_acc": 0.6}]}) is None  # one seed
+
+
 def test_top1_gain_is_the_first_ones_accuracy_above_the_sample_mean_per_seed():
     from mednns.evaluation.ranking import ONCE, assess, overall, top1_gains
 
@@ -594,6 +623,7 @@ def test_ranking_quality_fine_tunes_a_candidate_sample_and_correlates_every_rank
     report = (evaluation["stage"] / "report" / "report.md").read_text()
     assert "## Ranking quality" in report and "meta-space+knn" in report and "top-1 vs a random candidate" in report
     assert "## Ranking quality (equal epochs (3), 32 training images)" in report
+    assert report.count("Do the candidates differ by more than fine-tuning's noise?") == 2  # per condition
 
 
 @pipeline

@@ -159,6 +159,33 @@ def once(per_seed: np.ndarray) -> dict[str, float]:
     return {"kendall": float(np.mean(defined)) if defined else float("nan"), "top1_regret": float(np.mean(regrets))}
 
 
+def separation(entry: dict[str, Any]) -> dict[str, float] | None:
+    """Do one target's sampled candidates differ by more than fine-tuning's noise? From the stored
+    per-seed test ACC (candidate x seed; ``None`` with fewer than two seeds), read as a two-way
+    layout, since a seed's training subset and draw are shared by every candidate:
+
+    * ``spread``: the standard deviation of the candidates' mean test ACC (the truth's spread);
+    * ``noise``: one fine-tuning's noise, the residual standard deviation once each candidate's
+      and each seed's mean are taken out (a seed that is good for every candidate orders nothing);
+    * ``reliability``: the share of the truth's variance that is the candidates' own differences,
+      ``1 - noise² / (seeds * spread²)`` (ICC(3,k), clipped at 0): near 0 the truth is noise and no
+      ranking can correlate with it, near 1 the truth is settled;
+    * ``reliability_once``: the same for one fine-tuning of each candidate (ICC(3,1)).
+    """
+    per_seed = np.array([c.get("test_accs", [c["test_acc"]]) for c in entry["candidates"]], dtype=float)
+    count, seeds = per_seed.shape
+    if seeds < 2 or count < 2:
+        return None
+    means = per_seed.mean(axis=1)
+    residual = per_seed - means[:, None] - per_seed.mean(axis=0)[None, :] + per_seed.mean()
+    within = float((residual ** 2).sum() / ((count - 1) * (seeds - 1)))
+    between = float(seeds * means.var(ddof=1))
+    return {"spread": float(np.sqrt(between / seeds)), "noise": float(np.sqrt(within)),
+            "reliability": max(0.0, 1 - within / between) if between > 0 else 0.0,
+            "reliability_once": max(0.0, (between - within) / (between + (seeds - 1) * within))
+            if between + within > 0 else 0.0, "seeds": seeds}
+
+
 def top1_gains(entry: dict[str, Any]) -> dict[str, list[float]]:
     """Per ranking of one target's measurement: per seed, the test ACC of the ranking's first
     minus the sample's mean test ACC under that seed. For ``fine-tuned once``, per seed: the other

@@ -37,6 +37,7 @@ from mednns.evaluation.report.tables import (
     overall_table,
     protocol_items,
     ranking_conditions,
+    ranking_noise_table,
     ranking_table,
     separation_line,
     statistics_table,
@@ -98,6 +99,9 @@ def report_sections(results: dict[str, Any], figures: Collection[str]) -> list[t
         if ranked is not None:
             label = f" ({condition_label(found[measured], k)})" if measured in found else ""
             blocks += [("h2", "Ranking quality" + label), ("table", ranked)]
+            noise = ranking_noise_table(results, measured)
+            if noise is not None:
+                blocks += [("p", "Do the candidates differ by more than fine-tuning's noise?"), ("table", noise)]
     blocks += figure("sizes.png", "mednns's gain against the target's training-set size")
     blocks += figure("fid_heatmap.png", "FID between datasets")
     blocks += [("h2", f"Per dataset ({condition_label(primary, k)})")]

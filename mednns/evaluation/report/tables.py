@@ -426,6 +426,41 @@ def ranking_conditions(results: dict[str, Any]) -> list[str | None]:
     return [None, *results.get("ranking_at", {})]
 
 
+def ranking_entries(results: dict[str, Any], condition: str | None) -> tuple[dict[str, Any], list[str]]:
+    """Each target's ranking measurement under the primary condition (``None``) or ``condition``,
+    and the targets in the report's order."""
+    datasets = results.get("datasets", {})
+    per_target = ({d: e["ranking"] for d, e in datasets.items() if e.get("ranking")} if condition is None else
+                  {d: e["ranking_at"][condition] for d, e in datasets.items() if condition in e.get("ranking_at", {})})
+    names = dataset_order(results)
+    return per_target, [d for d in names if d in per_target] + [d for d in per_target if d not in names]
+
+
+def ranking_noise_table(results: dict[str, Any], condition: str | None = None) -> Table | None:
+    """Per target: do the ranking sample's candidates differ by more than fine-tuning's noise?
+    (:func:`mednns.evaluation.ranking.separation`; ``None`` with one seed)."""
+    from mednns.evaluation.ranking import separation
+
+    per_target, names = ranking_entries(results, condition)
+    measured = {d: separation(per_target[d]) for d in names}
+    found = {d: s for d, s in measured.items() if s is not None}
+    if not found:
+        return None
+    table = Table(["target", "spread of the candidates' mean test ACC", "noise of one fine-tuning",
+                   "reliability of the truth", "reliability of one fine-tuning"], align=["l", "r", "r", "r", "r"])
+    keys = ("spread", "noise", "reliability", "reliability_once")
+    for name, facts in found.items():
+        table.rows.append(Row([name, *(fmt(facts[k]) for k in keys)]))
+    table.rows.append(Row(["mean", *(fmt(float(np.mean([f[k] for f in found.values()]))) for k in keys)]))
+    seeds = next(iter(found.values()))["seeds"]
+    table.footnote = (f"The truth above is each candidate's mean over {seeds} seeds. Noise: the residual standard "
+                      f"deviation once each candidate's and each seed's mean are taken out (a seed's training "
+                      f"subset is shared by every candidate). Reliability: the share of the truth's variance "
+                      f"that is the candidates' own differences (ICC(3,k); of one fine-tuning ICC(3,1)); near 0 "
+                      f"no ranking can correlate with the truth, whatever it knows.")
+    return table
+
+
 def ranking_table(results: dict[str, Any], condition: str | None = None) -> Table | None:
     """Ranking quality (the ``ranking`` option): per ranking of the fine-tuned candidate sample,
     Kendall's tau against their test ACC (mean, range, per dataset) and the top-1 regret, under the
@@ -433,13 +468,9 @@ def ranking_table(results: dict[str, Any], condition: str | None = None) -> Tabl
     from mednns.evaluation import ranking
     from mednns.evaluation.ranking import overall
 
-    datasets = results.get("datasets", {})
-    per_target = ({d: e["ranking"] for d, e in datasets.items() if e.get("ranking")} if condition is None else
-                  {d: e["ranking_at"][condition] for d, e in datasets.items() if condition in e.get("ranking_at", {})})
+    per_target, names = ranking_entries(results, condition)
     if not per_target:
         return None
-    names = dataset_order(results)
-    names = [d for d in names if d in per_target] + [d for d in per_target if d not in names]
     table = Table(["ranking", "mean tau", "range", "mean top-1 regret", "top-1 vs a random candidate [95% CI]", *names],
                   align=["l"] + ["r"] * (4 + len(names)))
     for name, entry in overall(per_target).items():
