@@ -513,6 +513,18 @@ class Fold:
         epochs = max(base, int(math.floor((share - fixed) / per_epoch))) if per_epoch else base
         return min(epochs, self.settings.max_epochs), epochs > self.settings.max_epochs
 
+    def run_path(self, candidate: Candidate, seed: int, condition: Condition, epochs: int | None = None
+                 ) -> tuple[Path, Any, list[int] | None]:
+        """Where :meth:`train` saves the run of ``(candidate, seed, condition, epochs)``, with its
+        fine-tuning config and evaluation epochs (``None``: every epoch)."""
+        config = self.config(seed, condition, epochs, candidate)
+        base = self.settings.finetune["epochs"]
+        eval_epochs = (None if config.epochs == base else
+                       sorted({max(1, round(config.epochs * i / base)) for i in range(1, base + 1)}))
+        identity = {"start": candidate.key, "finetune": config.identity(candidate.pretrained),
+                    "eval_epochs": eval_epochs}
+        return self.directory / "runs" / f"{slug(identity)}-s{seed}.json", config, eval_epochs
+
     def train(self, candidate: Candidate, seed: int, condition: Condition, label: str,
               epochs: int | None = None) -> dict[str, Any]:
         """Fine-tune ``candidate`` for ``seed`` under ``condition`` (or read the saved run). With
@@ -522,13 +534,7 @@ class Fold:
 
         from mednns.finetune import train_model
 
-        config = self.config(seed, condition, epochs, candidate)
-        base = self.settings.finetune["epochs"]
-        eval_epochs = (None if config.epochs == base else
-                       sorted({max(1, round(config.epochs * i / base)) for i in range(1, base + 1)}))
-        identity = {"start": candidate.key, "finetune": config.identity(candidate.pretrained),
-                    "eval_epochs": eval_epochs}
-        path = self.directory / "runs" / f"{slug(identity)}-s{seed}.json"
+        path, config, eval_epochs = self.run_path(candidate, seed, condition, epochs)
         if path.is_file():
             return read_json(path)
         data = self.finetune_data(seed, condition)
