@@ -24,7 +24,9 @@ import argparse
 import csv
 import platform
 import random
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -137,10 +139,13 @@ def main() -> None:
     make_space = lambda: mednns.create("search-spaces", args.space, in_channels=info.n_channels,  # noqa: E731
                                        num_classes=info.n_classes, preset="cpu")
     tag = "".join(f"_{t}" for t in args.train).replace("=", "-")
-    work = Path(args.work) / f"{args.space}_{args.dataset}_e{args.full_epochs}-{args.shrink_epochs}{tag}_seed{args.seed}"
+    name = f"{args.space}_{args.dataset}_e{args.full_epochs}-{args.shrink_epochs}{tag}_seed{args.seed}"
+    work = Path(args.work) / name
     extra = {key: _value(value) for key, _, value in (item.partition("=") for item in args.train)}
     config = TrainConfig(full_epochs=args.full_epochs, shrink_epochs=args.shrink_epochs, progress=False, **extra)
-    results: dict = {"space": args.space, "dataset": args.dataset, "preset": "cpu", "image_size": list(info.image_size),
+    command = shlex.join(["python", "benchmarks/supernet_cpu.py", *sys.argv[1:]])
+    results: dict = {"command": command, "space": args.space, "dataset": args.dataset, "preset": "cpu",
+                     "image_size": list(info.image_size),
                      "seed": args.seed, "torch": torch.__version__, "threads": torch.get_num_threads(),
                      "machine": platform.processor() or platform.machine(), "train_config": {
                          "full_epochs": args.full_epochs, "shrink_epochs": args.shrink_epochs, **extra}}
@@ -177,20 +182,18 @@ def main() -> None:
     out = Path(args.out)
     stem = f"supernet_{args.space}" + (f"_{args.tag}" if args.tag else "")
     write_json(out / f"{stem}.json", results)
-    atomic_write_text(out / f"{stem}.md", to_markdown(results, args))
-    print(to_markdown(results, args))
+    atomic_write_text(out / f"{stem}.md", to_markdown(results))
+    print(to_markdown(results))
 
 
 def _acc(entry: dict) -> str:
     return f"{100 * entry['acc']:.1f}% (AUC {entry['auc']:.3f})"
 
 
-def to_markdown(r: dict, args) -> str:
+def to_markdown(r: dict) -> str:
     final = r["supernet"]["final"]["test"]
     lines = [f"# Supernet benchmark: {r['space']} (cpu preset) on {r['dataset']} {'x'.join(map(str, r['image_size']))}",
-             "", f"Command: `python benchmarks/supernet_cpu.py --space {args.space} --full-epochs {args.full_epochs} "
-             f"--shrink-epochs {args.shrink_epochs} --seed {args.seed}"
-             + "".join(f" --train {t}" for t in args.train) + "`  ",
+             "", f"Command: `{r['command']}`  ",
              f"torch {r['torch']}, {r['threads']} threads, {r['machine']}", "",
              "| what | value |", "|---|---|",
              f"| supernet training wall time | {r['supernet']['wall_s'] / 60:.1f} min |",
