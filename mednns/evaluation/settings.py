@@ -20,6 +20,7 @@ VARIANT_KEYS = ("meta_space", "by", "top_k", "rerank", "source_gate", "finetune"
 #: Where a variant's re-ranked candidates come from: the meta-space's top, or zoo models drawn at random
 #: (re-ranking without the meta-space).
 POOLS = ("meta_space", "random")
+DEFAULT_POOL = "meta_space"
 #: Fine-tuning settings a variant must not change: the budget every method shares.
 FIXED_FINETUNE = ("epochs", "max_train_images", "batch_size", "seed")
 
@@ -60,7 +61,7 @@ class Variant:
     finetune: dict[str, Any] = field(default_factory=dict)
     #: ``meta_space``: the query's top is re-ranked; ``random``: ``rerank.candidates`` zoo models drawn
     #: at random per seed are (re-ranking without the meta-space)
-    pool: str = "meta_space"
+    pool: str = DEFAULT_POOL
 
     def settings(self):
         """The :class:`~mednns.transfer.reranking.RerankSettings` of the query (``None``: no re-ranking)."""
@@ -129,7 +130,7 @@ class EvaluationSettings:
                                  f"method shares)")
             if "top_k" in variant and int(variant["top_k"]) < 1:
                 raise UsageError(f"variant {name}: top_k must be >= 1")
-            pool = variant.get("pool", "meta_space")
+            pool = variant.get("pool", DEFAULT_POOL)
             if pool not in POOLS:
                 raise UsageError(f"variant {name}: pool must be one of {', '.join(POOLS)}, got {pool!r}")
             rerank = variant.get("rerank", self.rerank)
@@ -166,7 +167,7 @@ class EvaluationSettings:
         return [default, *(Variant(name, {**self.meta_space, **(v.get("meta_space") or {})}, v.get("by", self.by),
                                    int(v.get("top_k", self.top_k)), v.get("rerank", self.rerank),
                                    bool(v.get("source_gate", self.source_gate)), dict(v.get("finetune") or {}),
-                                   str(v.get("pool", "meta_space")))
+                                   str(v.get("pool", DEFAULT_POOL)))
                            for name, v in self.variants.items())]
 
     def method_names(self) -> list[str]:
