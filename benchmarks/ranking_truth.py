@@ -43,16 +43,9 @@ STORED = ("meta-space", "ridge", "knn", "logme", ranking.SOURCE)
 
 
 def leave_one_seed_out(values: np.ndarray, final: np.ndarray) -> dict[str, float]:
-    """``values`` (candidate x seed: seed s's ranking, or one column repeated for a ranking that does
-    not depend on the seed) against, per seed, the other seeds' mean of ``final`` (candidate x seed):
-    mean Kendall tau (over the seeds where defined) and mean top-1 gain over the sample's mean."""
-    taus, gains = [], []
-    for s in range(final.shape[1]):
-        truth = np.delete(final, s, axis=1).mean(axis=1)
-        taus.append(ranking.kendall(list(values[:, s]), list(truth)))
-        gains.append(float(truth[int(np.argmax(values[:, s]))] - truth.mean()))
-    defined = [t for t in taus if not np.isnan(t)]
-    return {"kendall": float(np.mean(defined)) if defined else float("nan"), "top1_gain": float(np.mean(gains))}
+    """Tau and top-1 gain of ``values`` (candidate x seed) against the other seeds' mean of ``final``."""
+    facts = ranking.against_other_seeds(values, final)
+    return {"kendall": facts["kendall"], "top1_gain": facts["top1_gain"]}
 
 
 def history_value(record: dict[str, Any], epoch: int, key: str) -> float:
