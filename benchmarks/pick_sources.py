@@ -52,8 +52,7 @@ def reading(results: dict[str, Any]) -> dict[str, Any]:
         if sample.get("condition") == condition:
             for candidate in sample["candidates"]:
                 same = channels[candidate["dataset"]] == channels[target]
-                split["same" if same else "other"].append(float(np.mean(candidate.get("test_accs")
-                                                                        or [candidate["test_acc"]])))
+                split["same" if same else "other"].append(float(candidate["test_acc"]))  # its seeds' mean
         targets[target] = {"channels": channels[target], "picks": picks,
                            "sample": {k: {"n": len(v), "mean_test_acc": float(np.mean(v)) if v else None}
                                       for k, v in split.items()}}
