@@ -8,6 +8,8 @@ Adapting a subnet to a target: its last ``nn.Linear`` (the classifier) is replac
 seeded one with the target's class count, and when the input channels differ its first
 convolution is converted (3 → 1: the RGB kernels summed, as a grey image equals R = G = B; 1 → 3:
 the kernel repeated and divided by 3), so the inherited features still see the same signal.
+A network converted 1 → 3 sees only the mean of the three channels; :func:`add_colour_kernels`
+lets it tell colours apart from the first step (the transfer recipe's ``colour_stem``).
 """
 
 from __future__ import annotations
@@ -70,10 +72,9 @@ def adapt_network(model: nn.Module, *, num_classes: int | None = None, in_channe
         _replace(model, path, new.to(head.weight.device))
         changes["head"] = {"module": path, "in_features": head.in_features, "num_classes": num_classes}
     if in_channels is not None:
-        convs = _named(model, nn.Conv2d)
-        if not convs:
+        if not _named(model, nn.Conv2d):
             raise UsageError("cannot adapt the input channels: the model has no nn.Conv2d layer")
-        path, conv = convs[0]
+        path, conv = first_conv(model)
         if conv.in_channels != in_channels:
             if conv.groups != 1 or {conv.in_channels, in_channels} != {1, 3}:
                 raise UsageError(f"cannot adapt a first convolution of {conv.in_channels} input channels to "
@@ -92,6 +93,44 @@ def adapt_network(model: nn.Module, *, num_classes: int | None = None, in_channe
             _replace(model, path, stem.to(conv.weight.device))
             changes["stem"] = {"module": path, "from": conv.in_channels, "to": in_channels}
     return changes
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The first ``nn.Conv2d`` of ``model`` (path and module): the stem that sees the input channels."""
+    convs = _named(model, nn.Conv2d)
+    if not convs:
+        raise UsageError("the model has no nn.Conv2d layer")
+    return convs[0]
+
+
+def is_colour_blind(conv: nn.Conv2d) -> bool:
+    """A convolution over 3 input channels whose kernel is the same on every channel: it responds
+    to the channels' mean only (what :func:`adapt_network` makes of a grey source's stem)."""
+    if conv.in_channels != 3 or conv.groups != 1:
+        return False
+    weight = conv.weight
+    return bool(torch.equal(weight[:, 0], weight[:, 1]) and torch.equal(weight[:, 1], weight[:, 2]))
+
+
+def add_colour_kernels(model: nn.Module, generator: torch.Generator) -> bool:
+    """Give a colour-blind stem (:func:`is_colour_blind`) seeded colour-opponent kernels, in place.
+
+    Each kernel gets a random part drawn like a fresh convolution's (uniform in +-1/sqrt(fan_in),
+    torch's default) minus its mean over the three channels: the added response is zero for any
+    image with R = G = B, so what the inherited kernel computes on grey images is kept, and the
+    gradients no longer have to break the channels' symmetry before colour can matter.
+
+    :returns: whether the stem was colour-blind (and changed); any other model is left alone.
+    """
+    convs = _named(model, nn.Conv2d)
+    if not convs or not is_colour_blind(conv := convs[0][1]):
+        return False
+    with torch.no_grad():
+        weight = conv.weight
+        bound = 1.0 / (weight[0].numel()) ** 0.5
+        noise = torch.empty(weight.shape, dtype=weight.dtype).uniform_(-bound, bound, generator=generator)
+        weight.add_((noise - noise.mean(dim=1, keepdim=True)).to(weight.device))
+    return True
 
 
 def export_subnet(space: Any, space_spec: dict[str, Any], arch: Any, directory: str | os.PathLike, *,

@@ -20,7 +20,7 @@ from rich.table import Table
 
 import mednns
 from mednns.errors import UsageError
-from mednns.finetune import FinetuneConfig
+from mednns.finetune import RECIPE_OFF, FinetuneConfig
 from mednns.layout import META_SPACE_MANIFEST, QUERY_STAGE, meta_space_dir, stage_dir
 from mednns.stages import Stage
 from mednns.transfer import rerank_from_options, rerank_options
@@ -140,13 +140,13 @@ class Finetune(Stage):
     :param finetune: the :class:`mednns.finetune.FinetuneConfig` settings, flat beside these two
         (``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``warmup_epochs``, ``label_smoothing``,
         ``crop_padding``, ``hflip``, ``max_train_images`` and the transfer recipe: ``recalibrate_bn``,
-        ``head_epochs``, ``body_lr_scale``).
+        ``head_epochs``, ``body_lr_scale``, ``colour_stem``).
     """
 
     name = FINETUNE_STAGE
     reads = ("query",)
     distributed = True  # under torchrun: the datasets' fine-tuning runs are shared out across the ranks
-    fingerprint_omits = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0}  # the recipe, added later
+    fingerprint_omits = dict(RECIPE_OFF)  # the recipe, added later: off, it leaves a run's fingerprint as it was
 
     @mednns.takes_settings(FinetuneConfig, exclude=("momentum", "eval_batch_size", "channels_last", "seed"))
     def __init__(self, datasets: list[str] | None = None, progress: bool = True, **finetune: Any):
@@ -284,12 +284,14 @@ def register_commands(cli):
                   help="First epochs train the new head only (linear probe, then full fine-tuning).")
     @click.option("--body-lr-scale", type=float, default=1.0, show_default=True,
                   help="The body's learning rate relative to --lr.")
+    @click.option("--colour-stem/--no-colour-stem", default=False, show_default=True,
+                  help="A grey source's stem on an RGB target: add colour-opponent kernels (grey response kept).")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--device", default="cpu", show_default=True)
     @click.option("--no-progress", is_flag=True)
     def finetune_command(export_dir: str, dataset_spec: str, out_dir: str | None, epochs: int, lr: float,
                          batch_size: int, max_train_images: int | None, recalibrate_bn: bool, head_epochs: int,
-                         body_lr_scale: float, seed: int, device: str, no_progress: bool) -> None:
+                         body_lr_scale: float, colour_stem: bool, seed: int, device: str, no_progress: bool) -> None:
         """Fine-tune an exported model: per-epoch val/test metrics in metrics.csv, the best epoch in best/."""
         from mednns.data import resolve_dataset
         from mednns.distributed import refuse_torchrun
@@ -304,7 +306,7 @@ def register_commands(cli):
         out = Path(out_dir) if out_dir else Path(export_dir) / "finetune"
         config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_train_images=max_train_images,
                                 recalibrate_bn=recalibrate_bn, head_epochs=head_epochs, body_lr_scale=body_lr_scale,
-                                seed=seed)
+                                colour_stem=colour_stem, seed=seed)
         console = Console(soft_wrap=False)
         final = finetune(export_dir, dataset, out, config, device=device, manager=manager, console=console,
                          progress=not no_progress)

@@ -317,6 +317,7 @@ EVALUATE = {"datasets": ["c", "d"], "methods": ["mednns", "mednns_topk", "random
             "max_epochs": 9, "recalibrate_bn": True, "head_epochs": 1,
             "variants": {"auc": {"meta_space": {"target": "val_auc"}},
                          "plain": {"finetune": {"recalibrate_bn": False, "head_epochs": 0}, "top_k": 1},
+                         "colour": {"finetune": {"colour_stem": True}, "top_k": 1},
                          "knn": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16},
                                  "top_k": 1},
                          "knn_alone": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16,
@@ -391,7 +392,8 @@ def test_every_method_runs_for_every_seed_of_every_condition_on_the_same_subsets
                 if name in ("own_supernet_search", "mednns_search") and target == "d":
                     assert method["status"] == "skipped" and "no supernet trained on d" in method["reason"]
                     continue
-                if name in ("mednns_topk:plain", "mednns_topk:knn", "mednns_topk:knn_alone"):  # their top-1 only
+                if name in ("mednns_topk:plain", "mednns_topk:colour", "mednns_topk:knn",
+                            "mednns_topk:knn_alone"):  # their top-1 only
                     assert method["status"] == "skipped" and "top_k is 1" in method["reason"]
                     continue
                 assert method["status"] == "ok", (target, name)
@@ -582,6 +584,8 @@ def test_the_transfer_recipe_applies_to_every_pretrained_start_and_a_variant_can
                                                            "timm_scratch")}
     assert first["mednns"]["key"] == first["mednns:plain"]["key"]  # one start, two recipes, two runs
     assert first["mednns"]["history"] != first["mednns:plain"]["history"]
+    # the targets are grey: no start has a colour-blind stem, so colour_stem changes nothing, not even a run's key
+    assert methods["mednns:colour"]["runs"] == methods["mednns"]["runs"]
     trained = first["mednns"]["train_images"]
     val = evaluation["results"]["datasets"]["c"]["info"]["val"]
     for name, run in first.items():

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from mednns.errors import UsageError
-from mednns.finetune import FinetuneConfig, FinetuneData, train_model
+from mednns.export import add_colour_kernels, adapt_network, is_colour_blind
+from mednns.finetune import RECIPE_OFF, FinetuneConfig, FinetuneData, train_model
 from mednns.testing import tiny_dataset
 
 
@@ -95,8 +96,7 @@ def test_the_recipe_applies_only_to_pretrained_starts_and_off_keeps_the_loop_and
     pretrained_plain = train_model(bn_net(2), data, plain, progress=False, pretrained=True)["history"]
     assert [{k: v for k, v in r.items() if "seconds" not in k} for r in pretrained_plain] == strip[0]
     assert plain.identity(True) == plain.identity(False) == {k: v for k, v in plain.to_dict().items()
-                                                              if k not in ("seed", "recalibrate_bn", "head_epochs",
-                                                                           "body_lr_scale")}
+                                                              if k != "seed" and k not in RECIPE_OFF}
     assert recipe.identity(False) == plain.identity(False)
     assert recipe.identity(True) == {**plain.identity(True), "recalibrate_bn": True, "head_epochs": 1,
                                      "body_lr_scale": 0.1}
@@ -104,3 +104,59 @@ def test_the_recipe_applies_only_to_pretrained_starts_and_off_keeps_the_loop_and
         FinetuneConfig(epochs=2, head_epochs=2)
     with pytest.raises(UsageError, match="body_lr_scale"):
         FinetuneConfig(body_lr_scale=0)
+
+
+def grey_source_on_rgb() -> nn.Module:
+    """A 'grey source' network handed to a 3-channel target the way an export adapts it."""
+    model = bn_net(2)
+    adapt_network(model, in_channels=3)
+    return model
+
+
+def test_colour_kernels_keep_the_grey_response_and_add_a_seeded_colour_one():
+    model = grey_source_on_rgb()
+    stem = model[0]
+    assert is_colour_blind(stem)
+    before = copy.deepcopy(stem)
+    torch.manual_seed(1)
+    grey = torch.rand(5, 1, 8, 8).repeat(1, 3, 1, 1)  # R = G = B
+    tinted = grey.clone()
+    tinted[:, 0] += 0.5  # the same image, redder
+    assert torch.allclose(before(tinted), before(grey + 0.5 / 3), atol=1e-5)  # blind: redder = a third brighter
+    assert add_colour_kernels(model, torch.Generator().manual_seed(3))
+    assert not is_colour_blind(stem)
+    added = stem.weight - before.weight
+    assert torch.allclose(added.sum(1), torch.zeros_like(added.sum(1)), atol=1e-6)  # zero over the channels
+    bound = 1 / (3 * 3 * 3) ** 0.5
+    assert added.abs().max() <= 2 * bound and added.abs().max() > 0.1 * bound  # a fresh conv's scale
+    assert torch.allclose(stem(grey), before(grey), atol=1e-5)  # grey images: the inherited response
+    assert not torch.allclose(stem(tinted), stem(grey + 0.5 / 3), atol=1e-3)  # colour now reaches the features
+    again = grey_source_on_rgb()
+    add_colour_kernels(again, torch.Generator().manual_seed(3))
+    assert torch.equal(again[0].weight, stem.weight)  # seeded
+    assert not add_colour_kernels(model, torch.Generator().manual_seed(3))  # no longer blind: left alone
+
+
+def test_colour_kernels_leave_every_other_stem_alone():
+    for model in (bn_net(2), nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()), nn.Sequential(nn.Linear(3, 2))):
+        state = copy.deepcopy(model.state_dict())
+        assert not add_colour_kernels(model, torch.Generator().manual_seed(0))
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    adapted = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten())
+    adapt_network(adapted, in_channels=1)
+    assert not add_colour_kernels(adapted, torch.Generator().manual_seed(0))  # an RGB source on a grey target
+
+
+def test_colour_stem_is_part_of_the_recipe_applied_to_pretrained_starts_only(one_thread):
+    dataset = tiny_dataset("t", n_classes=2, channels=3)
+    config = FinetuneConfig(epochs=1, batch_size=16, seed=0, colour_stem=True)
+    data = FinetuneData.from_dataset(dataset, config)
+    scratch, pretrained = grey_source_on_rgb(), grey_source_on_rgb()
+    train_model(scratch, data, config, progress=False)
+    train_model(pretrained, data, config, progress=False, pretrained=True)
+    assert not torch.equal(scratch[0].weight, pretrained[0].weight)  # the recipe's kernels: another run
+    plain = FinetuneConfig(epochs=1, batch_size=16, seed=0)
+    assert config.identity(False) == plain.identity(False)
+    assert config.identity(True) == {**plain.identity(True), "colour_stem": True}
+    assert config.identity(True, colour_blind=False) == plain.identity(True)  # a start it would not change
+    assert config.image_passes(True) == plain.image_passes(True)  # no forward pass: free

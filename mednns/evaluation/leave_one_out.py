@@ -144,7 +144,8 @@ class Fold:
     zoo_key: str = ""
     data: dict[tuple[int, int | None], Any] = field(default_factory=dict)
     encodings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    macs: dict[str, int] = field(default_factory=dict)
+    #: candidate key -> what its network is (:meth:`candidate_facts`)
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: (method, seed, condition id) -> setup phases of that run alone (re-ranking, own search)
     run_setup: dict[tuple[str, int, str], dict[str, Any]] = field(default_factory=dict)
 
@@ -475,10 +476,23 @@ class Fold:
 
     def candidate_macs(self, candidate: Candidate) -> int:
         """Forward MACs of one image through the candidate's network (built once to count)."""
-        if candidate.key not in self.macs:
+        return self.candidate_facts(candidate)["macs"]
+
+    def candidate_facts(self, candidate: Candidate) -> dict[str, Any]:
+        """What the candidate's network is, built once: its forward MACs per image and whether its stem
+        is colour-blind (the ``colour_stem`` recipe changes only such a start)."""
+        if candidate.key not in self.facts:
+            from mednns.export import first_conv, is_colour_blind
+
             info = self.dataset.info
-            self.macs[candidate.key] = count_macs(candidate.build(0), (info.n_channels, *info.image_size))
-        return self.macs[candidate.key]
+            network = candidate.build(0)
+            try:
+                blind = is_colour_blind(first_conv(network)[1])
+            except UsageError:  # no convolution at all
+                blind = False
+            self.facts[candidate.key] = {"macs": count_macs(network, (info.n_channels, *info.image_size)),
+                                         "colour_blind": blind}
+        return self.facts[candidate.key]
 
     def finetune_macs(self, candidate: Candidate, seed: int, condition: Condition, epochs: int,
                       evaluations: int) -> int:
@@ -521,7 +535,8 @@ class Fold:
         base = self.settings.finetune["epochs"]
         eval_epochs = (None if config.epochs == base else
                        sorted({max(1, round(config.epochs * i / base)) for i in range(1, base + 1)}))
-        identity = {"start": candidate.key, "finetune": config.identity(candidate.pretrained),
+        identity = {"start": candidate.key, "finetune": config.identity(
+                        candidate.pretrained, self.candidate_facts(candidate)["colour_blind"]),
                     "eval_epochs": eval_epochs}
         return self.directory / "runs" / f"{slug(identity)}-s{seed}.json", config, eval_epochs
 

@@ -8,7 +8,7 @@ from typing import Any
 from mednns.errors import UsageError
 
 #: The transfer recipe's fields with the values that switch it off (the loop as it was before it).
-RECIPE_OFF = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0}
+RECIPE_OFF = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0, "colour_stem": False}
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,11 @@ class FinetuneConfig:
         with those statistics): a linear probe, then full fine-tuning (LP-FT). They count in
         ``epochs`` (same budget) and cost one forward pass per image.
     :param body_lr_scale: the body's learning rate relative to ``lr`` (the head keeps ``lr``).
+    :param colour_stem: a grey source's first convolution handed to an RGB target carries the same
+        kernel on all three channels, so the network starts blind to colour; add seeded random
+        colour-opponent kernels (zero sum over the channels, at a fresh convolution's scale): its
+        response to grey images is unchanged (:func:`mednns.export.add_colour_kernels`). Nothing
+        changes for any other first convolution.
     """
 
     epochs: int = 10
@@ -51,6 +56,7 @@ class FinetuneConfig:
     recalibrate_bn: bool = False
     head_epochs: int = 0
     body_lr_scale: float = 1.0
+    colour_stem: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -69,11 +75,14 @@ class FinetuneConfig:
         """The transfer recipe that applies to a start with (``pretrained``) or without weights."""
         return {k: getattr(self, k) for k in RECIPE_OFF} if pretrained else dict(RECIPE_OFF)
 
-    def identity(self, pretrained: bool) -> dict[str, Any]:
+    def identity(self, pretrained: bool, colour_blind: bool = True) -> dict[str, Any]:
         """What decides a run's result besides its start and seed: every field but ``seed``, the
         recipe's only where it applies and is on (so a run keyed before the recipe existed, or a
-        from-scratch run, keeps its key whatever the recipe)."""
+        from-scratch run, keeps its key whatever the recipe). ``colour_blind``: whether the start's
+        stem is one ``colour_stem`` changes (:func:`mednns.export.is_colour_blind`)."""
         recipe = self.recipe(pretrained)
+        if not colour_blind:
+            recipe["colour_stem"] = RECIPE_OFF["colour_stem"]
         return {k: v for k, v in self.to_dict().items()
                 if k != "seed" and not (k in RECIPE_OFF and recipe[k] == RECIPE_OFF[k])}
 

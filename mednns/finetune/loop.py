@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mednns.data import MedicalDataset, dataset_tensors
 from mednns.errors import UsageError
-from mednns.export import ARCH, METADATA, WEIGHTS, head_module, load_model
+from mednns.export import ARCH, METADATA, WEIGHTS, add_colour_kernels, head_module, load_model
 from mednns.files import read_json, write_json
 from mednns.finetune.config import FinetuneConfig
 from mednns.seeding import derive_seed, torch_generator
@@ -126,6 +126,9 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
 
     from mednns.supernets import recalibrate_bn
 
+    recipe = config.recipe(pretrained)
+    if recipe["colour_stem"]:
+        add_colour_kernels(model, torch_generator(derive_seed(config.seed, "colour_stem")))
     model = model.to(device)
     train_x, train_y = data.train_x, data.train_y
     layout = torch.channels_last if config.channels_last and train_x.ndim == 4 else torch.contiguous_format
@@ -134,7 +137,6 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
     steps = len(train_x) // batch
     torch.manual_seed(config.seed)
     loss_fn = supervised_loss(data.task, config.label_smoothing)
-    recipe = config.recipe(pretrained)
     head_epochs = recipe["head_epochs"]
     head = set(head_module(model)[1].parameters()) if pretrained else set()
     optimizer = _sgd(model, config, head, recipe["body_lr_scale"])
