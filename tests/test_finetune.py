@@ -160,3 +160,68 @@ def test_colour_stem_is_part_of_the_recipe_applied_to_pretrained_starts_only(one
     assert config.identity(True) == {**plain.identity(True), "colour_stem": True}
     assert config.identity(True, colour_blind=False) == plain.identity(True)  # a start it would not change
     assert config.image_passes(True) == plain.image_passes(True)  # no forward pass: free
+
+
+def probe_objective(features, labels, weight, bias, weight_decay):
+    return torch.nn.functional.cross_entropy(features @ weight.T + bias, labels) + weight_decay / 2 * weight.pow(2).sum()
+
+
+def test_fit_head_solves_the_head_only_objective_as_plain_gradient_descent_does():
+    from mednns.finetune.probe import fit_head, head_features
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 3))
+    images, labels = torch.randn(60, 1, 8, 8), torch.arange(60) % 3
+    images[labels == 1] += 0.8  # the classes differ in brightness: the features tell them apart, roughly
+    body = [p.clone() for p in model[0].parameters()]
+    features = head_features(model, images, batch_size=16, device="cpu")
+    assert features.shape == (60, 6)
+    start_weight, start_bias = model[4].weight.detach().clone(), model[4].bias.detach().clone()
+    facts = fit_head(model, images, labels, "multi-class", weight_decay=5e-3, batch_size=16)
+    weight, bias = model[4].weight.detach(), model[4].bias.detach()
+    assert all(torch.equal(a, b) for a, b in zip(body, model[0].parameters()))  # the body is untouched
+    reached = float(probe_objective(features, labels, weight, bias, 5e-3))
+    assert facts["loss_after"] == pytest.approx(reached, rel=1e-5)
+    assert reached < facts["loss_before"] == pytest.approx(
+        float(probe_objective(features, labels, start_weight, start_bias, 5e-3)), rel=1e-5)
+    # the naive reference: full-batch gradient descent on the same convex objective, for long enough
+    w, b = start_weight.clone().requires_grad_(True), start_bias.clone().requires_grad_(True)
+    for _ in range(5_000):
+        loss = probe_objective(features, labels, w, b, 5e-3)
+        gw, gb = torch.autograd.grad(loss, (w, b))
+        with torch.no_grad():
+            w -= 0.5 * gw
+            b -= 0.5 * gb
+    assert reached == pytest.approx(float(probe_objective(features, labels, w, b, 5e-3).detach()), abs=1e-4)
+    w_, b_ = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    grads = torch.autograd.grad(probe_objective(features, labels, w_, b_, 5e-3), (w_, b_))
+    assert max(float(g.abs().max()) for g in grads) < 1e-4  # a minimum: no gradient left
+
+
+def test_fit_head_is_part_of_the_recipe_and_counted_as_one_forward_pass(one_thread):
+    from mednns.finetune.probe import fit_head, head_features
+    from mednns.supernets import recalibrate_bn
+
+    dataset = tiny_dataset("t", n_classes=3)
+    config = FinetuneConfig(epochs=2, batch_size=16, max_train_images=40, seed=1, recalibrate_bn=True, fit_head=True)
+    plain = FinetuneConfig(epochs=2, batch_size=16, max_train_images=40, seed=1, recalibrate_bn=True)
+    data = FinetuneData.from_dataset(dataset, config)
+    result = train_model(bn_net(3), data, config, progress=False, macs=1000, pretrained=True)
+    trained, n_val = 32, len(data.val_x)
+    assert config.image_passes(True) == 1 + 1 + 3 * 2  # recalibration, the probe's features, two full epochs
+    assert result["history"][-1]["image_macs"] == config.image_passes(True) * 1000 * trained + 2 * 1000 * n_val
+    without = train_model(bn_net(3), data, plain, progress=False, macs=1000, pretrained=True)
+    assert result["history"][0]["train_loss"] != without["history"][0]["train_loss"]  # another start
+    scratch = train_model(bn_net(3), data, config, progress=False, macs=1000)
+    assert scratch["history"][-1]["image_macs"] == 3 * 2 * 1000 * trained + 2 * 1000 * n_val  # no recipe
+    assert config.identity(True) == {**plain.identity(True), "fit_head": True}
+    assert config.identity(False) == plain.identity(False)
+    # the start it gives: lower training loss than the seeded random head, on the loop's whole batches
+    start = bn_net(3)
+    recalibrate_bn(start, [data.train_x[:16], data.train_x[16:32]])
+    features = head_features(start, data.train_x[:32], batch_size=16, device="cpu")
+    with torch.no_grad():
+        random_loss = float(torch.nn.functional.cross_entropy(start[5](features), data.train_y[:32]))
+        fit_head(start, data.train_x[:32], data.train_y[:32], "multi-class", weight_decay=config.weight_decay)
+        assert float(torch.nn.functional.cross_entropy(start[5](features), data.train_y[:32])) < random_loss

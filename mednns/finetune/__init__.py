@@ -8,7 +8,8 @@ the best epoch by validation ACC is saved as an export folder (``best/``) that
 chooses anything: it is only reported.
 
 Modules: :mod:`~mednns.finetune.config` (:class:`FinetuneConfig`, the transfer recipe; free of
-torch) and :mod:`~mednns.finetune.loop` (the data, the loop, the export of the best epoch).
+torch), :mod:`~mednns.finetune.loop` (the data, the loop, the export of the best epoch) and
+:mod:`~mednns.finetune.probe` (the recipe's linear probe solved before the first step).
 """
 
 from __future__ import annotations

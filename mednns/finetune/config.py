@@ -8,7 +8,8 @@ from typing import Any
 from mednns.errors import UsageError
 
 #: The transfer recipe's fields with the values that switch it off (the loop as it was before it).
-RECIPE_OFF = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0, "colour_stem": False}
+RECIPE_OFF = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0, "colour_stem": False,
+              "fit_head": False}
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class FinetuneConfig:
         colour-opponent kernels (zero sum over the channels, at a fresh convolution's scale): its
         response to grey images is unchanged (:func:`mednns.export.add_colour_kernels`). Nothing
         changes for any other first convolution.
+    :param fit_head: before the first step (after the BN re-estimation), solve the head-only
+        objective on the body's frozen features of the training images (L-BFGS; the loss plus the
+        weight decay): the linear probe LP-FT trains to convergence, for one forward pass per image
+        instead of head-only epochs (:func:`mednns.finetune.probe.fit_head`).
     """
 
     epochs: int = 10
@@ -57,6 +62,7 @@ class FinetuneConfig:
     head_epochs: int = 0
     body_lr_scale: float = 1.0
     colour_stem: bool = False
+    fit_head: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -88,9 +94,9 @@ class FinetuneConfig:
 
     def image_passes(self, pretrained: bool, epochs: int | None = None) -> int:
         """Forward-pass equivalents per trained image over the run (3 per trained epoch: forward
-        and backward; 1 per head-only epoch and for BN recalibration), for ``epochs`` (default
-        ``self.epochs``)."""
+        and backward; 1 per head-only epoch, for BN recalibration and for fitting the head), for
+        ``epochs`` (default ``self.epochs``)."""
         recipe = self.recipe(pretrained)
         epochs = self.epochs if epochs is None else epochs
         head = min(recipe["head_epochs"], epochs)
-        return 3 * (epochs - head) + head + int(recipe["recalibrate_bn"])
+        return 3 * (epochs - head) + head + int(recipe["recalibrate_bn"]) + int(recipe["fit_head"])

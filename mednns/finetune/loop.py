@@ -158,6 +158,15 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
                                           for i in range(steps)))
             image_macs += (macs or 0) * seen
             target_seconds += time.perf_counter() - calibration_start
+        if recipe["fit_head"]:
+            from mednns.finetune.probe import fit_head
+
+            probe_start = time.perf_counter()
+            fit_head(model, train_x[: steps * batch], train_y[: steps * batch], data.task,
+                     weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+                     batch_size=config.eval_batch_size, device=device, memory_format=layout)
+            image_macs += (macs or 0) * steps * batch
+            target_seconds += time.perf_counter() - probe_start
         for epoch in range(1, config.epochs + 1):
             head_only = epoch <= head_epochs
             model.train(not head_only)  # a linear probe sees the body as it is: eval-mode BN, frozen
