@@ -43,7 +43,8 @@ class Evaluate(Stage):
         the :class:`mednns.finetune.FinetuneConfig` settings ``epochs``, ``lr``, ``batch_size``,
         ``weight_decay``, ``warmup_epochs``, ``label_smoothing``, ``crop_padding``, ``hflip`` and the
         transfer recipe (``recalibrate_bn``, ``head_epochs``, ``body_lr_scale``, ``colour_stem``,
-        ``fit_head``), applied alike to every method that starts from pretrained weights (inherited or ImageNet).
+        ``fit_head``, ``fit_head_cv``), applied alike to every method that starts from pretrained
+        weights (inherited or ImageNet).
     :param train_images: training-set sizes per target (a seeded subset, the same for every method;
         default: all images). Each size is a condition of the ``equal_epochs`` budget; the first is
         the primary one (and the size of ``equal_compute``).

@@ -140,7 +140,7 @@ class Finetune(Stage):
     :param finetune: the :class:`mednns.finetune.FinetuneConfig` settings, flat beside these two
         (``epochs``, ``lr``, ``batch_size``, ``weight_decay``, ``warmup_epochs``, ``label_smoothing``,
         ``crop_padding``, ``hflip``, ``max_train_images`` and the transfer recipe: ``recalibrate_bn``,
-        ``head_epochs``, ``body_lr_scale``, ``colour_stem``, ``fit_head``).
+        ``head_epochs``, ``body_lr_scale``, ``colour_stem``, ``fit_head``, ``fit_head_cv``).
     """
 
     name = FINETUNE_STAGE
@@ -288,13 +288,15 @@ def register_commands(cli):
                   help="A grey source's stem on an RGB target: add colour-opponent kernels (grey response kept).")
     @click.option("--fit-head/--no-fit-head", default=False, show_default=True,
                   help="Solve the new head on the frozen features before the first step (LP-FT's probe, L-BFGS).")
+    @click.option("--fit-head-cv/--no-fit-head-cv", default=False, show_default=True,
+                  help="With --fit-head: the probe's penalty chosen by 5-fold cross-validated loss.")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--device", default="cpu", show_default=True)
     @click.option("--no-progress", is_flag=True)
     def finetune_command(export_dir: str, dataset_spec: str, out_dir: str | None, epochs: int, lr: float,
                          batch_size: int, max_train_images: int | None, recalibrate_bn: bool, head_epochs: int,
-                         body_lr_scale: float, colour_stem: bool, fit_head: bool, seed: int, device: str,
-                         no_progress: bool) -> None:
+                         body_lr_scale: float, colour_stem: bool, fit_head: bool, fit_head_cv: bool, seed: int,
+                         device: str, no_progress: bool) -> None:
         """Fine-tune an exported model: per-epoch val/test metrics in metrics.csv, the best epoch in best/."""
         from mednns.data import resolve_dataset
         from mednns.distributed import refuse_torchrun
@@ -309,7 +311,7 @@ def register_commands(cli):
         out = Path(out_dir) if out_dir else Path(export_dir) / "finetune"
         config = FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, max_train_images=max_train_images,
                                 recalibrate_bn=recalibrate_bn, head_epochs=head_epochs, body_lr_scale=body_lr_scale,
-                                colour_stem=colour_stem, fit_head=fit_head, seed=seed)
+                                colour_stem=colour_stem, fit_head=fit_head, fit_head_cv=fit_head_cv, seed=seed)
         console = Console(soft_wrap=False)
         final = finetune(export_dir, dataset, out, config, device=device, manager=manager, console=console,
                          progress=not no_progress)

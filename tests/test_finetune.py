@@ -225,3 +225,40 @@ def test_fit_head_is_part_of_the_recipe_and_counted_as_one_forward_pass(one_thre
         random_loss = float(torch.nn.functional.cross_entropy(start[5](features), data.train_y[:32]))
         fit_head(start, data.train_x[:32], data.train_y[:32], "multi-class", weight_decay=config.weight_decay)
         assert float(torch.nn.functional.cross_entropy(start[5](features), data.train_y[:32])) < random_loss
+
+
+def test_fit_head_cross_validation_picks_the_held_out_loss_minimum_of_its_penalties():
+    from mednns.finetune.probe import FOLDS, fit_head, fold_assignment
+
+    torch.manual_seed(1)
+    features = torch.randn(40, 12) * 2  # the head's input as it is: the model only flattens
+    labels = (features[:, 0] + 2.0 * torch.randn(40) > 0).long()  # one informative feature, noisy labels
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    folds = fold_assignment(labels, FOLDS, seed=4)
+    sizes = torch.bincount(folds, minlength=FOLDS)
+    assert int(sizes.sum()) == 40 and int(sizes.max() - sizes.min()) <= 2  # dealt round-robin within each class
+    assert all(set(labels[folds == f].tolist()) == {0, 1} for f in range(FOLDS))  # every fold sees both classes
+    start_weight, start_bias = model[1].weight.detach().clone(), model[1].bias.detach().clone()
+    facts = fit_head(model, features, labels, "binary", weight_decay=1e-3, cross_validate=True, seed=4)
+    # the naive reference: every penalty, every fold, solved by plain gradient descent
+    held_out = {}
+    for penalty in (1e-3, 1e-2, 1e-1, 1.0, 10.0):
+        losses = []
+        for fold in range(FOLDS):
+            fit, test = folds != fold, folds == fold
+            w, b = start_weight.clone().requires_grad_(True), start_bias.clone().requires_grad_(True)
+            for _ in range(2_000):
+                gw, gb = torch.autograd.grad(probe_objective(features[fit], labels[fit], w, b, penalty), (w, b))
+                with torch.no_grad():
+                    w -= 0.05 * gw
+                    b -= 0.05 * gb
+            losses.append(float(torch.nn.functional.cross_entropy(features[test] @ w.T + b, labels[test]).detach()))
+        held_out[penalty] = sum(losses) / len(losses)
+    assert facts["penalty"] == pytest.approx(min(held_out, key=held_out.__getitem__))
+    assert facts["penalty"] > 1e-3  # noisy labels: a head more regularized than the decay's generalizes better
+    solved = probe_objective(features, labels, model[1].weight, model[1].bias, facts["penalty"])
+    assert float(solved.detach()) == pytest.approx(facts["loss_after"], rel=1e-5)  # the final fit uses it
+    with pytest.raises(UsageError, match="fit_head_cv"):
+        FinetuneConfig(fit_head_cv=True)
+    with pytest.raises(UsageError, match="weight_decay"):
+        FinetuneConfig(fit_head=True, fit_head_cv=True, weight_decay=0.0)

@@ -9,7 +9,7 @@ from mednns.errors import UsageError
 
 #: The transfer recipe's fields with the values that switch it off (the loop as it was before it).
 RECIPE_OFF = {"recalibrate_bn": False, "head_epochs": 0, "body_lr_scale": 1.0, "colour_stem": False,
-              "fit_head": False}
+              "fit_head": False, "fit_head_cv": False}
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class FinetuneConfig:
         objective on the body's frozen features of the training images (L-BFGS; the loss plus the
         weight decay): the linear probe LP-FT trains to convergence, for one forward pass per image
         instead of head-only epochs (:func:`mednns.finetune.probe.fit_head`).
+    :param fit_head_cv: with ``fit_head``, the probe's penalty chosen from ``weight_decay`` times
+        1 to 10^4 by 5-fold cross-validated loss on the training images (the fine-tuning's decay
+        lets a head memorize a small training set and start over-confident).
     """
 
     epochs: int = 10
@@ -63,6 +66,7 @@ class FinetuneConfig:
     body_lr_scale: float = 1.0
     colour_stem: bool = False
     fit_head: bool = False
+    fit_head_cv: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -73,6 +77,9 @@ class FinetuneConfig:
                              hint="the head-only epochs count in the budget; at least one epoch trains the body")
         if not 0 < self.body_lr_scale <= 1:
             raise UsageError(f"body_lr_scale must be in (0, 1], got {self.body_lr_scale}")
+        if self.fit_head_cv and not (self.fit_head and self.weight_decay > 0):
+            raise UsageError("fit_head_cv chooses the penalty of fit_head's probe from multiples of weight_decay",
+                             hint="set fit_head, and a weight_decay above 0")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
