@@ -5,7 +5,8 @@ body moves, so that the first full steps do not push a random head's errors back
 inherited features. The head-only epochs of the recipe approximate it with a few SGD steps and
 cost whole epochs of the budget; :func:`fit_head` solves the same objective (the loss of the
 head on the body's features plus the fine-tuning's weight decay, none on the bias) with L-BFGS on
-features computed once.
+features computed once; with ``cross_validate`` (the recipe's ``fit_head_cv``) the penalty is
+chosen by held-out loss instead, so that a probe of a small training set does not start over-confident.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import torch
 
 from mednns.export import head_module
 from mednns.training.losses import supervised_loss
+
+#: Folds of ``fit_head(cross_validate=True)`` (fewer for fewer images).
+FOLDS = 5
 
 
 def head_features(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int, device: str | torch.device,
@@ -73,10 +77,6 @@ def fit_head(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return {**facts, "penalty": penalty}
 
 
-#: Folds of ``fit_head(cross_validate=True)`` (fewer for fewer images).
-FOLDS = 5
-
-
 def fold_assignment(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     """Each image's fold in ``range(k)``, dealt round-robin within each label (each label
     pattern for multi-label targets) in a seeded order, so that every fold sees every class."""
@@ -103,8 +103,9 @@ def _solve(features: torch.Tensor, target: torch.Tensor, loss_fn: torch.nn.Modul
     def objective() -> torch.Tensor:
         return loss_fn(features @ weight.T + bias, target) + penalty / 2 * weight.pow(2).sum()
 
-    optimizer = torch.optim.LBFGS([weight] if fixed else [weight, bias], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
-                                  tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS([weight] if fixed else [weight, bias], lr=1.0, max_iter=max_iter,
+                                  tolerance_grad=1e-6, tolerance_change=1e-9, history_size=20,
+                                  line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
