@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from mednns.export import head_module
+from mednns.metaspace.functional import capture_head_input
 from mednns.training.losses import supervised_loss
 
 #: Folds of ``fit_head(cross_validate=True)`` (fewer for fewer images).
@@ -22,17 +23,12 @@ FOLDS = 5
 
 def head_features(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int, device: str | torch.device,
                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """The inputs of ``model``'s classifier for ``images`` (eval mode, no gradients), float32 ``(N, F)``."""
-    _, head = head_module(model)
-    captured: list[torch.Tensor] = []
-    handle = head.register_forward_pre_hook(lambda _m, inputs: captured.append(inputs[0].detach().flatten(1)))
+    """The inputs of ``model``'s classifier (the head the fine-tuning trains:
+    :func:`~mednns.export.head_module`) for ``images`` (eval mode, no gradients), float32 ``(N, F)``."""
     model.eval()
-    try:
-        with torch.no_grad():
-            for chunk in images.split(batch_size):
-                model(chunk.to(device).contiguous(memory_format=memory_format))
-    finally:
-        handle.remove()
+    with torch.no_grad(), capture_head_input(model, head_module(model)[1]) as captured:
+        for chunk in images.split(batch_size):
+            model(chunk.to(device).contiguous(memory_format=memory_format))
     return torch.cat(captured).float()
 
 

@@ -160,15 +160,16 @@ def final_linear(net: nn.Module) -> nn.Linear:
 
 
 @contextlib.contextmanager
-def capture_head_input(net: nn.Module) -> Iterator[list[torch.Tensor]]:
+def capture_head_input(net: nn.Module, head: nn.Module | None = None) -> Iterator[list[torch.Tensor]]:
     """Within the block, every forward of ``net`` appends its classifier's input (the penultimate
-    pooled features, flattened to ``(N, F)``) to the yielded list."""
+    pooled features, flattened to ``(N, F)``) to the yielded list. :param head: the classifier
+    (default: :func:`final_linear`)."""
     captured: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         captured.append(inputs[0].detach().flatten(1))
 
-    handle = final_linear(net).register_forward_pre_hook(hook)
+    handle = (head if head is not None else final_linear(net)).register_forward_pre_hook(hook)
     try:
         yield captured
     finally:
