@@ -72,9 +72,10 @@ def adapt_network(model: nn.Module, *, num_classes: int | None = None, in_channe
         _replace(model, path, new.to(head.weight.device))
         changes["head"] = {"module": path, "in_features": head.in_features, "num_classes": num_classes}
     if in_channels is not None:
-        if not _named(model, nn.Conv2d):
+        found = first_conv(model)
+        if found is None:
             raise UsageError("cannot adapt the input channels: the model has no nn.Conv2d layer")
-        path, conv = first_conv(model)
+        path, conv = found
         if conv.in_channels != in_channels:
             if conv.groups != 1 or {conv.in_channels, in_channels} != {1, 3}:
                 raise UsageError(f"cannot adapt a first convolution of {conv.in_channels} input channels to "
@@ -95,12 +96,17 @@ def adapt_network(model: nn.Module, *, num_classes: int | None = None, in_channe
     return changes
 
 
-def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The first ``nn.Conv2d`` of ``model`` (path and module): the stem that sees the input channels."""
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """The first ``nn.Conv2d`` of ``model`` (path and module): the stem that sees the input channels
+    (``None``: the model has none)."""
     convs = _named(model, nn.Conv2d)
-    if not convs:
-        raise UsageError("the model has no nn.Conv2d layer")
-    return convs[0]
+    return convs[0] if convs else None
+
+
+def has_colour_blind_stem(model: nn.Module) -> bool:
+    """Whether ``model``'s first convolution is colour-blind (:func:`is_colour_blind`)."""
+    stem = first_conv(model)
+    return stem is not None and is_colour_blind(stem[1])
 
 
 def is_colour_blind(conv: nn.Conv2d) -> bool:
@@ -122,11 +128,11 @@ def add_colour_kernels(model: nn.Module, generator: torch.Generator) -> bool:
 
     :returns: whether the stem was colour-blind (and changed); any other model is left alone.
     """
-    convs = _named(model, nn.Conv2d)
-    if not convs or not is_colour_blind(conv := convs[0][1]):
+    stem = first_conv(model)
+    if stem is None or not is_colour_blind(stem[1]):
         return False
     with torch.no_grad():
-        weight = conv.weight
+        weight = stem[1].weight
         bound = 1.0 / (weight[0].numel()) ** 0.5
         noise = torch.empty(weight.shape, dtype=weight.dtype).uniform_(-bound, bound, generator=generator)
         weight.add_((noise - noise.mean(dim=1, keepdim=True)).to(weight.device))

@@ -482,16 +482,12 @@ class Fold:
         """What the candidate's network is, built once: its forward MACs per image and whether its stem
         is colour-blind (the ``colour_stem`` recipe changes only such a start)."""
         if candidate.key not in self.facts:
-            from mednns.export import first_conv, is_colour_blind
+            from mednns.export import has_colour_blind_stem
 
             info = self.dataset.info
             network = candidate.build(0)
-            try:
-                blind = is_colour_blind(first_conv(network)[1])
-            except UsageError:  # no convolution at all
-                blind = False
             self.facts[candidate.key] = {"macs": count_macs(network, (info.n_channels, *info.image_size)),
-                                         "colour_blind": blind}
+                                         "colour_blind": has_colour_blind_stem(network)}
         return self.facts[candidate.key]
 
     def finetune_macs(self, candidate: Candidate, seed: int, condition: Condition, epochs: int,
