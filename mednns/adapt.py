@@ -83,6 +83,21 @@ def adapt(dataset: MedicalDataset, bundle: str, out_dir: str | os.PathLike, *, t
     return summary
 
 
+def recipe_text(finetune: dict[str, Any]) -> str:
+    """The transfer recipe of a fine-tuning configuration (``asdict(FinetuneConfig)``) in words."""
+    from mednns.finetune import FinetuneConfig
+
+    active = FinetuneConfig(**finetune).active_recipe()
+    parts = [text for key, text in (
+        ("recalibrate_bn", "BN statistics re-estimated on the training images"),
+        ("colour_stem", "colour-opponent kernels added to a grey source's first convolution"),
+        ("fit_head", "the new head solved on the frozen features"
+                     + (" with a cross-validated penalty" if active.get("fit_head_cv") else "")),
+        ("head_epochs", f"{active.get('head_epochs')} head-only epoch(s)"),
+        ("body_lr_scale", f"the body at {active.get('body_lr_scale')} times the learning rate")) if key in active]
+    return ", ".join(parts) or "none"
+
+
 def learning_curve(history: list[dict[str, Any]], path: Path, name: str) -> str:
     """Validation and test ACC per epoch as a PNG; its file name."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -161,7 +176,8 @@ def model_card(summary: dict[str, Any], dataset: MedicalDataset, manifest: dict[
            if summary.get("rerank") else "") + " and "
         f"started from the weights it inherited from the {chosen['dataset']} supernet.",
         f"- Fine-tuned for {summary['finetune']['epochs']} epochs (SGD, lr {summary['finetune']['lr']}, batch "
-        f"{summary['finetune']['batch_size']}); the weights of epoch {summary['best_epoch']} (best validation ACC).",
+        f"{summary['finetune']['batch_size']}; transfer recipe: {recipe_text(summary['finetune'])}); the weights of "
+        f"epoch {summary['best_epoch']} (best validation ACC).",
         "", "## Intended use", "",
         f"Research on {'' if info.modality == 'unknown' else info.modality + ' '}images of the task below. Not "
         "validated for clinical use: it has seen no data beyond the splits named here, and no external test set.",

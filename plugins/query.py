@@ -274,21 +274,21 @@ def register_commands(cli):
                   help="A registered dataset (NAME:key=value,...), an .npz file or an image folder.")
     @click.option("--out", "out_dir", type=click.Path(file_okay=False),
                   help="Output folder [default: EXPORT_DIR/finetune].")
-    @click.option("--epochs", type=int, default=10, show_default=True)
-    @click.option("--lr", type=float, default=0.05, show_default=True)
-    @click.option("--batch-size", type=int, default=128, show_default=True)
+    @click.option("--epochs", type=int, default=FinetuneConfig.epochs, show_default=True)
+    @click.option("--lr", type=float, default=FinetuneConfig.lr, show_default=True)
+    @click.option("--batch-size", type=int, default=FinetuneConfig.batch_size, show_default=True)
     @click.option("--max-train-images", type=int)
-    @click.option("--recalibrate-bn/--no-recalibrate-bn", default=False, show_default=True,
+    @click.option("--recalibrate-bn/--no-recalibrate-bn", default=FinetuneConfig.recalibrate_bn, show_default=True,
                   help="Re-estimate BN statistics on the target's training images before the first step.")
-    @click.option("--head-epochs", type=int, default=0, show_default=True,
+    @click.option("--head-epochs", type=int, default=FinetuneConfig.head_epochs, show_default=True,
                   help="First epochs train the new head only (linear probe, then full fine-tuning).")
-    @click.option("--body-lr-scale", type=float, default=1.0, show_default=True,
+    @click.option("--body-lr-scale", type=float, default=FinetuneConfig.body_lr_scale, show_default=True,
                   help="The body's learning rate relative to --lr.")
-    @click.option("--colour-stem/--no-colour-stem", default=False, show_default=True,
+    @click.option("--colour-stem/--no-colour-stem", default=FinetuneConfig.colour_stem, show_default=True,
                   help="A grey source's stem on an RGB target: add colour-opponent kernels (grey response kept).")
-    @click.option("--fit-head/--no-fit-head", default=False, show_default=True,
+    @click.option("--fit-head/--no-fit-head", default=FinetuneConfig.fit_head, show_default=True,
                   help="Solve the new head on the frozen features before the first step (LP-FT's probe, L-BFGS).")
-    @click.option("--fit-head-cv/--no-fit-head-cv", default=False, show_default=True,
+    @click.option("--fit-head-cv/--no-fit-head-cv", default=FinetuneConfig.fit_head_cv, show_default=True,
                   help="With --fit-head: the probe's penalty chosen by 5-fold cross-validated loss.")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--device", default="cpu", show_default=True)

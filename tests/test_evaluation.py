@@ -314,7 +314,7 @@ EVALUATE = {"datasets": ["c", "d"], "methods": ["mednns", "mednns_topk", "random
                                                "mednns_search"],
             "seeds": [0, 1], "epochs": 3, "batch_size": 16, "top_k": 2, "search_budget": 5,
             "train_images": [64, 32], "budgets": ["equal_epochs", "equal_compute"], "equal_compute_seeds": [0],
-            "max_epochs": 9, "recalibrate_bn": True, "head_epochs": 1,
+            "max_epochs": 9, "recalibrate_bn": True, "head_epochs": 1, "fit_head": False,  # published recipe
             "variants": {"auc": {"meta_space": {"target": "val_auc"}},
                          "plain": {"finetune": {"recalibrate_bn": False, "head_epochs": 0}, "top_k": 1},
                          "colour": {"finetune": {"colour_stem": True}, "top_k": 1},

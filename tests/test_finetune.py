@@ -57,7 +57,7 @@ def test_transfer_recipe_recalibrates_bn_then_trains_the_head_alone_and_counts_i
 
     dataset = tiny_dataset("t", n_classes=3)
     config = FinetuneConfig(epochs=3, batch_size=16, max_train_images=40, seed=1, recalibrate_bn=True,
-                            head_epochs=1, body_lr_scale=0.5)
+                            head_epochs=1, body_lr_scale=0.5, fit_head=False)
     data = FinetuneData.from_dataset(dataset, config)
     model = bn_net(3)
     start = copy.deepcopy(model)
@@ -87,8 +87,9 @@ def test_transfer_recipe_recalibrates_bn_then_trains_the_head_alone_and_counts_i
 
 def test_the_recipe_applies_only_to_pretrained_starts_and_off_keeps_the_loop_and_its_run_keys(one_thread):
     dataset = tiny_dataset("t", n_classes=2)
-    plain = FinetuneConfig(epochs=2, batch_size=16, seed=0)
-    recipe = FinetuneConfig(epochs=2, batch_size=16, seed=0, recalibrate_bn=True, head_epochs=1, body_lr_scale=0.1)
+    plain = FinetuneConfig(epochs=2, batch_size=16, seed=0, **RECIPE_OFF)
+    recipe = FinetuneConfig(epochs=2, batch_size=16, seed=0, **{**RECIPE_OFF, "recalibrate_bn": True, "head_epochs": 1,
+                                                                 "body_lr_scale": 0.1})
     data = FinetuneData.from_dataset(dataset, plain)
     scratch = [train_model(bn_net(2), data, c, progress=False)["history"] for c in (plain, recipe)]
     strip = [[{k: v for k, v in r.items() if "seconds" not in k} for r in h] for h in scratch]
@@ -100,6 +101,14 @@ def test_the_recipe_applies_only_to_pretrained_starts_and_off_keeps_the_loop_and
     assert recipe.identity(False) == plain.identity(False)
     assert recipe.identity(True) == {**plain.identity(True), "recalibrate_bn": True, "head_epochs": 1,
                                      "body_lr_scale": 0.1}
+    # the default recipe: BN re-estimated, the head solved with a cross-validated penalty
+    default = FinetuneConfig(epochs=2, batch_size=16, seed=0)
+    assert default.active_recipe() == {"recalibrate_bn": True, "fit_head": True, "fit_head_cv": True}
+    assert default.identity(True) == {**plain.identity(True), **default.active_recipe()}
+    assert default.identity(False) == plain.identity(False) and default.active_recipe(pretrained=False) == {}
+    cv_alone = FinetuneConfig(**{**RECIPE_OFF, "fit_head_cv": True})  # without fit_head it does nothing
+    assert cv_alone.recipe(True) == RECIPE_OFF
+    assert cv_alone.identity(True) == FinetuneConfig(**RECIPE_OFF).identity(True)
     with pytest.raises(UsageError, match="head_epochs"):
         FinetuneConfig(epochs=2, head_epochs=2)
     with pytest.raises(UsageError, match="body_lr_scale"):
@@ -149,13 +158,13 @@ def test_colour_kernels_leave_every_other_stem_alone():
 
 def test_colour_stem_is_part_of_the_recipe_applied_to_pretrained_starts_only(one_thread):
     dataset = tiny_dataset("t", n_classes=2, channels=3)
-    config = FinetuneConfig(epochs=1, batch_size=16, seed=0, colour_stem=True)
+    config = FinetuneConfig(epochs=1, batch_size=16, seed=0, **{**RECIPE_OFF, "colour_stem": True})
     data = FinetuneData.from_dataset(dataset, config)
     scratch, pretrained = grey_source_on_rgb(), grey_source_on_rgb()
     train_model(scratch, data, config, progress=False)
     train_model(pretrained, data, config, progress=False, pretrained=True)
     assert not torch.equal(scratch[0].weight, pretrained[0].weight)  # the recipe's kernels: another run
-    plain = FinetuneConfig(epochs=1, batch_size=16, seed=0)
+    plain = FinetuneConfig(epochs=1, batch_size=16, seed=0, **RECIPE_OFF)
     assert config.identity(False) == plain.identity(False)
     assert config.identity(True) == {**plain.identity(True), "colour_stem": True}
     assert config.identity(True, colour_blind=False) == plain.identity(True)  # a start it would not change
@@ -204,8 +213,9 @@ def test_fit_head_is_part_of_the_recipe_and_counted_as_one_forward_pass(one_thre
     from mednns.supernets import recalibrate_bn
 
     dataset = tiny_dataset("t", n_classes=3)
-    config = FinetuneConfig(epochs=2, batch_size=16, max_train_images=40, seed=1, recalibrate_bn=True, fit_head=True)
-    plain = FinetuneConfig(epochs=2, batch_size=16, max_train_images=40, seed=1, recalibrate_bn=True)
+    config = FinetuneConfig(epochs=2, batch_size=16, max_train_images=40, seed=1, recalibrate_bn=True, fit_head=True,
+                            fit_head_cv=False)
+    plain = FinetuneConfig(epochs=2, batch_size=16, max_train_images=40, seed=1, recalibrate_bn=True, fit_head=False)
     data = FinetuneData.from_dataset(dataset, config)
     result = train_model(bn_net(3), data, config, progress=False, macs=1000, pretrained=True)
     trained, n_val = 32, len(data.val_x)
@@ -258,7 +268,7 @@ def test_fit_head_cross_validation_picks_the_held_out_loss_minimum_of_its_penalt
     assert facts["penalty"] > 1e-3  # noisy labels: a head more regularized than the decay's generalizes better
     solved = probe_objective(features, labels, model[1].weight, model[1].bias, facts["penalty"])
     assert float(solved.detach()) == pytest.approx(facts["loss_after"], rel=1e-5)  # the final fit uses it
-    with pytest.raises(UsageError, match="fit_head_cv"):
-        FinetuneConfig(fit_head_cv=True)
-    with pytest.raises(UsageError, match="weight_decay"):
-        FinetuneConfig(fit_head=True, fit_head_cv=True, weight_decay=0.0)
+    with pytest.raises(UsageError, match="fit_head_cv") as error:
+        FinetuneConfig(weight_decay=0.0)  # the default recipe has no penalties to choose from
+    assert "weight_decay" in error.value.hint
+    assert FinetuneConfig(weight_decay=0.0, fit_head_cv=False).recipe(True)["fit_head"]

@@ -338,6 +338,34 @@ def test_transfer_pairs_fine_tune_models_of_other_datasets_and_join_the_meta_spa
         assert both["val_acc"] == pytest.approx(np.mean(both["val_accs"]))
 
 
+def test_a_transfer_pair_keeps_its_cache_key_when_the_default_recipe_changes(pipeline):
+    import hashlib
+
+    from mednns.finetune import RECIPE_OFF
+    from mednns.metaspace.table import load_table
+    from mednns.metaspace.transfers import TransferSettings, _pair_key
+    from mednns.training import SUPERNET_WEIGHTS
+    from mednns.zoo import ZooStore
+
+    with ZooStore(pipeline["run"] / "stages" / "build_zoo" / "zoo.sqlite", readonly=True) as store:
+        table = load_table(store, "val_acc")
+    published = TransferSettings()  # the recipe the published pairs were measured with
+    assert published.finetune == {"recalibrate_bn": True, "head_epochs": 1, "fit_head": False}
+    spelled_out = TransferSettings(finetune={**RECIPE_OFF, "recalibrate_bn": True, "head_epochs": 1})
+    key = _pair_key(table, 0, "digest", published)
+    assert _pair_key(table, 0, "digest", spelled_out) == key
+    # the key such a pair was cached under before the library's default recipe changed
+    weights = Path(table.supernet[0]) / SUPERNET_WEIGHTS
+    own = {**{k: v for k, v in published.to_dict().items() if k != "repeats"},
+           "finetune": {"recalibrate_bn": True, "head_epochs": 1}}
+    text = json.dumps([str(weights.resolve()), weights.stat().st_mtime_ns, table.arch[0], "digest", own],
+                      sort_keys=True)
+    assert key == hashlib.sha256(text.encode()).hexdigest()[:24]
+    # the library's default recipe is another fine-tuning, and so another key
+    assert _pair_key(table, 0, "digest", TransferSettings(finetune={})) != key
+    assert _pair_key(table, 0, "digest", TransferSettings(finetune={"lr": 0.01, **published.finetune})) != key
+
+
 def test_an_ensemble_of_meta_spaces_ranks_by_its_members_mean_and_travels_in_a_bundle(pipeline, tmp_path,
                                                                                       monkeypatch):
     from mednns.bundle import export_bundle, verify_bundle
@@ -547,6 +575,8 @@ def test_adapt_goes_from_a_dataset_and_a_bundle_to_a_documented_deployable_model
     assert f"test ACC {summary['best']['test_acc']:.4f}" in report
     card = (out / "model_card.md").read_text()
     assert "Not validated for clinical use" in card and str(deploy["mean"]) in card
+    assert ("transfer recipe: BN statistics re-estimated on the training images, the new head solved on the frozen "
+            "features with a cross-validated penalty)") in card  # the default recipe
     again = invoke("export-model", out, "--format", "torchscript", "--out", tmp_path / "ts")  # the adapt folder
     assert again.exit_code == 0 and json.loads((tmp_path / "ts" / "preprocessing.json").read_text())["mean"] == \
         deploy["mean"]

@@ -49,7 +49,9 @@ class TransferSettings:
     :param images: training images of the target per fine-tuning (a seeded subset).
     :param epochs: fine-tuning epochs.
     :param finetune: other :class:`mednns.finetune.FinetuneConfig` fields (default: the transfer
-        recipe of the published protocol: BN recalibrated, one head-only epoch).
+        recipe the published pairs were measured with: BN recalibrated, one head-only epoch, no
+        solved head; kept so that a measured pair stays measured, as its cache key and the
+        evaluation's meta-space keys are those settings).
     :param seed: seed of the samples and subsets.
     :param repeats: fine-tunings per pair, each with its own seed (subset, head, batch order); the
         pair's value is their mean. A single fine-tuning's seed noise is about as large as the
@@ -59,7 +61,8 @@ class TransferSettings:
     models: int = 16
     images: int = 800
     epochs: int = 8
-    finetune: dict[str, Any] = field(default_factory=lambda: {"recalibrate_bn": True, "head_epochs": 1})
+    finetune: dict[str, Any] = field(default_factory=lambda: {"recalibrate_bn": True, "head_epochs": 1,
+                                                              "fit_head": False})
     seed: int = 0
     repeats: int = 1
 
@@ -110,12 +113,17 @@ def sample_pairs(table: ModelTable, targets: Sequence[str], settings: TransferSe
 def _pair_key(table: ModelTable, row: int, digest: str, settings: TransferSettings) -> str:
     """The cache key of one fine-tuning of a pair: the weights, the architecture, the training
     subset (one per repeat) and the settings but ``repeats`` (a fine-tuning does not depend on how
-    many there are, so a pair measured once keeps its first one when repeats are added)."""
+    many there are, so a pair measured once keeps its first one when repeats are added), the
+    transfer recipe as the fields that act."""
+    from mednns.finetune import RECIPE_OFF, FinetuneConfig
     from mednns.training import SUPERNET_WEIGHTS
 
     weights = Path(table.supernet[row]) / SUPERNET_WEIGHTS
     stamp = weights.stat().st_mtime_ns if weights.is_file() else 0
     own = {k: v for k, v in settings.to_dict().items() if k != "repeats"}
+    # the recipe as it acts, not as spelled: the same key whatever FinetuneConfig's defaults are
+    recipe = FinetuneConfig(**{**settings.finetune, "epochs": settings.epochs}).active_recipe()
+    own["finetune"] = {**{k: v for k, v in settings.finetune.items() if k not in RECIPE_OFF}, **recipe}
     text = json.dumps([str(weights.resolve()), stamp, table.arch[row], digest, own], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
