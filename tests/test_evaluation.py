@@ -318,6 +318,7 @@ EVALUATE = {"datasets": ["c", "d"], "methods": ["mednns", "mednns_topk", "random
             "variants": {"auc": {"meta_space": {"target": "val_auc"}},
                          "plain": {"finetune": {"recalibrate_bn": False, "head_epochs": 0}, "top_k": 1},
                          "colour": {"finetune": {"colour_stem": True}, "top_k": 1},
+                         "solved": {"finetune": {"fit_head": True, "head_epochs": 0}, "top_k": 1},  # the default
                          "knn": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16},
                                  "top_k": 1},
                          "knn_alone": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16,
@@ -392,7 +393,7 @@ def test_every_method_runs_for_every_seed_of_every_condition_on_the_same_subsets
                 if name in ("own_supernet_search", "mednns_search") and target == "d":
                     assert method["status"] == "skipped" and "no supernet trained on d" in method["reason"]
                     continue
-                if name in ("mednns_topk:plain", "mednns_topk:colour", "mednns_topk:knn",
+                if name in ("mednns_topk:plain", "mednns_topk:colour", "mednns_topk:solved", "mednns_topk:knn",
                             "mednns_topk:knn_alone"):  # their top-1 only
                     assert method["status"] == "skipped" and "top_k is 1" in method["reason"]
                     continue
@@ -595,6 +596,13 @@ def test_the_transfer_recipe_applies_to_every_pretrained_start_and_a_variant_can
         # BN recalibration and the head-only epoch cost one forward pass per image each; a full epoch three
         passes = 2 if recipe else 3
         assert epoch1 == macs * (passes * (trained // 16 * 16) + val), name
+        assert "fit_head" not in run, name
+    # the default recipe (BN re-estimated, the head solved with a cross-validated penalty): its penalty is recorded
+    solved = methods["mednns:solved"]["runs"][0]
+    assert solved["key"] == first["mednns"]["key"] and solved["history"] != first["mednns"]["history"]
+    assert solved["fit_head"]["penalty"] in [5e-4 * 10 ** k for k in range(5)]
+    # BN recalibration and the probe's features: one forward pass per image each, then three full epochs
+    assert solved["history"][0]["image_macs"] == solved["model"]["macs"] * (5 * (trained // 16 * 16) + val)
 
 
 @pipeline

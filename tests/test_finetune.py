@@ -223,6 +223,8 @@ def test_fit_head_is_part_of_the_recipe_and_counted_as_one_forward_pass(one_thre
     assert result["history"][-1]["image_macs"] == config.image_passes(True) * 1000 * trained + 2 * 1000 * n_val
     without = train_model(bn_net(3), data, plain, progress=False, macs=1000, pretrained=True)
     assert result["history"][0]["train_loss"] != without["history"][0]["train_loss"]  # another start
+    assert result["fit_head"]["penalty"] == config.weight_decay and "fit_head" not in without  # recorded
+    assert result["fit_head"]["loss_after"] < result["fit_head"]["loss_before"]
     scratch = train_model(bn_net(3), data, config, progress=False, macs=1000)
     assert scratch["history"][-1]["image_macs"] == 3 * 2 * 1000 * trained + 2 * 1000 * n_val  # no recipe
     assert config.identity(True) == {**plain.identity(True), "fit_head": True}

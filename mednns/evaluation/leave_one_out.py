@@ -564,7 +564,8 @@ class Fold:
                   "history": [{k: row[k] for k in keep} for row in trained["history"]],
                   "prepare_seconds": round(prepare, 3), "finetune_seconds": trained["seconds"],
                   # on a CPU the result depends on it (the order parallel sums run in), as much as a seed can
-                  "torch_threads": torch.get_num_threads()}
+                  "torch_threads": torch.get_num_threads(),
+                  **({"fit_head": trained["fit_head"]} if "fit_head" in trained else {})}
         write_json(path, record)
         return record
 

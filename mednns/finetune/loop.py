@@ -120,7 +120,9 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
     :param pretrained: the model starts from pretrained weights: the config's transfer recipe
         applies (see :class:`FinetuneConfig`; its costs are counted in ``image_macs`` and
         ``target_seconds``).
-    :returns: ``{"config", "best_epoch", "best", "last", "history", "seconds"}``.
+    :returns: ``{"config", "best_epoch", "best", "last", "history", "seconds"}``, and ``fit_head``
+        (the solved head's penalty and objective, :func:`mednns.finetune.probe.fit_head`) when the
+        recipe solved it.
     """
     from timm.scheduler import CosineLRScheduler
 
@@ -148,6 +150,7 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
     best: dict[str, Any] | None = None
     start = time.perf_counter()
     target_seconds, image_macs = 0.0, 0
+    solved: dict[str, Any] | None = None  # what fit_head found
     columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn())
     with Progress(*columns, console=console, disable=not progress) as bar:
@@ -162,7 +165,7 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
             from mednns.finetune.probe import fit_head
 
             probe_start = time.perf_counter()
-            fit_head(model, train_x[: steps * batch], train_y[: steps * batch], data.task,
+            solved = fit_head(model, train_x[: steps * batch], train_y[: steps * batch], data.task,
                      weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
                      batch_size=config.eval_batch_size, device=device, memory_format=layout,
                      cross_validate=recipe["fit_head_cv"], seed=derive_seed(config.seed, "fit_head"))
@@ -226,7 +229,8 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
         p.requires_grad_(True)
     assert best is not None  # the last epoch is always evaluated
     return {"config": config.to_dict(), "best_epoch": best["epoch"], "best": best, "last": history[-1],
-            "history": history, "seconds": round(time.perf_counter() - start, 2)}
+            "history": history, "seconds": round(time.perf_counter() - start, 2),
+            **({"fit_head": solved} if solved is not None else {})}
 
 
 def _sgd(model: torch.nn.Module, config: FinetuneConfig, head: set[torch.nn.Parameter], body_lr_scale: float, *,
