@@ -166,9 +166,9 @@ def train_model(model: torch.nn.Module, data: FinetuneData, config: FinetuneConf
 
             probe_start = time.perf_counter()
             solved = fit_head(model, train_x[: steps * batch], train_y[: steps * batch], data.task,
-                     weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
-                     batch_size=config.eval_batch_size, device=device, memory_format=layout,
-                     cross_validate=recipe["fit_head_cv"], seed=derive_seed(config.seed, "fit_head"))
+                              weight_decay=config.weight_decay, label_smoothing=config.label_smoothing,
+                              batch_size=config.eval_batch_size, device=device, memory_format=layout,
+                              cross_validate=recipe["fit_head_cv"], seed=derive_seed(config.seed, "fit_head"))
             image_macs += (macs or 0) * steps * batch
             target_seconds += time.perf_counter() - probe_start
         for epoch in range(1, config.epochs + 1):

@@ -121,7 +121,7 @@ def _pair_key(table: ModelTable, row: int, digest: str, settings: TransferSettin
     weights = Path(table.supernet[row]) / SUPERNET_WEIGHTS
     stamp = weights.stat().st_mtime_ns if weights.is_file() else 0
     own = {k: v for k, v in settings.to_dict().items() if k != "repeats"}
-    # the recipe as it acts, not as spelled: the same key whatever FinetuneConfig's defaults are
+    # the recipe as it acts, not as spelled: a pinned recipe keeps its key when FinetuneConfig's recipe defaults change
     recipe = FinetuneConfig(**{**settings.finetune, "epochs": settings.epochs}).active_recipe()
     own["finetune"] = {**{k: v for k, v in settings.finetune.items() if k not in RECIPE_OFF}, **recipe}
     text = json.dumps([str(weights.resolve()), stamp, table.arch[row], digest, own], sort_keys=True)
