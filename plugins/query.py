@@ -316,6 +316,9 @@ def register_commands(cli):
         final = finetune(export_dir, dataset, out, config, device=device, manager=manager, console=console,
                          progress=not no_progress)
         best = final["best"]
+        if "fit_head" in final:
+            console.print(f"new head solved on the frozen features before the first step (penalty "
+                          f"{final['fit_head']['penalty']:g})")
         console.print(f"best epoch {final['best_epoch']}: val acc {best['val_acc']:.4f}, "
                       f"test acc {best['test_acc']:.4f}"
                       f" (auc {best['test_auc']:.4f}); files in {escape(str(out))}")

@@ -135,6 +135,12 @@ def test_finetune_command_on_an_export(pipeline, tmp_path):
                     "--no-progress")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ft" / "best" / "model.safetensors").is_file()
+    penalty = json.loads((tmp_path / "ft" / "final.json").read_text())["fit_head"]["penalty"]  # the default recipe
+    assert f"new head solved on the frozen features before the first step (penalty {penalty:g})" in result.output
+    plain = invoke("finetune", export, "--dataset", npz, "--epochs", 1, "--batch-size", 16, "--out", tmp_path / "p",
+                   "--no-progress", "--no-recalibrate-bn", "--no-fit-head")
+    assert plain.exit_code == 0 and "new head solved" not in plain.output
+    assert "fit_head" not in json.loads((tmp_path / "p" / "final.json").read_text())
     wrong = invoke("finetune", export, "--dataset", pipeline["root"] / "b.npz", "--epochs", 1, "--out", tmp_path / "x")
     assert wrong.exit_code == 2 and "exported for 2 classes" in wrong.output
 
