@@ -20,6 +20,7 @@ from mednns import layout
 from mednns.errors import UsageError
 from mednns.finetune import RECIPE_OFF, FinetuneConfig
 from mednns.stages import Stage
+from mednns.typecheck import suggest
 
 STAGE = layout.EVALUATE_STAGE
 MethodName = Literal["mednns", "mednns_topk", "random_init", "timm_scratch", "imagenet", "nearest_fid", "tans",
@@ -127,8 +128,13 @@ class Evaluate(Stage):
         config = FinetuneConfig(**finetune)  # validate before any work
         finetune = {f.name: getattr(config, f.name) for f in fields(FinetuneConfig) if f.name not in NOT_FINETUNE_ARGS}
         sizes: list[int | None] = list(train_images) if train_images else [None]
-        for variant in (variants or {}).values():
-            FinetuneConfig(**{**finetune, **((variant or {}).get("finetune") or {})})
+        for name, variant in (variants or {}).items():
+            changes = (variant or {}).get("finetune") or {}
+            for key in sorted(set(changes) - set(finetune)):
+                close = suggest(key, finetune)
+                raise UsageError(f"variants.{name}.finetune: unknown key '{key}'", hint=(
+                    f"did you mean '{close}'?" if close else f"fine-tuning keys: {', '.join(finetune)}"))
+            FinetuneConfig(**{**finetune, **changes})
         self.settings = EvaluationSettings(
             datasets=datasets, methods=chosen, seeds=seeds, finetune=finetune, top_k=top_k, by=by, rerank=rerank,
             source_gate=source_gate,

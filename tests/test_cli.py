@@ -307,3 +307,27 @@ def test_every_example_config_validates(config_file, shared_data, tmp_path):
            "MEDNNS_CACHE_DIR": str(tmp_path / "cache")}
     result = run_mednns("validate", str(config_file), env_extra=env, cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
+
+
+def test_the_readme_stage_snippets_are_configs_the_stages_accept():
+    """Every ```yaml block of the README that lists stages passes the config checks and its stages'
+    own argument checks (a stage validates in its constructor, before any work)."""
+    import re
+
+    import yaml
+
+    from mednns.config import validate_config
+    from mednns.manager import PluginManager
+    from mednns.registry import LazyFactory
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippets = [s for s in (yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S))
+                if isinstance(s, list)]
+    assert len(snippets) >= 2  # the meta-space stages and the evaluation
+    manager = PluginManager(environ={})
+    for stages in snippets:
+        config = validate_config(manager, {"name": "readme", "seed": 0, "stages": stages,
+                                           "datasets": [{"name": "npz", "args": {"path": "x.npz", "name": "x"}}]})
+        for spec in config.stages:
+            factory = manager.registry("stages").get(spec["name"]).factory
+            (factory.load() if isinstance(factory, LazyFactory) else factory)(**(spec.get("args") or {}))

@@ -688,6 +688,9 @@ def test_the_stage_refuses_bad_arguments_before_any_work():
         manager.create("stages", "evaluate", seeds=[1, 1])
     with pytest.raises(UsageError):
         manager.create("stages", "evaluate", methods=["magic"])
+    with pytest.raises(UsageError, match=r"variants.solved.finetune: unknown key 'fit_hed'") as error:
+        manager.create("stages", "evaluate", variants={"solved": {"finetune": {"fit_hed": True}}})
+    assert "did you mean 'fit_head'" in error.value.hint
     stage = manager.create("stages", "evaluate", methods=["random_pick"])
     assert stage.settings.methods == ["mednns", "random_pick"]
 
