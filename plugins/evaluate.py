@@ -130,9 +130,10 @@ class Evaluate(Stage):
         sizes: list[int | None] = list(train_images) if train_images else [None]
         for name, variant in (variants or {}).items():
             changes = (variant or {}).get("finetune") or {}
-            for key in sorted(set(changes) - set(finetune)):
-                close = suggest(key, finetune)
-                raise UsageError(f"variants.{name}.finetune: unknown key '{key}'", hint=(
+            unknown = sorted(set(changes) - set(finetune))
+            if unknown:
+                close = suggest(unknown[0], finetune)
+                raise UsageError(f"variants.{name}.finetune: unknown key(s) {', '.join(map(repr, unknown))}", hint=(
                     f"did you mean '{close}'?" if close else f"fine-tuning keys: {', '.join(finetune)}"))
             FinetuneConfig(**{**finetune, **changes})
         self.settings = EvaluationSettings(

@@ -318,7 +318,6 @@ def test_the_readme_stage_snippets_are_configs_the_stages_accept():
 
     from mednns.config import validate_config
     from mednns.manager import PluginManager
-    from mednns.registry import LazyFactory
 
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     snippets = [s for s in (yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S))
@@ -329,5 +328,4 @@ def test_the_readme_stage_snippets_are_configs_the_stages_accept():
         config = validate_config(manager, {"name": "readme", "seed": 0, "stages": stages,
                                            "datasets": [{"name": "npz", "args": {"path": "x.npz", "name": "x"}}]})
         for spec in config.stages:
-            factory = manager.registry("stages").get(spec["name"]).factory
-            (factory.load() if isinstance(factory, LazyFactory) else factory)(**(spec.get("args") or {}))
+            manager.create("stages", spec["name"], **(spec.get("args") or {}))

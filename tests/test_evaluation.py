@@ -688,7 +688,7 @@ def test_the_stage_refuses_bad_arguments_before_any_work():
         manager.create("stages", "evaluate", seeds=[1, 1])
     with pytest.raises(UsageError):
         manager.create("stages", "evaluate", methods=["magic"])
-    with pytest.raises(UsageError, match=r"variants.solved.finetune: unknown key 'fit_hed'") as error:
+    with pytest.raises(UsageError, match=r"variants.solved.finetune: unknown key\(s\) 'fit_hed'") as error:
         manager.create("stages", "evaluate", variants={"solved": {"finetune": {"fit_hed": True}}})
     assert "did you mean 'fit_head'" in error.value.hint
     stage = manager.create("stages", "evaluate", methods=["random_pick"])
