@@ -120,11 +120,13 @@ def learning_curve(history: list[dict[str, Any]], path: Path, name: str) -> str:
 
 def report(summary: dict[str, Any], result: dict[str, Any], final: dict[str, Any], manifest: dict[str, Any],
            curve: str) -> str:
+    from mednns.transfer.reranking import guard_text
+
     chosen, reranked = summary["chosen"], result.get("rerank")
     how = ("by their predicted validation metric" if not reranked else
            f"by their predicted validation metric, then re-ranked its top {reranked['candidates']} with the "
            f"`{reranked['score']['name']}` transfer score on {reranked['images']} of the dataset's training images "
-           f"(order: {reranked['combine']})")
+           f"(order: {reranked['combine']}{'; ' + guard_text(reranked['guard']) if 'guard' in reranked else ''})")
     lines = [f"# mednns adapt: {summary['dataset']}", "",
              f"Bundle `{summary['bundle']}` (mednns {manifest['mednns_version']}, {len(manifest['sources'])} source "
              f"datasets). The meta-space ranked {summary['candidates']} candidate(s) under the limits {how}; the "

@@ -23,7 +23,7 @@ from mednns.errors import UsageError
 from mednns.finetune import RECIPE_OFF, FinetuneConfig
 from mednns.layout import META_SPACE_MANIFEST, QUERY_STAGE, meta_space_dir, stage_dir
 from mednns.stages import Stage
-from mednns.transfer import rerank_from_options, rerank_options
+from mednns.transfer import guard_text, rerank_from_options, rerank_options
 
 FINETUNE_STAGE = "finetune"
 
@@ -50,6 +50,8 @@ def results_table(result: dict[str, Any]) -> Table:
     if reranked:
         notes.append(f"re-ranked {reranked['candidates']} candidates on {reranked['images']} training images in "
                      f"{reranked['seconds']:.1f} s ({reranked['candidates_per_second']:.2f} candidates/s)")
+        if "guard" in reranked:
+            notes.append(escape(guard_text(reranked["guard"])))
     table.caption = "; ".join(notes) or None
     return table
 
@@ -67,7 +69,8 @@ class Query(Stage):
         ``transfer-scores`` component (:mod:`mednns.transfer.reranking`).
     :param candidates: how many candidates are re-ranked.
     :param rerank_images: labelled training images the score sees.
-    :param combine: the final order: the ``score``'s, or the mean of both ranks (``rank_sum``).
+    :param combine: the final order: the ``score``'s, the mean of both ranks (``rank_sum``), or the
+        score's only where its first beats the meta-space's first significantly (``guarded``).
     :param source_gate: leave out the models of source supernets that learned nothing (largest
         subnet not above their validation majority-class rate).
     """
@@ -79,7 +82,7 @@ class Query(Stage):
                  by: Literal["predicted", "score", "combined"] = "predicted", max_params: int | None = None,
                  max_macs: int | None = None, max_latency_ms: float | None = None, export: bool = True,
                  rerank: mednns.ComponentSpec[Literal["transfer-scores"]] | None = None, candidates: int = 20,
-                 rerank_images: int = 500, combine: Literal["score", "rank_sum"] = "rank_sum",
+                 rerank_images: int = 500, combine: Literal["score", "rank_sum", "guarded"] = "rank_sum",
                  source_gate: bool = False):
         from mednns.transfer import RerankSettings
 

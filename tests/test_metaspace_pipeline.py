@@ -648,3 +648,29 @@ def test_a_bundle_is_pulled_from_the_hugging_face_hub_cache_offline(tmp_path, mo
     assert pulled == repo / "snapshots" / revision and verify_bundle(pulled)["format"] == "mednns-bundle/1"
     with pytest.raises(mednns.UsageError, match="cannot fetch hf://mednns/absent"):
         pull_bundle("hf://mednns/absent")
+
+
+def test_guarded_rerank_keeps_the_meta_space_order_unless_the_images_overrule_it(pipeline):
+    from mednns.errors import UsageError
+    from mednns.metaspace.retrieval import query
+    from mednns.transfer.reranking import RerankSettings
+
+    target = mednns.create("datasets", "npz", path=str(pipeline["root"] / "c.npz"), name="c")
+    meta = pipeline["run"] / "stages" / "fit_meta_space"
+    settings = RerankSettings({"name": "knn", "args": {"k": 3}}, candidates=4, images=60, calibration_images=32,
+                              combine="guarded")
+    result = query(meta, target, top_k=4, rerank=settings)
+    guard = result["rerank"]["guard"]
+    assert result["rerank"]["level"] == 0.05 and guard["threshold"] == pytest.approx(0.05 / 3)
+    by_meta = sorted(result["results"], key=lambda r: r["meta_rank"])
+    by_score = sorted(result["results"], key=lambda r: (-r["transfer_score"], r["meta_rank"]))
+    assert guard["incumbent"] == by_meta[0]["zoo_id"] and guard["challenger"] == by_score[0]["zoo_id"]
+    expected = by_score if guard["passed"] else by_meta
+    assert [r["zoo_id"] for r in result["results"]] == [r["zoo_id"] for r in expected]
+    assert guard["passed"] == (guard["p"] < guard["threshold"])
+    logme = RerankSettings({"name": "logme", "args": {}}, candidates=4, images=60, calibration_images=32,
+                           combine="guarded")
+    with pytest.raises(UsageError, match="per-image values; logme has none"):
+        query(meta, target, top_k=4, rerank=logme)
+    with pytest.raises(UsageError, match="level"):
+        RerankSettings(combine="guarded", level=1.5)

@@ -192,3 +192,55 @@ def test_builtins_and_a_third_party_score_come_from_the_registry():
         score = manager.create("transfer-scores", "centroid")
         f, labels = separable()
         assert score.score(f, labels, "multi-class") == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("task", ["multi-class", "binary", "multi-label"])
+def test_per_image_values_average_to_the_score_and_stay_paired(task):
+    f, labels = separable(n=90, spread=0.6, seed=6)
+    if task == "binary":
+        labels = labels % 2
+    elif task == "multi-label":
+        labels = np.stack([labels == 0, labels == 1], axis=1).astype(int)
+    for score in (KNNAccuracy(), RidgeProbe()):
+        values = score.per_image(f, labels, task)
+        assert values.shape == (90,) and np.nanmean(values) == pytest.approx(score.score(f, labels, task))
+        assert 0 < np.nanmean(values) < 1  # neither nothing nor everything right: the terms vary
+    # the ridge probe's terms are its held-out hits under the best penalty: each image alone
+    probe = RidgeProbe()
+    hits = probe.hits(f, labels, task)
+    assert hits.shape == (len(probe.penalties), 90)
+    np.testing.assert_array_equal(probe.per_image(f, labels, task), hits[np.argmax(np.nansum(hits, axis=1))])
+    assert LogME().per_image(f, labels, task) is None  # a score of columns, not of images
+
+
+def test_leep_per_image_is_each_images_log_likelihood():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 60)
+    theta = rng.dirichlet(np.ones(5), 60)
+    values = LEEP().per_image(None, labels, "multi-class", source_probabilities=theta)
+    assert values.shape == (60,) and (values < 0).all()
+    assert values.mean() == pytest.approx(naive_leep(theta, labels))
+
+
+def test_the_guard_lets_a_clear_winner_through_and_keeps_the_meta_space_first_against_noise():
+    from mednns.transfer.reranking import guard_text, guarded_order
+
+    rng = np.random.default_rng(7)
+    incumbent = (rng.random(400) < 0.5).astype(float)  # the meta-space's first: half of the images right
+    clear = np.where(rng.random(400) < 0.6, 1.0, incumbent)  # right on 60% more of them: far beyond noise
+    noisy = incumbent.copy()  # 21 images gained, 19 lost: a better mean, well within noise
+    wrong, right = np.flatnonzero(incumbent == 0), np.flatnonzero(incumbent == 1)
+    noisy[wrong[:21]], noisy[right[:19]] = 1.0, 0.0
+    meta_ranks = [1, 2, 3]
+    order, test = guarded_order(meta_ranks, [incumbent.mean(), clear.mean(), 0.0], [incumbent, clear, noisy], 0.05)
+    assert order == [1, 0, 2] and test["passed"] and test["challenger"] == 1 and test["incumbent"] == 0
+    assert test["threshold"] == pytest.approx(0.05 / 2) and test["p"] < 1e-6 and test["images"] == 400
+    assert test["gain"] == pytest.approx((clear - incumbent).mean())
+    assert "replaced" in guard_text(test)
+    order, test = guarded_order(meta_ranks, [incumbent.mean(), noisy.mean(), 0.0], [incumbent, noisy, clear], 0.05)
+    assert noisy.mean() > incumbent.mean() and not test["passed"] and order == [0, 1, 2]
+    assert test["p"] > test["threshold"] and "kept" in guard_text(test)
+    order, test = guarded_order(meta_ranks, [0.2, 0.3, 0.1], [incumbent, incumbent + 0.01, noisy], 0.05)
+    assert test["passed"] and order[0] == 1  # a constant per-image gain: no spread, its sign decides
+    order, test = guarded_order(meta_ranks, [0.9, 0.5, 0.1], [clear, incumbent, noisy], 0.05)
+    assert order == [0, 1, 2] and not test["passed"] and "is the meta-space's first" in guard_text(test)

@@ -14,6 +14,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, globals(), {
     "RerankSettings": "mednns.transfer.reranking",
     "TargetSample": "mednns.transfer.reranking",
     "rerank": "mednns.transfer.reranking",
+    "guard_text": "mednns.transfer.reranking",
     "rerank_options": "mednns.transfer.options",
     "rerank_from_options": "mednns.transfer.options",
 })

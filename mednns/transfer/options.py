@@ -24,8 +24,11 @@ def rerank_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--candidates", type=int, default=20, show_default=True, help="Candidates --rerank scores."),
         click.option("--rerank-images", type=int, default=500, show_default=True,
                      help="Labelled training images --rerank reads."),
-        click.option("--combine", type=click.Choice(["score", "rank_sum"]), default="score", show_default=True,
-                     help="Final order: the transfer score's, or the mean of the meta-space and score ranks."),
+        click.option("--combine", type=click.Choice(["score", "rank_sum", "guarded"]), default="score",
+                     show_default=True,
+                     help="Final order: the transfer score's; the mean of the meta-space and score ranks; or "
+                          "the score's only if its first beats the meta-space's first significantly "
+                          "(paired over the images, family-wise level 0.05)."),
     ]):
         command = option(command)
     return command

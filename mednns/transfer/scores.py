@@ -49,6 +49,18 @@ class TransferScore(abc.ABC):
         :returns: a finite float, higher for better transfer (comparable across networks for one sample).
         """
 
+    def per_image(self, features: np.ndarray, labels: np.ndarray, task: str, *,
+                  source_probabilities: np.ndarray | None = None) -> np.ndarray | None:
+        """The score split over the images, when it is a mean of per-image terms (optional).
+
+        The guarded re-ranking (``combine: guarded``) compares two networks image by image with these
+        values, so they must be paired across networks: the same image at the same position.
+
+        :returns: ``(N,)`` terms whose mean over the finite ones is :meth:`score` (NaN for an image the
+            score could not use), or ``None`` (the default) when the score does not split over images.
+        """
+        return None
+
 
 def target_columns(labels: np.ndarray, task: str) -> np.ndarray:
     """``(N, K)`` 0/1 targets: one-hot columns of the classes present, or the multi-hot labels."""
@@ -124,6 +136,10 @@ class KNNAccuracy(TransferScore):
         self.k = k
 
     def score(self, features, labels, task, *, source_probabilities=None) -> float:
+        return float(np.mean(self.per_image(features, labels, task)))
+
+    def per_image(self, features, labels, task, *, source_probabilities=None) -> np.ndarray:
+        """1 where an image's neighbours vote its class (multi-label: the share of its labels they get right)."""
         f = _check(features, labels)
         f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
         similarity = f @ f.T
@@ -135,9 +151,9 @@ class KNNAccuracy(TransferScore):
         votes = targets[neighbours]  # (N, k, K)
         if task == "multi-label":  # per label: the majority of the neighbours
             predicted = votes.mean(axis=1) > 0.5
-            return float(np.mean(predicted == targets.astype(bool)))
+            return np.mean(predicted == targets.astype(bool), axis=1)
         scores = votes.sum(axis=1) + 1e-6 * (votes * weights[:, :, None]).sum(axis=1)
-        return float(np.mean(scores.argmax(axis=1) == targets.argmax(axis=1)))
+        return (scores.argmax(axis=1) == targets.argmax(axis=1)).astype(np.float64)
 
 
 class RidgeProbe(TransferScore):
@@ -166,11 +182,22 @@ class RidgeProbe(TransferScore):
         return folds
 
     def score(self, features, labels, task, *, source_probabilities=None) -> float:
+        hits = self.hits(features, labels, task)
+        scored = np.isfinite(hits[0])
+        return float(hits[:, scored].mean(axis=1).max()) if scored.any() else 0.0
+
+    def per_image(self, features, labels, task, *, source_probabilities=None) -> np.ndarray:
+        """Each image's held-out hit (multi-label: the share of its labels right) under the best penalty."""
+        hits = self.hits(features, labels, task)
+        return hits[int(np.argmax(np.nansum(hits, axis=1)))]
+
+    def hits(self, features: np.ndarray, labels: np.ndarray, task: str) -> np.ndarray:
+        """``(penalties, N)``: whether each image is classified right when its fold is held out, per
+        penalty (multi-label: the share of its labels right; NaN in a fold too small to hold out)."""
         f = _check(features, labels)
         targets = target_columns(labels, task)
         folds = self.fold_of(targets)
-        correct = np.zeros(len(self.penalties))
-        counted = 0
+        hits = np.full((len(self.penalties), len(f)), np.nan)
         for fold in range(self.folds):
             test, train = folds == fold, folds != fold
             if not test.any() or train.sum() < 2:
@@ -191,11 +218,10 @@ class RidgeProbe(TransferScore):
             for i, penalty in enumerate(self.penalties):
                 predicted = left @ (right / (eigenvalues + penalty * train.sum())[:, None]) + y_mean
                 if task == "multi-label":
-                    correct[i] += np.sum((predicted > 0.5) == targets[test].astype(bool)) / targets.shape[1]
+                    hits[i, test] = np.mean((predicted > 0.5) == targets[test].astype(bool), axis=1)
                 else:
-                    correct[i] += np.sum(predicted.argmax(axis=1) == targets[test].argmax(axis=1))
-            counted += int(test.sum())
-        return float(correct.max() / max(counted, 1))
+                    hits[i, test] = predicted.argmax(axis=1) == targets[test].argmax(axis=1)
+        return hits
 
 
 def _source_joint(labels: np.ndarray, task: str, probabilities: np.ndarray | None, name: str) -> tuple:
@@ -218,11 +244,15 @@ class LEEP(TransferScore):
     needs_source_probabilities = True
 
     def score(self, features, labels, task, *, source_probabilities=None) -> float:
+        return float(np.mean(self.per_image(features, labels, task, source_probabilities=source_probabilities)))
+
+    def per_image(self, features, labels, task, *, source_probabilities=None) -> np.ndarray:
+        """Each image's log-likelihood of its label under the expected empirical predictor."""
         theta, onehot = _source_joint(labels, task, source_probabilities, "LEEP")
         joint = onehot.T @ theta / len(theta)  # P(y, z)
         conditional = joint / np.maximum(joint.sum(axis=0, keepdims=True), 1e-12)  # P(y | z)
         likelihood = np.sum((theta @ conditional.T) * onehot, axis=1)
-        return float(np.mean(np.log(np.maximum(likelihood, 1e-12))))
+        return np.log(np.maximum(likelihood, 1e-12))
 
 
 class NCE(TransferScore):
