@@ -180,6 +180,11 @@ def test_query_command_reranks_and_shows_both_orders(pipeline):
     assert result.exit_code == 0, result.output
     assert "meta-space rank" in result.output and "transfer score" in result.output and "candidates/s" in result.output
     assert "re-ranked by knn (score)" in result.output  # the score's order unless --combine says otherwise
+    guarded = invoke("query", run, "--dataset", "c", "--top-k", 2, "--rerank", "knn", "--candidates", 3,
+                     "--rerank-images", 40, "--combine", "guarded")
+    assert guarded.exit_code == 0, guarded.output
+    assert "re-ranked by knn (guarded)" in guarded.output
+    assert "meta-space's first" in " ".join(guarded.output.split())  # the guard's verdict, whatever it is
     unknown = invoke("query", run, "--dataset", "c", "--rerank", "magic")
     assert unknown.exit_code == 2 and "magic" in unknown.output
 
@@ -558,6 +563,8 @@ def test_a_bundle_exports_pulls_verifies_and_answers_the_query_the_run_answers(p
 
 
 def test_adapt_goes_from_a_dataset_and_a_bundle_to_a_documented_deployable_model(pipeline, tmp_path, monkeypatch):
+    from mednns.transfer import guard_text
+
     monkeypatch.setenv("MEDNNS_CACHE_DIR", str(tmp_path / "cache"))
     bundle = tmp_path / "bundle"
     assert invoke("bundle", "export", pipeline["run"], bundle).exit_code == 0
@@ -600,6 +607,12 @@ def test_adapt_goes_from_a_dataset_and_a_bundle_to_a_documented_deployable_model
     assert summary["rerank"]["score"]["name"] == "knn"
     assert "re-ranked its top 3 with the `knn` transfer score" in (reranked_out / "report.md").read_text()
     assert "re-ranked with the knn transfer score" in (reranked_out / "model_card.md").read_text()
+    result = invoke("adapt", pipeline["root"] / "c.npz", "--bundle", bundle, "--out", tmp_path / "guarded", "--epochs",
+                    1, "--batch-size", 16, "--rerank", "knn", "--candidates", 3, "--combine", "guarded", "--deploy",
+                    "none", "--no-progress")
+    assert result.exit_code == 0, result.output
+    guard = json.loads((tmp_path / "guarded" / "candidates.json").read_text())["rerank"]["guard"]
+    assert f"(order: guarded; {guard_text(guard)})" in (tmp_path / "guarded" / "report.md").read_text()
     refused = invoke("adapt", pipeline["root"] / "c.npz", "--bundle", bundle, "--rerank", "no_such_score")
     assert refused.exit_code == 2 and "no_such_score" in refused.output
 
