@@ -42,3 +42,26 @@ def test_gpu_check_says_how_to_run_without_a_gpu(tmp_path):
     result = run_script("benchmarks/gpu_check.py", "--out", str(tmp_path), timeout=120)
     assert result.returncode != 0 and "--device cpu --quick" in result.stderr
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_guard_decisions_counts_where_the_guard_overruled_the_meta_space(tmp_path):
+    def run(seed, source, acc):
+        return {"seed": seed, "model": {"source": source, "arch_hash": "a"}, "history": [{"test_acc": acc}]}
+
+    def method(*runs):
+        return {"status": "ok", "runs": list(runs)}
+
+    condition = {"methods": {  # seed 0: the guard kept the meta-space's pick; seed 1: it took the re-ranked one
+        "mednns": method(run(0, "x", 0.5), run(1, "x", 0.6)),
+        "mednns:rerank": method(run(0, "y", 0.7), run(1, "y", 0.8)),
+        "mednns:guarded": method(run(0, "x", 0.5), run(1, "y", 0.8))}}
+    published = tmp_path / "evaluation"
+    published.mkdir()
+    (published / "results.json").write_text(json.dumps(
+        {"datasets": {"t": {"conditions": {"equal_epochs@800": condition}}}}))
+    done = run_script("benchmarks/guard_decisions.py", str(published), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    found = json.loads((tmp_path / "out" / "guard_decisions.json").read_text())["evaluation"]["equal_epochs@800"]["t"]
+    assert found == {"runs": 2, "overruled": 1, "as_reranked": 1, "default_test_acc": pytest.approx(0.55),
+                     "rerank_test_acc": pytest.approx(0.75), "guarded_test_acc": pytest.approx(0.65)}
+    assert "| t | 1/2 | 1/2 | 0.550 | 0.750 | 0.650 |" in (tmp_path / "out" / "guard_decisions.md").read_text()
