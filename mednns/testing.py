@@ -5,8 +5,8 @@
   :func:`mednns.create` and the CLI use), without installing anything;
 * :func:`tiny_dataset` / :func:`write_tiny_npz`: small seeded datasets of any task;
 * :func:`tiny_space`: a small OFA supernet;
-* :func:`check_search_space`, :func:`check_dataset`, :func:`check_loss_term`: the contract checks the
-  built-ins pass; call them on your component and they raise ``AssertionError`` naming what breaks.
+* :func:`check_search_space`, :func:`check_dataset`, :func:`check_loss_term`,
+  :func:`check_transfer_score`: the contract checks the built-ins pass; call them on your component and they raise ``AssertionError`` naming what breaks.
 
 Example::
 
@@ -252,3 +252,55 @@ def check_loss_term(term: Any, *, seed: int = 0) -> float:
         f"{float(other.detach()):.6g} with other values (replace padded entries, e.g. torch.where(batch.mask, x, 0), "
         "before any arithmetic)")
     return float(value.detach())
+
+
+def check_transfer_score(score: Any, *, seed: int = 0) -> dict[str, Any]:
+    """Check the transfer-score contract on constructed features whose answer is known: a finite float
+    for multi-class, binary and multi-label targets (a score may refuse a task with
+    ``mednns.UsageError``), higher for class-separable features than for noise; and, when
+    ``per_image`` gives values, one per image whose mean (over the finite ones) is the score.
+
+    Scores that read the source head (``needs_source_probabilities``) get informative and uninformative
+    source probabilities with the features. Returns ``{task: (separable score, noise score)}`` for the
+    tasks it scored, and ``per_image``: whether the score splits over images.
+    """
+    from mednns.errors import UsageError
+
+    rng = np.random.default_rng(seed)
+    n, classes = 90, 3
+    y = np.arange(n) % classes
+    separable = rng.normal(0, 4.0, (classes, 16))[y] + rng.normal(0, 1, (n, 16))
+    noise = rng.normal(0, 1, (n, 16))
+    informative = np.full((n, 4), 0.05)
+    informative[np.arange(n), y] = 0.85
+    uninformative = rng.dirichlet(np.ones(4), n)
+    needs_head = bool(getattr(score, "needs_source_probabilities", False))
+    tasks = {"multi-class": y, "binary": y % 2,
+             "multi-label": np.stack([y == 0, y == 1], axis=1).astype(np.int64)}
+    found: dict[str, Any] = {}
+    splits = False
+    for task, labels in tasks.items():
+        values = []
+        for features, head in ((separable, informative), (noise, uninformative)):
+            probabilities = head if needs_head else None
+            try:
+                value = score.score(features, labels, task, source_probabilities=probabilities)
+            except UsageError:
+                break
+            assert isinstance(value, (float, np.floating)) and np.isfinite(value), (
+                f"score() must return a finite float, got {value!r} ({task})")
+            split = getattr(score, "per_image", None)
+            terms = split(features, labels, task, source_probabilities=probabilities) if split else None
+            if terms is not None:
+                splits = True
+                terms = np.asarray(terms, dtype=np.float64)
+                assert terms.shape == (n,), f"per_image() must give one value per image: {terms.shape} for {n} ({task})"
+                assert np.isfinite(terms).any() and np.isclose(np.nanmean(terms), value, rtol=1e-6, atol=1e-9), (
+                    f"the mean of per_image() is {np.nanmean(terms):.6g}, score() is {value:.6g} ({task})")
+            values.append(float(value))
+        if len(values) == 2:
+            assert values[0] > values[1], (f"class-separable features score {values[0]:.4g}, noise {values[1]:.4g}: "
+                                           f"higher must mean better transfer ({task})")
+            found[task] = tuple(values)
+    assert found, "the score refused every task (multi-class, binary, multi-label)"
+    return {**found, "per_image": splits}

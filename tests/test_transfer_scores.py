@@ -244,3 +244,48 @@ def test_the_guard_lets_a_clear_winner_through_and_keeps_the_meta_space_first_ag
     assert test["passed"] and order[0] == 1  # a constant per-image gain: no spread, its sign decides
     order, test = guarded_order(meta_ranks, [0.9, 0.5, 0.1], [clear, incumbent, noisy], 0.05)
     assert order == [0, 1, 2] and not test["passed"] and "is the meta-space's first" in guard_text(test)
+
+
+@pytest.mark.parametrize("name", ["logme", "knn", "ridge", "leep", "nce"])
+def test_builtins_pass_the_contract_check_plugin_authors_get(name):
+    from mednns.testing import check_transfer_score
+
+    found = check_transfer_score(mednns.create("transfer-scores", name))
+    assert found["per_image"] == (name in ("knn", "ridge", "leep"))
+    assert ("multi-label" in found) == (name not in ("leep", "nce"))  # these two need one label per image
+
+
+def test_the_contract_check_names_what_breaks():
+    from mednns.testing import check_transfer_score
+
+    class Backwards(TransferScore):
+        def score(self, features, labels, task, *, source_probabilities=None):
+            return -KNNAccuracy().score(features, labels, task)
+
+    class Inconsistent(KNNAccuracy):
+        def score(self, features, labels, task, *, source_probabilities=None):
+            return super().score(features, labels, task) + 0.1  # no longer the mean of its per-image terms
+
+    with pytest.raises(AssertionError, match="higher must mean better"):
+        check_transfer_score(Backwards())
+    with pytest.raises(AssertionError, match="the mean of per_image"):
+        check_transfer_score(Inconsistent())
+
+
+def test_the_guides_example_score_passes_the_contract_check(tmp_path, monkeypatch):
+    """The centroid score of docs/writing-plugins.md, as a plugin author would write it."""
+    from test_hook_coverage import example_files, guide_text
+
+    from mednns.testing import check_transfer_score, plugin_manager
+
+    files = {path: text for path, text in example_files(guide_text()).items() if path.startswith("mednns_clinic/")}
+    for path in ("mednns_clinic/scores.py", "mednns_clinic/centroid.py"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(files[path])
+    (tmp_path / "mednns_clinic" / "__init__.py").touch()
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mednns_clinic.scores
+
+    score = plugin_manager(mednns_clinic.scores).create("transfer-scores", "centroid")
+    found = check_transfer_score(score)
+    assert found["per_image"] and found["multi-class"][0] == pytest.approx(1.0)
