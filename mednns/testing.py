@@ -6,7 +6,8 @@
 * :func:`tiny_dataset` / :func:`write_tiny_npz`: small seeded datasets of any task;
 * :func:`tiny_space`: a small OFA supernet;
 * :func:`check_search_space`, :func:`check_dataset`, :func:`check_loss_term`,
-  :func:`check_transfer_score`: the contract checks the built-ins pass; call them on your component and they raise ``AssertionError`` naming what breaks.
+  :func:`check_transfer_score`: the contract checks the built-ins pass; call them on your component
+  and they raise ``AssertionError`` naming what breaks.
 
 Example::
 
