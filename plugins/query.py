@@ -82,7 +82,7 @@ class Query(Stage):
                  by: Literal["predicted", "score", "combined"] = "predicted", max_params: int | None = None,
                  max_macs: int | None = None, max_latency_ms: float | None = None, export: bool = True,
                  rerank: mednns.ComponentSpec[Literal["transfer-scores"]] | None = None, candidates: int = 20,
-                 rerank_images: int = 500, combine: Literal["score", "rank_sum", "guarded"] = "rank_sum",
+                 rerank_images: int = 500, combine: Literal["score", "rank_sum", "guarded"] = "score",
                  source_gate: bool = False):
         from mednns.transfer import RerankSettings
 

@@ -289,3 +289,21 @@ def test_the_guides_example_score_passes_the_contract_check(tmp_path, monkeypatc
     score = plugin_manager(mednns_clinic.scores).create("transfer-scores", "centroid")
     found = check_transfer_score(score)
     assert found["per_image"] and found["multi-class"][0] == pytest.approx(1.0)
+
+
+def test_every_way_in_to_re_ranking_shares_its_defaults():
+    """The query stage, the commands' options and RerankSettings: one set of defaults (the stage said
+    rank_sum after the commands had moved to the measured score order)."""
+    import inspect
+
+    import click
+
+    from mednns.plugins.query import Query
+    from mednns.transfer import RerankSettings, rerank_options
+
+    settings = RerankSettings()
+    stage = inspect.signature(Query).parameters
+    command = {p.name: p.default for p in rerank_options(click.command()(lambda **_: None)).params}
+    assert stage["combine"].default == command["combine"] == settings.combine == "score"
+    assert stage["candidates"].default == command["candidates"] == settings.candidates
+    assert stage["rerank_images"].default == command["rerank_images"] == settings.images
