@@ -23,7 +23,7 @@ from mednns.errors import UsageError
 from mednns.finetune import RECIPE_OFF, FinetuneConfig
 from mednns.layout import META_SPACE_MANIFEST, QUERY_STAGE, meta_space_dir, stage_dir
 from mednns.stages import Stage
-from mednns.transfer import guard_text, rerank_from_options, rerank_options
+from mednns.transfer import rerank_from_options, rerank_options
 
 FINETUNE_STAGE = "finetune"
 
@@ -51,6 +51,8 @@ def results_table(result: dict[str, Any]) -> Table:
         notes.append(f"re-ranked {reranked['candidates']} candidates on {reranked['images']} training images in "
                      f"{reranked['seconds']:.1f} s ({reranked['candidates_per_second']:.2f} candidates/s)")
         if "guard" in reranked:
+            from mednns.transfer.reranking import guard_text
+
             notes.append(escape(guard_text(reranked["guard"])))
     table.caption = "; ".join(notes) or None
     return table
