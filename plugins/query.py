@@ -51,7 +51,7 @@ def results_table(result: dict[str, Any]) -> Table:
         notes.append(f"re-ranked {reranked['candidates']} candidates on {reranked['images']} training images in "
                      f"{reranked['seconds']:.1f} s ({reranked['candidates_per_second']:.2f} candidates/s)")
         if "guard" in reranked:
-            from mednns.transfer.reranking import guard_text
+            from mednns.transfer import guard_text
 
             notes.append(escape(guard_text(reranked["guard"])))
     table.caption = "; ".join(notes) or None
