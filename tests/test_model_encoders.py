@@ -279,7 +279,8 @@ def test_head_input_is_captured_for_any_network_ending_in_a_linear():
     signature = functional.subnet_signature(net, functional.synthetic_probe(5, 12))
     assert signature.shape == (10,)
     with pytest.raises(UsageError, match="nn.Linear"):
-        functional.final_linear(torch.nn.Conv2d(1, 1, 1))
+        with functional.capture_head_input(torch.nn.Conv2d(1, 1, 1)):
+            pass
 
 
 # -- the functional encoder ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ def head_features(model: torch.nn.Module, images: torch.Tensor, *, batch_size: i
     """The inputs of ``model``'s classifier (the head the fine-tuning trains:
     :func:`~mednns.export.head_module`) for ``images`` (eval mode, no gradients), float32 ``(N, F)``."""
     model.eval()
-    with torch.no_grad(), capture_head_input(model, head_module(model)[1]) as captured:
+    with torch.no_grad(), capture_head_input(model) as captured:
         for chunk in images.split(batch_size):
             model(chunk.to(device).contiguous(memory_format=memory_format))
     return torch.cat(captured).float()

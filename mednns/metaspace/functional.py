@@ -36,6 +36,7 @@ from torch import nn
 
 from mednns.data.tensors import LUMINANCE
 from mednns.errors import UsageError
+from mednns.export import head_module
 from mednns.files import atomic_write_bytes, read_json
 from mednns.metaspace.contracts import ModelTable
 from mednns.supernets import recalibrate_bn
@@ -146,30 +147,17 @@ def prepare_probe(probe: torch.Tensor, channels: int, image_size: Sequence[int],
 
 # -- one network -----------------------------------------------------------------------------------
 
-def final_linear(net: nn.Module) -> nn.Linear:
-    """The network's classifier: its ``classifier`` attribute when that is an ``nn.Linear``, else
-    its last ``nn.Linear`` module (the head of any network ending in a linear layer)."""
-    head = getattr(net, "classifier", None)
-    if isinstance(head, nn.Linear):
-        return head
-    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise UsageError(f"{type(net).__name__} has no nn.Linear classifier",
-                         hint="functional encodings read the input of the network's final nn.Linear")
-    return linears[-1]
-
-
 @contextlib.contextmanager
 def capture_head_input(net: nn.Module, head: nn.Module | None = None) -> Iterator[list[torch.Tensor]]:
     """Within the block, every forward of ``net`` appends its classifier's input (the penultimate
     pooled features, flattened to ``(N, F)``) to the yielded list. :param head: the classifier
-    (default: :func:`final_linear`)."""
+    (default: the classifier :func:`~mednns.export.head_module` finds, the layer fine-tuning replaces)."""
     captured: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         captured.append(inputs[0].detach().flatten(1))
 
-    handle = (head if head is not None else final_linear(net)).register_forward_pre_hook(hook)
+    handle = (head if head is not None else head_module(net)[1]).register_forward_pre_hook(hook)
     try:
         yield captured
     finally:
