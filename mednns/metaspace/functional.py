@@ -36,7 +36,7 @@ from torch import nn
 
 from mednns.data.tensors import LUMINANCE
 from mednns.errors import UsageError
-from mednns.export import head_module
+from mednns.export import first_conv, head_module
 from mednns.files import atomic_write_bytes, read_json
 from mednns.metaspace.contracts import ModelTable
 from mednns.supernets import recalibrate_bn
@@ -252,11 +252,11 @@ def _input_spec(metadata: dict[str, Any], folder: str) -> dict[str, Any]:
 
 
 def _first_conv_channels(net: nn.Module) -> int:
-    for module in net.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    raise UsageError(f"cannot tell the input channels of {type(net).__name__}",
-                     hint="give space.args.in_channels in supernet.json")
+    stem = first_conv(net)
+    if stem is None:
+        raise UsageError(f"cannot tell the input channels of {type(net).__name__}",
+                         hint="give space.args.in_channels in supernet.json")
+    return stem[1].in_channels
 
 
 class SignatureFile:
