@@ -11,13 +11,10 @@ Writes ``guard_decisions.json`` and ``guard_decisions.md`` into ``--out``.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from mednns.files import read_json, write_json
+import readings
 
 DEFAULT, RERANK, GUARDED = "mednns", "mednns:rerank", "mednns:guarded"
 
@@ -67,20 +64,5 @@ def markdown(name: str, found: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("published", nargs="+", type=Path, help="published evaluation folders (with results.json)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "guard_decisions")
-    args = parser.parse_args()
-    readings, lines = {}, ["# What the guard decided", ""]
-    for folder in args.published:
-        readings[folder.name] = reading(read_json(folder / "results.json"))
-        lines += markdown(folder.name, readings[folder.name])
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "guard_decisions.json", readings)
-    (args.out / "guard_decisions.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-
-
 if __name__ == "__main__":
-    main()
+    readings.main(__doc__, "guard_decisions", "What the guard decided", reading, markdown)

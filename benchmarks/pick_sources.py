@@ -13,14 +13,12 @@ candidates whose source has the target's channel count against those whose sourc
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import readings
 
 from mednns.evaluation.methods import describe
-from mednns.files import read_json, write_json
 
 METHODS = ("mednns", "mednns:rerank", "mednns:rerank_alone", "nearest_fid", "tans", "random_pick")
 
@@ -79,21 +77,5 @@ def markdown(name: str, found: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("published", nargs="+", type=Path, help="published evaluation folders (with results.json)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pick_sources")
-    args = parser.parse_args()
-    readings, lines = {}, ["# Where the picks come from", ""]
-    for folder in args.published:
-        results = read_json(folder / "results.json")
-        readings[folder.name] = reading(results)
-        lines += markdown(folder.name, readings[folder.name])
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "pick_sources.json", readings)
-    (args.out / "pick_sources.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-
-
 if __name__ == "__main__":
-    main()
+    readings.main(__doc__, "pick_sources", "Where the picks come from", reading, markdown)
