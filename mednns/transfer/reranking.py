@@ -68,6 +68,8 @@ class RerankSettings:
             raise UsageError(f"rerank combine must be one of {', '.join(COMBINES)}, got {self.combine!r}")
 
     def to_dict(self) -> dict[str, Any]:
+        # level only where it acts: saved re-rankings are matched on these settings, and the older
+        # orders (score, rank_sum) stay matched
         return {"score": self.score, "candidates": self.candidates, "images": self.images,
                 "calibration_images": self.calibration_images, "combine": self.combine, "seed": self.seed,
                 **({"level": self.level} if self.combine == "guarded" else {})}
