@@ -254,13 +254,10 @@ def guarded_order(meta_ranks: list[int], scores: list[float], terms: list[np.nda
     by_meta = sorted(range(len(scores)), key=lambda i: meta_ranks[i])
     incumbent, challenger = by_meta[0], by_score[0]
     threshold = level / max(len(scores) - 1, 1)
-    if challenger == incumbent:
-        return by_meta, {"incumbent": incumbent, "challenger": challenger, "gain": 0.0, "images": 0,
-                         "p": 1.0, "threshold": threshold, "passed": False}
     both = np.isfinite(terms[challenger]) & np.isfinite(terms[incumbent])
     difference = terms[challenger][both] - terms[incumbent][both]
     if len(difference) < 2 or np.allclose(difference, difference[0], rtol=0, atol=1e-12):
-        # no spread: the sign of a constant difference decides
+        # no spread (the same candidate first in both orders, too): the sign of a constant difference decides
         p = 0.0 if len(difference) >= 2 and difference[0] > 0 else 1.0
     else:
         p = float(ttest_1samp(difference, 0.0, alternative="greater").pvalue)
