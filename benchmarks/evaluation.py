@@ -6,16 +6,20 @@ programs, and indented it was twice the size), ``report.md`` (the tables), the P
 ``table.md`` (the README's tables) and ``run.json`` (the command, wall time per stage, machine facts).
 ``report.html``, the same report with every figure inlined, is not published (it repeated the PNG
 files beside it, 8-10 MB per evaluation); it stays in the run's ``stages/evaluate/report/``, and
-``mednns report RUN_DIR`` writes it again. A rerun of the same command resumes an interrupted
-evaluation.
+``mednns report RUN_DIR`` writes it again. Nor are the per-dataset figures (convergence, compute and
+meta-space t-SNE, about 5 MB per evaluation: the repository must stay small enough to travel to a
+device machine); ``report.md`` says how to render them. A rerun of the same command resumes an
+interrupted evaluation.
 
     MEDMNIST_ROOT=../shared/data/medmnist python benchmarks/evaluation.py benchmarks/evaluation_cpu.yaml
+    python benchmarks/evaluation.py --trim benchmarks/results/NAME   # trim a folder published before
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -81,14 +85,47 @@ def compact_table(results: dict) -> str:
 
 
 MISSING = "—"
+PER_DATASET_FIGURE = re.compile(r"(convergence|compute|embeddings)_[\w-]+\.png")
+TRIM_NOTE = "*Published copy: the per-dataset figures"
+
+
+def trim(out: Path, run_name: str) -> int:
+    """Leave the per-dataset figures out of a published folder: delete them, drop their lines from
+    ``report.md`` and say there how to render them (idempotent). Returns the bytes freed."""
+    freed = 0
+    for path in out.iterdir():
+        if PER_DATASET_FIGURE.fullmatch(path.name):
+            freed += path.stat().st_size
+            path.unlink()
+    report = out / "report.md"
+    title, *rest = report.read_text().splitlines()
+    kept: list[str] = []
+    for line in rest:
+        if not (PER_DATASET_FIGURE.search(line) or line.startswith(TRIM_NOTE)
+                or line == "" and (not kept or kept[-1] == "")):
+            kept.append(line)  # the figures' lines, the note and the blank lines they leave doubled go
+    note = (f"{TRIM_NOTE} (convergence, compute, meta-space t-SNE) are left out to keep the repository "
+            f"small; `mednns report {out.as_posix()}/results.json --out DIR` renders the convergence and "
+            f"compute ones from this folder, `mednns report runs/{run_name}` all of them from the run.*")
+    atomic_write_text(report, "\n".join([title, "", note, "", *kept]) + "\n")
+    return freed
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="a config whose last stage is evaluate")
+    parser.add_argument("config", nargs="?", help="a config whose last stage is evaluate")
     parser.add_argument("--out", help="results folder [default: benchmarks/results/<run name>]")
     parser.add_argument("--device", help="auto, cpu, cuda")
+    parser.add_argument("--trim", nargs="+", metavar="FOLDER", type=Path,
+                        help="only leave the per-dataset figures out of folders published before")
     args = parser.parse_args()
+    if args.trim:
+        for folder in args.trim:
+            name = read_json(folder / "run.json")["config"]["name"]
+            print(f"{folder}: {trim(folder, name) / 2**20:.1f} MiB freed")
+        return
+    if args.config is None:
+        parser.error("a config is needed (or --trim FOLDER)")
 
     manager = get_plugin_manager()
     config = load_config(manager, args.config, [f"device={args.device}"] if args.device else [])
@@ -107,6 +144,7 @@ def main() -> None:
     atomic_write_text(out / "results.json", compact + "\n")
     page = render_report(stage / "results.json", out)  # from the stage: the embedding figures need its npz files
     page.unlink()  # report.html: the figures beside it again, inlined (see the module's docstring)
+    trim(out, str(config.name))
     (out / "table.md").write_text(compact_table(read_json(out / "results.json")))
     command = " ".join(["python", *sys.argv])
     write_json(out / "run.json", {

@@ -65,3 +65,27 @@ def test_guard_decisions_counts_where_the_guard_overruled_the_meta_space(tmp_pat
     assert found == {"runs": 2, "overruled": 1, "as_reranked": 1, "default_test_acc": pytest.approx(0.55),
                      "rerank_test_acc": pytest.approx(0.75), "guarded_test_acc": pytest.approx(0.65)}
     assert "| t | 1/2 | 1/2 | 0.550 | 0.750 | 0.650 |" in (tmp_path / "out" / "guard_decisions.md").read_text()
+
+
+def test_evaluation_trim_leaves_out_per_dataset_figures_and_says_how_to_render_them(tmp_path):
+    published = tmp_path / "evaluation"
+    published.mkdir()
+    (published / "run.json").write_text(json.dumps({"config": {"name": "some_run"}}))
+    for name in ("overview.png", "forest_equal_epochs_800.png", "convergence_kidney_ct.png", "compute_kidney_ct.png",
+                 "embeddings_kidney_ct.png"):
+        (published / name).write_bytes(b"\x89PNG" + bytes(100))
+    (published / "report.md").write_text(
+        "# mednns evaluation: some_run\n\nIntro.\n\n![overview](overview.png)\n\n### kidney_ct\n\nTable.\n\n"
+        "![kidney_ct: convergence](convergence_kidney_ct.png)\n\n![kidney_ct: compute](compute_kidney_ct.png)\n\n"
+        "![kidney_ct: t-SNE](embeddings_kidney_ct.png)\n\n## Next\n")
+    for _ in range(2):  # idempotent: a second trim changes nothing
+        done = run_script("benchmarks/evaluation.py", "--trim", str(published))
+        assert done.returncode == 0, done.stderr
+        assert sorted(p.name for p in published.glob("*.png")) == ["forest_equal_epochs_800.png", "overview.png"]
+        report = (published / "report.md").read_text()
+        title, blank, note, *rest = report.splitlines()
+        assert (title, blank) == ("# mednns evaluation: some_run", "")
+        assert "mednns report runs/some_run" in note and f"mednns report {published.as_posix()}/results.json" in note
+        assert rest == ["", "Intro.", "", "![overview](overview.png)", "", "### kidney_ct", "", "Table.", "",
+                        "## Next"]
+    assert "0.0 MiB freed" in done.stdout
