@@ -87,11 +87,13 @@ def compact_table(results: dict) -> str:
 MISSING = "—"
 PER_DATASET_FIGURE = re.compile(r"(convergence|compute|embeddings)_[\w-]+\.png")
 TRIM_NOTE = "*Published copy: the per-dataset figures"
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
-def trim(out: Path, run_name: str) -> int:
+def trim(out: Path, run_name: str, root: Path = REPOSITORY) -> int:
     """Leave the per-dataset figures out of a published folder: delete them, drop their lines from
-    ``report.md`` and say there how to render them (idempotent). Returns the bytes freed."""
+    ``report.md`` and say there how to render them, naming ``out`` relative to the repository
+    ``root`` when it is inside it (idempotent). Returns the bytes freed."""
     freed = 0
     for path in out.iterdir():
         if PER_DATASET_FIGURE.fullmatch(path.name):
@@ -104,8 +106,12 @@ def trim(out: Path, run_name: str) -> int:
         if not (PER_DATASET_FIGURE.search(line) or line.startswith(TRIM_NOTE)
                 or line == "" and (not kept or kept[-1] == "")):
             kept.append(line)  # the figures' lines, the note and the blank lines they leave doubled go
+    try:
+        shown = out.resolve().relative_to(root.resolve())
+    except ValueError:
+        shown = out
     note = (f"{TRIM_NOTE} (convergence, compute, meta-space t-SNE) are left out to keep the repository "
-            f"small; `mednns report {out.as_posix()}/results.json --out DIR` renders the convergence and "
+            f"small; `mednns report {shown.as_posix()}/results.json --out DIR` renders the convergence and "
             f"compute ones from this folder, `mednns report runs/{run_name}` all of them from the run.*")
     atomic_write_text(report, "\n".join([title, "", note, "", *kept]) + "\n")
     return freed

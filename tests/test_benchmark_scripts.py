@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -89,3 +90,8 @@ def test_evaluation_trim_leaves_out_per_dataset_figures_and_says_how_to_render_t
         assert rest == ["", "Intro.", "", "![overview](overview.png)", "", "### kidney_ct", "", "Table.", "",
                         "## Next"]
     assert "0.0 MiB freed" in done.stdout
+    spec = importlib.util.spec_from_file_location("publish_evaluation", ROOT / "benchmarks" / "evaluation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.trim(published, "some_run", root=tmp_path)  # a folder of the repository: named relative to it
+    assert "`mednns report evaluation/results.json --out DIR`" in (published / "report.md").read_text()
