@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 import sys
 import time
@@ -85,7 +84,6 @@ def compact_table(results: dict) -> str:
 
 
 MISSING = "—"
-PER_DATASET_FIGURE = re.compile(r"(convergence|compute|embeddings)_[\w-]+\.png")
 TRIM_NOTE = "*Published copy: the per-dataset figures"
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -94,16 +92,20 @@ def trim(out: Path, run_name: str, root: Path = REPOSITORY) -> int:
     """Leave the per-dataset figures out of a published folder: delete them, drop their lines from
     ``report.md`` and say there how to render them, naming ``out`` relative to the repository
     ``root`` when it is inside it (idempotent). Returns the bytes freed."""
+    from mednns.evaluation.report import compute_curves_name, convergence_name, embeddings_name
+
+    figures = {name(dataset) for dataset in read_json(out / "results.json")["datasets"]
+               for name in (convergence_name, compute_curves_name, embeddings_name)}
     freed = 0
     for path in out.iterdir():
-        if PER_DATASET_FIGURE.fullmatch(path.name):
+        if path.name in figures:
             freed += path.stat().st_size
             path.unlink()
     report = out / "report.md"
     title, *rest = report.read_text().splitlines()
     kept: list[str] = []
     for line in rest:
-        if not (PER_DATASET_FIGURE.search(line) or line.startswith(TRIM_NOTE)
+        if not (any(f"]({name})" in line for name in figures) or line.startswith(TRIM_NOTE)
                 or line == "" and (not kept or kept[-1] == "")):
             kept.append(line)  # the figures' lines, the note and the blank lines they leave doubled go
     try:

@@ -72,6 +72,7 @@ def test_evaluation_trim_leaves_out_per_dataset_figures_and_says_how_to_render_t
     published = tmp_path / "evaluation"
     published.mkdir()
     (published / "run.json").write_text(json.dumps({"config": {"name": "some_run"}}))
+    (published / "results.json").write_text(json.dumps({"datasets": {"kidney_ct": {}}}))
     for name in ("overview.png", "forest_equal_epochs_800.png", "convergence_kidney_ct.png", "compute_kidney_ct.png",
                  "embeddings_kidney_ct.png"):
         (published / name).write_bytes(b"\x89PNG" + bytes(100))
