@@ -26,6 +26,9 @@ def register_commands(cli):
     @click.option("--max-macs", type=int, help="Largest MAC count allowed (per image).")
     @click.option("--max-latency-ms", type=float, help="Largest measured latency allowed (ms per image, this machine).")
     @rerank_options
+    @click.option("--finetune-top", type=click.IntRange(min=1), default=1, show_default=True, metavar="K",
+                  help="Fine-tune the first K candidates and keep the one with the best validation ACC "
+                       "(K times the fine-tuning).")
     @click.option("--epochs", type=int, default=10, show_default=True, help="Fine-tuning epochs.")
     @click.option("--lr", type=float, default=0.05, show_default=True)
     @click.option("--batch-size", type=int, default=128, show_default=True)
@@ -36,8 +39,8 @@ def register_commands(cli):
     @click.option("--no-progress", is_flag=True)
     def adapt_command(data: str, bundle: str, out_dir: str | None, top_k: int, max_params: int | None,
                       max_macs: int | None, max_latency_ms: float | None, rerank_score: str | None, candidates: int,
-                      rerank_images: int, combine: str, epochs: int, lr: float, batch_size: int, deploy: str,
-                      seed: int, device: str, no_progress: bool) -> None:
+                      rerank_images: int, combine: str, finetune_top: int, epochs: int, lr: float, batch_size: int,
+                      deploy: str, seed: int, device: str, no_progress: bool) -> None:
         """Adapt a bundle's best model to DATA (an image folder, flat or train/val/test; an .npz file; or a
         registered dataset, NAME:key=value,...): query, export with inherited weights, fine-tune, report,
         model card and a deployable file, in one folder."""
@@ -57,11 +60,14 @@ def register_commands(cli):
         summary = adapt(dataset, bundle, out, top_k=top_k,
                         constraints=Constraints(max_params, max_macs, max_latency_ms), rerank=rerank,
                         finetune_config=FinetuneConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed),
+                        finetune_top=finetune_top,
                         deploy=deploy, device=device, manager=manager, console=console,  # type: ignore[arg-type]
                         progress=not no_progress)
         chosen, best = summary["chosen"], summary["best"]
+        kept = (f" (rank {chosen['rank']}, the best validation ACC of {len(summary['tried'])} fine-tuned)"
+                if summary["tried"] else "")
         console.print(f"[bold]{escape(summary['dataset'])}[/]: a subnet of the {escape(chosen['dataset'])} supernet "
-                      f"({escape(chosen['space'])}, {chosen['params']:,} params), fine-tuned {epochs} epochs: "
+                      f"({escape(chosen['space'])}, {chosen['params']:,} params){kept}, fine-tuned {epochs} epochs: "
                       f"test ACC {best['test_acc']:.4f}, AUC {best['test_auc']:.4f} "
                       f"(best epoch {summary['best_epoch']})")
         console.print(f"report: {escape(str(out / 'report.md'))}, model card: {escape(str(out / 'model_card.md'))}"

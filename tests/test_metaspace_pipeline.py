@@ -617,6 +617,37 @@ def test_adapt_goes_from_a_dataset_and_a_bundle_to_a_documented_deployable_model
     assert refused.exit_code == 2 and "no_such_score" in refused.output
 
 
+def test_adapt_fine_tunes_the_first_k_and_keeps_the_best_by_validation(pipeline, tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDNNS_CACHE_DIR", str(tmp_path / "cache"))
+    bundle = tmp_path / "bundle"
+    assert invoke("bundle", "export", pipeline["run"], bundle).exit_code == 0
+    out = tmp_path / "adapted"
+    (out / "tries" / "rank9").mkdir(parents=True)  # a previous call's leftovers
+    result = invoke("adapt", pipeline["root"] / "c.npz", "--bundle", bundle, "--out", out, "--epochs", 1,
+                    "--batch-size", 16, "--top-k", 2, "--finetune-top", 3, "--deploy", "none", "--no-progress")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "adapt.json").read_text())
+    candidates = json.loads((out / "candidates.json").read_text())["results"]
+    assert len(candidates) == 3  # the query lists at least as many as are fine-tuned
+    tried = summary["tried"]
+    assert [t["rank"] for t in tried] == [1, 2, 3] and [t["zoo_id"] for t in tried] == [c["zoo_id"] for c in candidates]
+    best = max(t["best_val_acc"] for t in tried)
+    kept = next(t for t in tried if t["best_val_acc"] == best)  # the earliest rank among ties
+    assert summary["chosen"]["zoo_id"] == kept["zoo_id"] and summary["best"]["val_acc"] == best
+    assert json.loads((out / "export" / "model.json").read_text())["source"]["zoo_id"] == kept["zoo_id"]
+    finetuned = json.loads((out / "finetune" / "best" / "model.json").read_text())["finetuned"]
+    assert finetuned["from"] == str(out / "export")
+    left = sorted(p.name for p in (out / "tries").iterdir())
+    assert left == [f"rank{t['rank']}" for t in tried if t is not kept]  # the kept one moved, the stale one gone
+    assert all((out / "tries" / name / "finetune" / "best" / "model.json").is_file() for name in left)
+    report = (out / "report.md").read_text()
+    assert "the first 3 were each exported with their inherited weights and fine-tuned" in report
+    assert f"Chosen: rank {kept['rank']}," in report and "best validation ACC of the first 3" in report
+    assert "the best by validation ACC of its first 3 candidates" in (out / "model_card.md").read_text()
+    refused = invoke("adapt", pipeline["root"] / "c.npz", "--bundle", bundle, "--finetune-top", 0)
+    assert refused.exit_code == 2 and "--finetune-top" in refused.output
+
+
 REFERENCE_BUNDLE = Path(__file__).resolve().parents[1] / "benchmarks" / "bundles" / "cpu"
 KIDNEY_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "folders" / "kidney_ct"
 
