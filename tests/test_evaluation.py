@@ -142,6 +142,7 @@ def test_settings_name_conditions_and_variant_methods():
                         ranking={"train_images": [100]}).ranking_conditions()
     assert [c.id for c in measured] == ["equal_epochs@800", "equal_epochs@100"]
     assert [c.id for c in chosen.ranking_conditions()] == ["equal_epochs@800"]  # the primary one by default
+    assert settings(variants={"r": {"restarts": 4, "top_k": 1}}).variant_list()[1].restarts == 4
     with pytest.raises(UsageError, match=r"ranking.train_images \[50\] are not among"):
         settings(train_images=[800, 100], ranking={"train_images": [50]})
     for bad in ({"budgets": ["equal_money"]}, {"train_images": [100, 100]}, {"equal_compute_seeds": [7]},
@@ -151,7 +152,8 @@ def test_settings_name_conditions_and_variant_methods():
                 {"variants": {"x": {"pool": "zoo"}}}, {"variants": {"x": {"pool": "random"}}},  # no re-ranking
                 {"variants": {"x": {"pool": "random", "rerank": {"score": "knn", "combine": "rank_sum"},
                                     "top_k": 1}}},
-                {"variants": {"x": {"pool": "random", "rerank": {"score": "knn", "combine": "score"}}}}):  # top_k 2
+                {"variants": {"x": {"pool": "random", "rerank": {"score": "knn", "combine": "score"}}}},  # top_k 2
+                {"variants": {"x": {"restarts": 0, "top_k": 1}}}, {"variants": {"x": {"restarts": 3}}}):  # top_k 2
         with pytest.raises(UsageError):
             settings(**bad)
 
@@ -322,7 +324,8 @@ EVALUATE = {"datasets": ["c", "d"], "methods": ["mednns", "mednns_topk", "random
                          "knn": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16},
                                  "top_k": 1},
                          "knn_alone": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16,
-                                                  "combine": "score"}, "top_k": 1, "pool": "random"}},
+                                                  "combine": "score"}, "top_k": 1, "pool": "random"},
+                         "restarts": {"restarts": 2, "top_k": 1}},
             "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40, "seeds": 3, "train_images": [32]},
             "meta_space": META, "report": True, "progress": False}
 
@@ -456,6 +459,14 @@ def test_methods_start_from_the_networks_they_promise(evaluation):
         assert len(options) == 2
         assert max(row["val_acc"] for row in run["history"]) == max(o["best_val_acc"] for o in options)
     assert methods["mednns_topk"]["runs"][0]["chosen_from"][0]["key"] == methods["mednns"]["runs"][0]["key"]
+    saved = {(r["key"], r["seed"], r["train_images"], r["epochs"]): r for r in map(json.loads, map(Path.read_text, (evaluation["stage"] / "c" / "runs")
+                                                                    .glob("*.json")))}
+    for run in methods["mednns_topk:restarts"]["runs"]:  # the top-1 twice: the same subset, another fine-tuning seed
+        first = methods["mednns"]["runs"][[r["seed"] for r in methods["mednns"]["runs"]].index(run["seed"])]
+        assert [o["key"] for o in run["chosen_from"]] == [first["key"], first["key"] + "#restart1"]
+        again = saved[(first["key"] + "#restart1", run["seed"], first["train_images"], first["epochs"])]
+        assert again["train_subset"] == first["train_subset"] and again["history"] != first["history"]
+        assert max(row["val_acc"] for row in run["history"]) == max(o["best_val_acc"] for o in run["chosen_from"])
     assert entry["own_supernet_search"]["evaluated"] == 5
 
 

@@ -12,7 +12,7 @@ network for a seed. Kinds:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -32,12 +32,19 @@ class Candidate:
     :param model: what the results record about it (name, source, space, weights, arch_hash).
     :param build: a fresh network for a seed (the seed also draws a new head).
     :param finetune: fine-tuning settings this start overrides (a variant's transfer recipe).
+    :param restart: above 0, the same start fine-tuned with another seed (head and batch order; the
+        training subset stays the seed's): :meth:`restarted`.
     """
 
     key: str
     model: dict[str, Any]
     build: Callable[[int], nn.Module] = field(repr=False)
     finetune: dict[str, Any] = field(default_factory=dict)
+    restart: int = 0
+
+    def restarted(self, restart: int) -> "Candidate":
+        """This start as its ``restart``-th fine-tuning (0: itself)."""
+        return replace(self, key=f"{self.key}#restart{restart}", restart=restart) if restart else self
 
     @property
     def pretrained(self) -> bool:

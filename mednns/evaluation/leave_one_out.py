@@ -77,6 +77,11 @@ def _first(order: Plan, k: int) -> Plan:
     return lambda seed, condition: order(seed, condition)[:k]
 
 
+def _restarts(order: Plan, k: int) -> Plan:
+    """A plan that fine-tunes the first candidate of ``order`` ``k`` times."""
+    return lambda seed, condition: [order(seed, condition)[0].restarted(r) for r in range(k)]
+
+
 def slug(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
@@ -322,10 +327,11 @@ class Fold:
             plans[name], setup[name] = _first(order, 1), dict(spent)
             if "mednns_topk" in wanted:
                 name = variant.method("mednns_topk")
-                if variant.top_k < 2:
+                if variant.top_k < 2 and variant.restarts < 2:
                     skipped[name] = "top_k is 1 (the same as mednns top-1)"
                 else:
-                    plans[name] = _first(order, variant.top_k)
+                    plans[name] = (_restarts(order, variant.restarts) if variant.restarts > 1
+                                   else _first(order, variant.top_k))
                     setup[name] = dict(spent)
         if "random_init" in wanted:
             space_spec = self.supernets(first["supernet"])[1]["space"]
@@ -458,7 +464,8 @@ class Fold:
                    "max_train_images": condition.train_images, "batch_size": condition.batch_size}
         if epochs is not None:
             options["epochs"] = epochs
-        return FinetuneConfig(**options, seed=derive_seed(seed, "evaluate", self.target))
+        restart = ("restart", candidate.restart) if candidate and candidate.restart else ()
+        return FinetuneConfig(**options, seed=derive_seed(seed, "evaluate", self.target, *restart))
 
     def finetune_data(self, seed: int, condition: Condition):
         from mednns.finetune import FinetuneData

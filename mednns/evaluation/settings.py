@@ -16,7 +16,7 @@ BUDGETS = ("equal_epochs", "equal_compute")
 #: Methods that start from a query of a meta-space (they have variants).
 QUERY_METHODS = ("mednns", "mednns_topk")
 #: What a variant may change.
-VARIANT_KEYS = ("meta_space", "by", "top_k", "rerank", "source_gate", "finetune", "pool")
+VARIANT_KEYS = ("meta_space", "by", "top_k", "rerank", "source_gate", "finetune", "pool", "restarts")
 #: Where a variant's re-ranked candidates come from: the meta-space's top, or zoo models drawn at random
 #: (re-ranking without the meta-space).
 POOLS = ("meta_space", "random")
@@ -62,6 +62,10 @@ class Variant:
     #: ``meta_space``: the query's top is re-ranked; ``random``: ``rerank.candidates`` zoo models drawn
     #: at random per seed are (re-ranking without the meta-space)
     pool: str = DEFAULT_POOL
+    #: ``mednns_topk`` fine-tunes the first candidate this many times (the same training subset, another
+    #: fine-tuning seed each) instead of the first ``top_k``: how much of a best-of-k gain choosing
+    #: among k fine-tunings of one start gives
+    restarts: int = 1
 
     def settings(self):
         """The :class:`~mednns.transfer.reranking.RerankSettings` of the query (``None``: no re-ranking)."""
@@ -130,6 +134,12 @@ class EvaluationSettings:
                                  f"method shares)")
             if "top_k" in variant and int(variant["top_k"]) < 1:
                 raise UsageError(f"variant {name}: top_k must be >= 1")
+            if int(variant.get("restarts", 1)) < 1:
+                raise UsageError(f"variant {name}: restarts must be >= 1")
+            if int(variant.get("restarts", 1)) > 1 and int(variant.get("top_k", self.top_k)) != 1:
+                raise UsageError(f"variant {name}: restarts needs top_k: 1",
+                                 hint="mednns_topk fine-tunes either the first top_k candidates or the first "
+                                      "one restarts times")
             pool = variant.get("pool", DEFAULT_POOL)
             if pool not in POOLS:
                 raise UsageError(f"variant {name}: pool must be one of {', '.join(POOLS)}, got {pool!r}")
@@ -167,7 +177,7 @@ class EvaluationSettings:
         return [default, *(Variant(name, {**self.meta_space, **(v.get("meta_space") or {})}, v.get("by", self.by),
                                    int(v.get("top_k", self.top_k)), v.get("rerank", self.rerank),
                                    bool(v.get("source_gate", self.source_gate)), dict(v.get("finetune") or {}),
-                                   str(v.get("pool", DEFAULT_POOL)))
+                                   str(v.get("pool", DEFAULT_POOL)), int(v.get("restarts", 1)))
                            for name, v in self.variants.items())]
 
     def method_names(self) -> list[str]:
