@@ -190,7 +190,8 @@ def report(summary: dict[str, Any], result: dict[str, Any], final: dict[str, Any
               f"zoo id {chosen['zoo_id']}): {why}. " + (
                   "The project's published evaluation measured the best of four fine-tuned candidates: above the "
                   "single-pick transfer baselines in most comparisons at equal epochs (they spend about a quarter "
-                  "of its fine-tuning), level with them at equal compute" if tried else
+                  "of its fine-tuning, and four fine-tunings of one candidate gain part of the lead), level with "
+                  "them at equal compute" if tried else
                   "The prediction is the meta-space's; the project's published evaluation finds its pick level "
                   "with simple transfer baselines, not above them") + " (README, 'Published CPU results').", "",
               "## Learning curve", "", f"![learning curve]({curve})", "",
