@@ -168,7 +168,8 @@ def report(summary: dict[str, Any], result: dict[str, Any], final: dict[str, Any
            f"(order: {reranked['combine']}{'; ' + guard_text(reranked['guard']) if 'guard' in reranked else ''})")
     lines = [f"# mednns adapt: {summary['dataset']}", "",
              f"Bundle `{summary['bundle']}` (mednns {manifest['mednns_version']}, {len(manifest['sources'])} source "
-             f"datasets). The meta-space ranked {summary['candidates']} candidate(s) under the limits {how}; "
+             f"datasets). The meta-space ranked the {result['candidates']} model(s) that meet the limits {how}; "
+             f"the first {len(result['results'])} are listed below; "
              + (f"the first {len(tried)} were each exported with their inherited weights and fine-tuned, and the "
                 "one with the best validation ACC was kept." if tried else
                 "the first was exported with its inherited weights and fine-tuned."), "",

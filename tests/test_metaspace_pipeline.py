@@ -585,6 +585,9 @@ def test_adapt_goes_from_a_dataset_and_a_bundle_to_a_documented_deployable_model
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
     assert all(f"| {c['rank']} | {c['dataset']} |" in report for c in candidates)
+    ranked = json.loads((out / "candidates.json").read_text())["candidates"]  # every model within the limits
+    assert ranked > 4 and f"ranked the {ranked} model(s) that meet the limits" in report
+    assert "the first 4 are listed below" in report
     assert f"test ACC {summary['best']['test_acc']:.4f}" in report
     card = (out / "model_card.md").read_text()
     assert "Not validated for clinical use" in card and str(deploy["mean"]) in card
