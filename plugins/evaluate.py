@@ -67,6 +67,11 @@ class Evaluate(Stage):
         condition of each further size, with the first ``seeds`` seeds) and reports Kendall's tau of
         every ranking (meta-space, each score on the fine-tuning subset, both combined, one
         fine-tuning of each candidate) against their mean test ACC.
+    :param baseline_restarts: ``{baseline: k}``: a further row per baseline (``nearest_fid:restarts4``)
+        fine-tunes its start ``k`` times (another fine-tuning seed each: new head, batch order and, for a
+        random init, weights; the same training subset) and keeps the one with the best validation
+        ACC. It runs at equal epochs only: the control of a best-of-k mednns method (``top_k``, a
+        variant's ``restarts``), which spends ``k`` fine-tunings too.
     :param top_k: models of the query fine-tuned by ``mednns_topk`` (the best validation ACC wins).
     :param by: how the query ranks: ``predicted`` metric, retrieval ``score`` or ``combined``.
     :param rerank: re-rank the query's top candidates on each run's own fine-tuning subset (the
@@ -105,7 +110,7 @@ class Evaluate(Stage):
                  budgets: list[Literal["equal_epochs", "equal_compute"]] | None = None,
                  equal_compute_seeds: list[int] | None = None, max_epochs: int = 200,
                  variants: dict[str, dict[str, Any]] | None = None, ranking: dict[str, Any] | None = None,
-                 top_k: int = 3,
+                 baseline_restarts: dict[str, int] | None = None, top_k: int = 3,
                  by: Literal["predicted", "score", "combined"] = "predicted",
                  rerank: dict[str, Any] | None = None, source_gate: bool = False,
                  meta_space: dict[str, Any] | None = None,
@@ -143,7 +148,8 @@ class Evaluate(Stage):
                                                 for s in (tans_losses or DEFAULT_TANS_LOSSES)],
             timm_model=timm_model, search_budget=search_budget, train_images=sizes,
             budgets=list(budgets or ["equal_epochs"]), equal_compute_seeds=equal_compute_seeds, max_epochs=max_epochs,
-            variants={name: dict(v or {}) for name, v in (variants or {}).items()}, ranking=ranking, zoo=zoo,
+            variants={name: dict(v or {}) for name, v in (variants or {}).items()}, ranking=ranking,
+            baseline_restarts=dict(baseline_restarts or {}), zoo=zoo,
             progress=progress,
             report=report)
 

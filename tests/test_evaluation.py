@@ -143,6 +143,9 @@ def test_settings_name_conditions_and_variant_methods():
     assert [c.id for c in measured] == ["equal_epochs@800", "equal_epochs@100"]
     assert [c.id for c in chosen.ranking_conditions()] == ["equal_epochs@800"]  # the primary one by default
     assert settings(variants={"r": {"restarts": 4, "top_k": 1}}).variant_list()[1].restarts == 4
+    restarted = settings(baseline_restarts={"random_init": 4})
+    assert restarted.method_names() == ["mednns", "mednns_topk", "random_init", "random_init:restarts4"]
+    assert restarted.restarts_rows() == {"random_init:restarts4": ("random_init", 4)}
     with pytest.raises(UsageError, match=r"ranking.train_images \[50\] are not among"):
         settings(train_images=[800, 100], ranking={"train_images": [50]})
     for bad in ({"budgets": ["equal_money"]}, {"train_images": [100, 100]}, {"equal_compute_seeds": [7]},
@@ -153,7 +156,9 @@ def test_settings_name_conditions_and_variant_methods():
                 {"variants": {"x": {"pool": "random", "rerank": {"score": "knn", "combine": "rank_sum"},
                                     "top_k": 1}}},
                 {"variants": {"x": {"pool": "random", "rerank": {"score": "knn", "combine": "score"}}}},  # top_k 2
-                {"variants": {"x": {"restarts": 0, "top_k": 1}}}, {"variants": {"x": {"restarts": 3}}}):  # top_k 2
+                {"variants": {"x": {"restarts": 0, "top_k": 1}}}, {"variants": {"x": {"restarts": 3}}},  # top_k 2
+                {"baseline_restarts": {"mednns_topk": 2}}, {"baseline_restarts": {"tans": 2}},  # not a baseline run
+                {"baseline_restarts": {"random_init": 1}}, {"baseline_restarts": {"random_init": True}}):
         with pytest.raises(UsageError):
             settings(**bad)
 
@@ -326,6 +331,7 @@ EVALUATE = {"datasets": ["c", "d"], "methods": ["mednns", "mednns_topk", "random
                          "knn_alone": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16,
                                                   "combine": "score"}, "top_k": 1, "pool": "random"},
                          "restarts": {"restarts": 2, "top_k": 1}},
+            "baseline_restarts": {"random_pick": 2, "own_supernet_search": 2},
             "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40, "seeds": 3, "train_images": [32]},
             "meta_space": META, "report": True, "progress": False}
 
@@ -393,8 +399,11 @@ def test_every_method_runs_for_every_seed_of_every_condition_on_the_same_subsets
                 if name == "imagenet":
                     assert method["status"] == "skipped" and "no internet here" in method["reason"]
                     continue
-                if name in ("own_supernet_search", "mednns_search") and target == "d":
+                if name in ("own_supernet_search", "own_supernet_search:restarts2", "mednns_search") and target == "d":
                     assert method["status"] == "skipped" and "no supernet trained on d" in method["reason"]
+                    continue
+                if name.endswith(":restarts2") and condition["budget"] == "equal_compute":
+                    assert method["status"] == "skipped" and "equal epochs only" in method["reason"]
                     continue
                 if name in ("mednns_topk:plain", "mednns_topk:colour", "mednns_topk:solved", "mednns_topk:knn",
                             "mednns_topk:knn_alone"):  # their top-1 only
@@ -471,6 +480,32 @@ def test_methods_start_from_the_networks_they_promise(evaluation):
 
 
 @pipeline
+def test_a_restarted_baseline_fine_tunes_its_own_start_k_times_at_equal_epochs(evaluation):
+    results = evaluation["results"]
+    names = results["protocol"]["methods"]
+    assert names[names.index("random_pick"):][:4] == ["random_pick", "random_pick:restarts2", "own_supernet_search",
+                                                   "own_supernet_search:restarts2"]
+    assert results["methods"]["random_pick:restarts2"]["label"] == "random zoo pick [best of 2 restarts]"
+    saved = {(r["key"], r["seed"], r["train_images"]): r
+             for r in map(json.loads, map(Path.read_text, (evaluation["stage"] / "c" / "runs").glob("*.json")))}
+    for condition in (PRIMARY, SMALL):
+        methods = methods_of(results, "c", condition)
+        for base in ("random_pick", "own_supernet_search"):
+            once, restarted = methods[base]["runs"], methods[f"{base}:restarts2"]["runs"]
+            for first, run in zip(once, restarted):  # the seed's own start (the same random pick), twice
+                assert [o["key"] for o in run["chosen_from"]] == [first["key"], first["key"] + "#restart1"]
+                again = saved[(first["key"] + "#restart1", first["seed"], first["train_images"])]
+                assert again["train_subset"] == first["train_subset"] and again["history"] != first["history"]
+                assert max(row["val_acc"] for row in run["history"]) == max(
+                    o["best_val_acc"] for o in run["chosen_from"])
+                if base == "own_supernet_search":  # the run's search counts once, as the baseline's
+                    assert run["compute"]["setup"] == first["compute"]["setup"]
+                    assert run["compute"]["finetune"]["image_macs"] > first["compute"]["finetune"]["image_macs"]
+    stats = results["statistics"][PRIMARY]["mednns_topk"]
+    assert "random_pick:restarts2" in stats and "own_supernet_search:restarts2" in stats
+
+
+@pipeline
 def test_own_supernet_search_trains_on_each_runs_subset_only(evaluation):
     fold, entry = evaluation["stage"] / "c", evaluation["results"]["datasets"]["c"]
     searches = {}
@@ -523,8 +558,9 @@ def test_equal_compute_brings_every_method_to_the_most_expensive_ones_image_macs
         equal = methods_of(evaluation["results"], target)
         spent = {name: m["runs"][0]["compute"]["total_image_macs"] for name, m in part["methods"].items()
                  if m["status"] == "ok"}
-        assert budget["image_macs"] == max(m["runs"][0]["compute"]["total_image_macs"]
-                                           for m in equal.values() if m["status"] == "ok")
+        # a baseline's restarts (equal epochs only) do not set the budget
+        assert budget["image_macs"] == max(m["runs"][0]["compute"]["total_image_macs"] for name, m in equal.items()
+                                           if m["status"] == "ok" and not name.endswith(":restarts2"))
         assert part["methods"][budget["method"]]["runs"][0]["epochs"] == 3
         for name, total in spent.items():
             run = part["methods"][name]["runs"][0]

@@ -82,6 +82,11 @@ def _restarts(order: Plan, k: int) -> Plan:
     return lambda seed, condition: [order(seed, condition)[0].restarted(r) for r in range(k)]
 
 
+#: Why a baseline's restarts row does not run at equal compute.
+RESTARTS_AT_EQUAL_EPOCHS = ("a baseline's restarts run at equal epochs only, the control of a best-of-k method that "
+                            "spends as many fine-tunings; at equal compute they would set the budget of every method")
+
+
 def slug(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
@@ -398,9 +403,25 @@ class Fold:
                     plans[name], facts[name] = search
                     if init is not None:  # it starts from the default query's top-1 source
                         setup[name] = dict(setup["mednns"])
+        for name, (base, k) in settings.restarts_rows().items():
+            if base in skipped:
+                skipped[name] = skipped[base]
+            elif base in plans:
+                plans[name], setup[name] = self.restarted(name, base, plans[base], k), dict(setup.get(base, {}))
         names = settings.method_names()
         return ({m: plans[m] for m in names if m in plans}, skipped, facts,
                 self.first_measurement({m: setup.get(m, {}) for m in names if m in plans}))
+
+    def restarted(self, name: str, base: str, plan: Plan, k: int) -> Plan:
+        """The plan of row ``name``: ``base``'s start fine-tuned ``k`` times, with what ``base`` spent on
+        each run alone (its own search) as that run's setup."""
+        def starts(seed: int, condition: Condition) -> list[Candidate]:
+            found = _restarts(plan, k)(seed, condition)
+            if (base, seed, condition.id) in self.run_setup:
+                self.run_setup[(name, seed, condition.id)] = self.run_setup[(base, seed, condition.id)]
+            return found
+
+        return starts
 
     def first_measurement(self, setup: dict[str, Any]) -> dict[str, Any]:
         """The setup compute measured the first time each method was planned (``setup_compute.json``):
@@ -630,15 +651,20 @@ class Fold:
         start = time.perf_counter()
         info = self.dataset.info
         plans, skipped, facts, setup = self.plans()
+        restarts_rows = self.settings.restarts_rows()
         conditions: dict[str, Any] = {}
         for condition in self.settings.conditions():
-            budget = ({seed: self.budget_macs(plans, setup, seed, condition) for seed in condition.seeds}
-                      if condition.budget == "equal_compute" else {})
+            at_equal_compute = condition.budget == "equal_compute"
+            compared = {m: plan for m, plan in plans.items() if not (at_equal_compute and m in restarts_rows)}
+            budget = ({seed: self.budget_macs(compared, setup, seed, condition) for seed in condition.seeds}
+                      if at_equal_compute else {})
             methods: dict[str, Any] = {}
             for name in self.settings.method_names():
-                if name in skipped:
-                    methods[name] = {"status": "skipped", "reason": skipped[name], "runs": []}
-                    self.run.console.print(f"[bold]{self.target}[/] {name}: skipped ({skipped[name]})")
+                reason = skipped.get(name) or (RESTARTS_AT_EQUAL_EPOCHS if at_equal_compute and name in restarts_rows
+                                               else None)
+                if reason:
+                    methods[name] = {"status": "skipped", "reason": reason, "runs": []}
+                    self.run.console.print(f"[bold]{self.target}[/] {name}: skipped ({reason})")
                 elif name in plans:
                     methods[name] = self.run_method(name, plans[name], setup[name], condition, budget)
             conditions[condition.id] = {"methods": methods, "comparison": summary.dataset_comparison(methods),

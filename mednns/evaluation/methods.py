@@ -6,6 +6,7 @@ epochs, data, augmentation, optimizer and seeds; they differ only in the network
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -55,11 +56,26 @@ def split_variant(name: str) -> tuple[str, str | None]:
     return base, variant or None
 
 
+#: The variant part of a baseline's restarts row: ``nearest_fid:restarts4``.
+_RESTARTS = re.compile(r"restarts(\d+)")
+
+
+def restarts_row(method: str, k: int) -> str:
+    """The row of a baseline fine-tuned ``k`` times (the ``baseline_restarts`` setting)."""
+    return f"{method}{VARIANT_SEPARATOR}restarts{k}"
+
+
 def describe(name: str) -> Method:
     """The :class:`Method` of a method name, variants included (they are the mednns method with other
-    meta-space, query or re-ranking settings)."""
+    meta-space, query or re-ranking settings, or a baseline's restarts: :func:`restarts_row`)."""
     base, variant = split_variant(name)
     method = METHODS[base]
     if variant is None:
         return method
+    restarts = _RESTARTS.fullmatch(variant)
+    if method.kind == "baseline" and restarts:
+        k = restarts.group(1)
+        return Method(f"{method.label} [best of {k} restarts]", method.kind,
+                      f"{method.description}; fine-tuned {k} times (another fine-tuning seed each, the same training "
+                      f"subset), the one with the best validation ACC")
     return Method(f"{method.label} [{variant}]", method.kind, f"{method.description}; variant '{variant}'")

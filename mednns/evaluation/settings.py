@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mednns.errors import UsageError
-from mednns.evaluation.methods import VARIANT_SEPARATOR
+from mednns.evaluation.methods import METHODS, VARIANT_SEPARATOR, restarts_row
 from mednns.evaluation.results import report_epochs
 
 DEFAULT_TANS_LOSSES: list[dict[str, Any]] = [{"name": "contrastive", "args": {}}, {"name": "performance", "args": {}}]
@@ -99,6 +99,9 @@ class EvaluationSettings:
     max_epochs: int = 200
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     ranking: dict[str, Any] | None = None
+    #: baseline -> k: a further row fine-tunes the baseline's start k times and keeps the best by validation
+    #: ACC (at equal epochs only), the control of a best-of-k mednns method at the same number of fine-tunings
+    baseline_restarts: dict[str, int] = field(default_factory=dict)
     zoo: str | None = None
     progress: bool = True
     report: bool = True
@@ -148,6 +151,14 @@ class EvaluationSettings:
                                      or int(variant.get("top_k", self.top_k)) != 1):
                 raise UsageError(f"variant {name}: pool random needs rerank with combine: score and top_k: 1",
                                  hint="a random pool has no meta-space order to combine with or to take a top-k of")
+        baselines = [m for m in self.methods if m in METHODS and METHODS[m].kind == "baseline"]
+        for method, k in self.baseline_restarts.items():
+            if method not in baselines:
+                raise UsageError(f"baseline_restarts: {method!r} is not a baseline among the methods",
+                                 hint=f"baselines among the methods: {', '.join(baselines)}")
+            if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+                raise UsageError(f"baseline_restarts.{method}: give the number of fine-tunings, an integer >= 2 "
+                                 f"(got {k!r})")
         for checked in self.variant_list():
             checked.settings()  # checks the re-ranking settings
         if self.ranking is not None:
@@ -181,13 +192,20 @@ class EvaluationSettings:
                            for name, v in self.variants.items())]
 
     def method_names(self) -> list[str]:
-        """Every method row of the results: the chosen methods, each query method once per variant."""
+        """Every method row of the results: the chosen methods, each query method once per variant,
+        each restarted baseline once more (:meth:`restarts_rows`)."""
         names = []
         for method in self.methods:
             names.append(method)
             if method in QUERY_METHODS:
                 names += [v.method(method) for v in self.variant_list()[1:]]
+            if method in self.baseline_restarts:
+                names.append(restarts_row(method, self.baseline_restarts[method]))
         return names
+
+    def restarts_rows(self) -> dict[str, tuple[str, int]]:
+        """The rows of ``baseline_restarts``: row name -> (the baseline, how many fine-tunings)."""
+        return {restarts_row(m, k): (m, k) for m, k in self.baseline_restarts.items()}
 
     def conditions(self) -> list[Condition]:
         """``equal_epochs`` at every training-set size (the first is the primary condition), then
@@ -215,7 +233,7 @@ class EvaluationSettings:
                 "top_k": self.top_k, "by": self.by, "search_budget": self.search_budget, "timm_model": self.timm_model,
                 "finetune": {k: v for k, v in self.finetune.items() if k != "epochs"}, "methods": self.method_names(),
                 "meta_space": self.meta_space, "rerank": self.rerank, "source_gate": self.source_gate,
-                "variants": self.variants, "ranking": self.ranking,
+                "variants": self.variants, "ranking": self.ranking, "baseline_restarts": self.baseline_restarts,
                 "tans_losses": self.tans_losses,
                 "train_images": self.train_images, "budgets": self.budgets, "max_epochs": self.max_epochs,
                 "conditions": [c.to_dict() for c in self.conditions()]}
