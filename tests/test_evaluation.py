@@ -142,7 +142,10 @@ def test_settings_name_conditions_and_variant_methods():
                         ranking={"train_images": [100]}).ranking_conditions()
     assert [c.id for c in measured] == ["equal_epochs@800", "equal_epochs@100"]
     assert [c.id for c in chosen.ranking_conditions()] == ["equal_epochs@800"]  # the primary one by default
-    assert settings(variants={"r": {"restarts": 4, "top_k": 1}}).variant_list()[1].restarts == 4
+    four = settings(variants={"r": {"restarts": 4, "top_k": 1}})
+    assert four.variant_list()[1].restarts == 4
+    assert four.describe("mednns_topk:r").description.startswith("the query's top-ranked zoo model fine-tuned 4 times")
+    assert "top-k models" in four.describe("mednns_topk").description
     restarted = settings(baseline_restarts={"random_init": 4})
     assert restarted.method_names() == ["mednns", "mednns_topk", "random_init", "random_init:restarts4"]
     assert restarted.restarts_rows() == {"random_init:restarts4": ("random_init", 4)}

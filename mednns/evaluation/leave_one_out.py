@@ -56,7 +56,6 @@ from mednns.errors import UsageError
 from mednns.evaluation import ranking, statistics
 from mednns.evaluation import results as summary
 from mednns.evaluation.candidates import Candidate, SupernetCache, count_macs, inherited, random_init, timm_network
-from mednns.evaluation.methods import describe
 from mednns.evaluation.results import FORMAT, RESULTS_FILE
 from mednns.evaluation.settings import QUERY_METHODS, Condition, EvaluationSettings
 from mednns.files import read_json, write_json
@@ -734,12 +733,12 @@ def evaluate(run, settings: EvaluationSettings, directory: Path) -> dict[str, An
     names = settings.method_names()
     results: dict[str, Any] = {
         "format": FORMAT, "run": run.config.name, "protocol": {**settings.protocol(), "datasets": targets},
-        "methods": {m: asdict(describe(m)) for m in names},
+        "methods": {m: asdict(settings.describe(m)) for m in names},
         "zoo": {"path": str(zoo_path), "datasets": in_zoo}, "datasets": {}}
     supernets = SupernetCache(run.manager)
     imagenet_errors: dict[str, str] = {}
     zoo_key = zoo_fingerprint(zoo_path)
-    ours = [m for m in names if describe(m).kind == "ours"]
+    ours = [m for m in names if settings.describe(m).kind == "ours"]
     job = run.distributed
 
     def fold_entry(target: str) -> dict[str, Any]:

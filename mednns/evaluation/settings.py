@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mednns.errors import UsageError
-from mednns.evaluation.methods import METHODS, VARIANT_SEPARATOR, restarts_row
+from mednns.evaluation.methods import METHODS, VARIANT_SEPARATOR, Method, describe, restarts_row, split_variant
 from mednns.evaluation.results import report_epochs
 
 DEFAULT_TANS_LOSSES: list[dict[str, Any]] = [{"name": "contrastive", "args": {}}, {"name": "performance", "args": {}}]
@@ -202,6 +202,18 @@ class EvaluationSettings:
             if method in self.baseline_restarts:
                 names.append(restarts_row(method, self.baseline_restarts[method]))
         return names
+
+    def describe(self, name: str) -> Method:
+        """:func:`~mednns.evaluation.methods.describe`, told what a variant's settings make of its row: a
+        ``mednns_topk`` variant with ``restarts`` fine-tunes one start several times, not the top k."""
+        method = describe(name)
+        base, variant = split_variant(name)
+        restarts = {v.name: v.restarts for v in self.variant_list()}.get(variant or "", 1)
+        if base != "mednns_topk" or restarts < 2:
+            return method
+        return Method(method.label, method.kind,
+                      f"the query's top-ranked zoo model fine-tuned {restarts} times (another fine-tuning seed each, "
+                      f"the same training subset); the one with the best validation ACC; variant '{variant}'")
 
     def restarts_rows(self) -> dict[str, tuple[str, int]]:
         """The rows of ``baseline_restarts``: row name -> (the baseline, how many fine-tunings)."""
