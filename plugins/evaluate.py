@@ -93,8 +93,10 @@ class Evaluate(Stage):
     name = STAGE
     reads = ("build_zoo",)  # the zoo (which names the supernets)
     distributed = True  # under torchrun: the targets (folds) are shared out across the ranks
-    #: recipe fields added after runs recorded this stage's fingerprint: off, they leave it as it was
-    fingerprint_omits = {k: RECIPE_OFF[k] for k in ("colour_stem", "fit_head", "fit_head_cv")}
+    #: recipe fields and arguments added after runs recorded this stage's fingerprint: off (unset), they
+    #: leave it as it was
+    fingerprint_omits = {**{k: RECIPE_OFF[k] for k in ("colour_stem", "fit_head", "fit_head_cv")},
+                         "baseline_restarts": None}
     #: Runs and meta-spaces are keyed by their configuration: a change of the stage's own arguments
     #: (seeds, sizes, variants, methods) reuses what still applies.
     keeps_state = True
