@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from supernet_helpers import TINY_RESNET, timm_offline, write_tiny_npz
 
 from mednns.cli import cli
 from mednns.errors import UsageError
 from mednns.evaluation import results as R
 from mednns.evaluation.candidates import count_macs, timm_network
 from mednns.testing import tiny_dataset
-from supernet_helpers import TINY_RESNET, timm_offline, write_tiny_npz
 
 
 def run_record(seed: int, accs: list[float], aucs: list[float] | None = None, params: int = 10) -> dict[str, Any]:
@@ -119,8 +119,8 @@ def test_settings_name_conditions_and_variant_methods():
 
     def settings(**changes: Any) -> EvaluationSettings:
         base = dict(datasets=None, methods=["mednns", "mednns_topk", "random_init"], seeds=[0, 1, 2],
-                    finetune={"epochs": 8, "batch_size": 128}, top_k=2, by="predicted", meta_space={"steps": 10}, tans_losses=[],
-                    timm_model="resnet18", search_budget=5)
+                    finetune={"epochs": 8, "batch_size": 128}, top_k=2, by="predicted", meta_space={"steps": 10},
+                    tans_losses=[], timm_model="resnet18", search_budget=5)
         return EvaluationSettings(**{**base, **changes})
 
     chosen = settings(train_images=[800, 100], budgets=["equal_epochs", "equal_compute"], equal_compute_seeds=[0],
@@ -331,8 +331,9 @@ EVALUATE = {"datasets": ["c", "d"], "methods": ["mednns", "mednns_topk", "random
                          "solved": {"finetune": {"fit_head": True, "head_epochs": 0}, "top_k": 1},  # the default
                          "knn": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16},
                                  "top_k": 1},
-                         "knn_alone": {"rerank": {"score": "knn", "candidates": 3, "images": 24, "calibration_images": 16,
-                                                  "combine": "score"}, "top_k": 1, "pool": "random"},
+                         "knn_alone": {"rerank": {"score": "knn", "candidates": 3, "images": 24,
+                                                  "calibration_images": 16, "combine": "score"},
+                                       "top_k": 1, "pool": "random"},
                          "restarts": {"restarts": 2, "top_k": 1}},
             "baseline_restarts": {"random_pick": 2, "own_supernet_search": 2},
             "ranking": {"candidates": 3, "scores": ["knn", "ridge"], "images": 40, "seeds": 3, "train_images": [32]},
@@ -384,6 +385,12 @@ PRIMARY, SMALL, COMPUTE = "equal_epochs@64", "equal_epochs@32", "equal_compute@6
 
 def methods_of(results: dict[str, Any], target: str, condition: str = PRIMARY) -> dict[str, Any]:
     return results["datasets"][target]["conditions"][condition]["methods"]
+
+
+def saved_runs(evaluation: dict[str, Any], target: str) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Every fine-tuning run the fold saved, by (start key, seed, training images, epochs)."""
+    records = (json.loads(path.read_text()) for path in (evaluation["stage"] / target / "runs").glob("*.json"))
+    return {(r["key"], r["seed"], r["train_images"], r["epochs"]): r for r in records}
 
 
 @pipeline
@@ -471,8 +478,7 @@ def test_methods_start_from_the_networks_they_promise(evaluation):
         assert len(options) == 2
         assert max(row["val_acc"] for row in run["history"]) == max(o["best_val_acc"] for o in options)
     assert methods["mednns_topk"]["runs"][0]["chosen_from"][0]["key"] == methods["mednns"]["runs"][0]["key"]
-    saved = {(r["key"], r["seed"], r["train_images"], r["epochs"]): r for r in map(json.loads, map(Path.read_text, (evaluation["stage"] / "c" / "runs")
-                                                                    .glob("*.json")))}
+    saved = saved_runs(evaluation, "c")
     for run in methods["mednns_topk:restarts"]["runs"]:  # the top-1 twice: the same subset, another fine-tuning seed
         first = methods["mednns"]["runs"][[r["seed"] for r in methods["mednns"]["runs"]].index(run["seed"])]
         assert [o["key"] for o in run["chosen_from"]] == [first["key"], first["key"] + "#restart1"]
@@ -489,15 +495,14 @@ def test_a_restarted_baseline_fine_tunes_its_own_start_k_times_at_equal_epochs(e
     assert names[names.index("random_pick"):][:4] == ["random_pick", "random_pick:restarts2", "own_supernet_search",
                                                    "own_supernet_search:restarts2"]
     assert results["methods"]["random_pick:restarts2"]["label"] == "random zoo pick [best of 2 restarts]"
-    saved = {(r["key"], r["seed"], r["train_images"]): r
-             for r in map(json.loads, map(Path.read_text, (evaluation["stage"] / "c" / "runs").glob("*.json")))}
+    saved = saved_runs(evaluation, "c")
     for condition in (PRIMARY, SMALL):
         methods = methods_of(results, "c", condition)
         for base in ("random_pick", "own_supernet_search"):
             once, restarted = methods[base]["runs"], methods[f"{base}:restarts2"]["runs"]
             for first, run in zip(once, restarted):  # the seed's own start (the same random pick), twice
                 assert [o["key"] for o in run["chosen_from"]] == [first["key"], first["key"] + "#restart1"]
-                again = saved[(first["key"] + "#restart1", first["seed"], first["train_images"])]
+                again = saved[(first["key"] + "#restart1", first["seed"], first["train_images"], first["epochs"])]
                 assert again["train_subset"] == first["train_subset"] and again["history"] != first["history"]
                 assert max(row["val_acc"] for row in run["history"]) == max(
                     o["best_val_acc"] for o in run["chosen_from"])
