@@ -58,7 +58,8 @@ def history_value(record: dict[str, Any], epoch: int, key: str) -> float:
 def measure(fold: Fold, condition: Any, entry: dict[str, Any], seeds: list[int], macs: dict[int, int]
             ) -> dict[str, Any]:
     """One target under one condition (``entry``: its ranking measurement in the results)."""
-    sample = ranking.draw_sample(fold.transfer_rows("val_acc"), len(entry["candidates"]), fold.target)
+    sample = ranking.draw_sample(fold.transfer_rows("val_acc"), len(entry["candidates"]), fold.target,
+                                 entry.get("draw", 0))
     if [r["id"] for r in sample] != [c["zoo_id"] for c in entry["candidates"]]:
         raise SystemExit(f"{fold.target}: the redrawn sample is not the measured one (another zoo?)")
     records = []

@@ -62,11 +62,12 @@ class Evaluate(Stage):
         random`` re-ranks ``rerank.candidates`` zoo models drawn at random per seed instead of the
         meta-space's top: re-ranking without the meta-space).
     :param ranking: measure ranking quality (:mod:`mednns.evaluation.ranking`): ``{candidates: 10,
-        scores: [knn, ridge, logme], images: 500, seeds: 1, train_images: []}`` fine-tunes a seeded
-        random sample of transfer candidates per target (primary condition, and the equal-epochs
-        condition of each further size, with the first ``seeds`` seeds) and reports Kendall's tau of
-        every ranking (meta-space, each score on the fine-tuning subset, both combined, one
-        fine-tuning of each candidate) against their mean test ACC.
+        scores: [knn, ridge, logme], images: 500, seeds: 1, train_images: [], draw: 0}`` fine-tunes a
+        seeded random sample of transfer candidates per target (primary condition, and the
+        equal-epochs condition of each further size, with the first ``seeds`` seeds) and reports
+        Kendall's tau of every ranking (meta-space, each score on the fine-tuning subset, both
+        combined, one fine-tuning of each candidate) against their mean test ACC; another ``draw``
+        samples other candidates.
     :param baseline_restarts: ``{baseline: k}``: a further row per baseline (``nearest_fid:restarts4``)
         fine-tunes its start ``k`` times (another fine-tuning seed each: new head, batch order and, for a
         random init, weights; the same training subset) and keeps the one with the best validation

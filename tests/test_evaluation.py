@@ -214,6 +214,10 @@ def test_ranking_quality_helpers_correlate_rank_and_average_as_documented():
     rows = [{"id": i} for i in range(50)]
     assert draw_sample(rows, 10, "t") == draw_sample(rows, 10, "t") != draw_sample(rows, 10, "u")
     assert [r["id"] for r in draw_sample(rows[:4], 10, "t")] == [0, 1, 2, 3]
+    assert draw_sample(rows, 10, "t", draw=0) == draw_sample(rows, 10, "t")  # the first draw is the default's
+    assert draw_sample(rows, 10, "t", draw=1) == draw_sample(rows, 10, "t", draw=1) != draw_sample(rows, 10, "t")
+    with pytest.raises(UsageError, match="draw must be >= 0"):
+        RankingSettings(draw=-1)
     with pytest.raises(UsageError, match="candidates >= 3"):
         RankingSettings(candidates=2)
     with pytest.raises(UsageError, match="unknown key"):

@@ -52,6 +52,8 @@ class RankingSettings:
     :param train_images: further training-set sizes (each among the evaluation's ``train_images``)
         whose equal-epochs condition the same sample is measured under too, with the same seeds:
         does a smaller budget separate the candidates more? (default: the primary condition only).
+    :param draw: which seeded draw of candidates (0, the first, unless set): another draw measures
+        every ranking on other candidates of the same zoo, a second sample independent of the first.
     """
 
     candidates: int = 10
@@ -59,12 +61,15 @@ class RankingSettings:
     images: int = 500
     seeds: int = 1
     train_images: tuple[int, ...] = ()
+    draw: int = 0
 
     def __post_init__(self) -> None:
         if self.candidates < 3 or self.images < 2:
             raise UsageError("ranking needs candidates >= 3 (a rank correlation of fewer says nothing) and images >= 2")
         if self.seeds < 1:
             raise UsageError(f"ranking seeds must be >= 1 (got {self.seeds})")
+        if self.draw < 0:
+            raise UsageError(f"ranking draw must be >= 0 (got {self.draw})")
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> "RankingSettings":
@@ -88,11 +93,12 @@ def sample_seeds(seeds: tuple[int, ...] | list[int], count: int) -> list[int]:
     return chosen + list(range(following, following + count - len(chosen)))
 
 
-def draw_sample(rows: list[dict[str, Any]], count: int, target: str) -> list[dict[str, Any]]:
-    """A seeded random sample of ``count`` rows (all when fewer), the same for every run of a target."""
+def draw_sample(rows: list[dict[str, Any]], count: int, target: str, draw: int = 0) -> list[dict[str, Any]]:
+    """A seeded random sample of ``count`` rows (all when fewer), the same for every run of a target
+    and ``draw``; another ``draw`` is another sample."""
     from mednns.seeding import derive_seed
 
-    chosen = random.Random(derive_seed(0, "ranking", target)).sample(rows, min(count, len(rows)))
+    chosen = random.Random(derive_seed(draw, "ranking", target)).sample(rows, min(count, len(rows)))
     return sorted(chosen, key=lambda r: r["id"])
 
 

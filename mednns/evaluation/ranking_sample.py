@@ -25,7 +25,7 @@ def ranking_quality(fold: Fold, condition: Condition) -> dict[str, Any]:
     chosen = fold.settings.ranking_settings()
     seeds = ranking.sample_seeds(condition.seeds, chosen.seeds)  # equal-epochs conditions have every seed
     seed = seeds[0]
-    sample = ranking.draw_sample(fold.transfer_rows("val_acc"), chosen.candidates, fold.target)
+    sample = ranking.draw_sample(fold.transfer_rows("val_acc"), chosen.candidates, fold.target, chosen.draw)
     candidates = []
     for row in sample:
         candidate = fold.from_row(row, f"{row['space']} subnet of {row['dataset']} (zoo id {row['id']})")
@@ -67,4 +67,4 @@ def ranking_quality(fold: Fold, condition: Condition) -> dict[str, Any]:
         values[f"{ranking.META}+{name}"] = ranking.rank_sum_key(values[ranking.META], values[name])
     values[ranking.SOURCE] = [c["source_val_acc"] for c in candidates]
     result = ranking.assess(candidates, values).to_dict()
-    return {"condition": condition.id, "seed": seed, "seeds": list(seeds), **result}
+    return {"condition": condition.id, "seed": seed, "seeds": list(seeds), "draw": chosen.draw, **result}
