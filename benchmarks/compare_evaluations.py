@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mednns.evaluation.methods import describe
-from mednns.evaluation.report import fmt_gain_stats
+from mednns.evaluation.report import fmt_gain_stats, load_results
 from mednns.evaluation.statistics import compare_evaluations, compare_methods
 from mednns.files import read_json, write_json
 from mednns.layout import SUPERNET_STAGE
@@ -57,12 +57,12 @@ def mean_final(results: dict[str, Any], condition: str, method: str) -> float | 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("before", type=Path, help="a published evaluation folder (results.json, run.json)")
+    parser.add_argument("before", type=Path, help="a published evaluation folder (results.json.gz, run.json)")
     parser.add_argument("after", type=Path, help="another evaluation of the same protocol")
     parser.add_argument("--out", type=Path, required=True, help="where compare.json and compare.md go")
     args = parser.parse_args()
 
-    before, after = read_json(args.before / "results.json"), read_json(args.after / "results.json")
+    before, after = load_results(args.before), load_results(args.after)
     conditions = [c["id"] for c in before["protocol"]["conditions"]
                   if c["id"] in {d["id"] for d in after["protocol"]["conditions"]}]
     methods = [m for m in after["protocol"]["methods"] if m in before["protocol"]["methods"]]

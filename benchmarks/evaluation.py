@@ -1,8 +1,9 @@
 """Publish a leave-one-dataset-out evaluation: run ``mednns evaluate CONFIG`` and copy its results
 and report into ``benchmarks/results/<run name>/``.
 
-Written there: ``results.json`` (every run's per-epoch history; without indentation: it is read by
-programs, and indented it was twice the size), ``report.md`` (the tables), the PNG figures,
+Written there: ``results.json.gz`` (every run's per-epoch history, compact and gzip-compressed: it is
+read by programs, ``mednns report FOLDER`` and ``mednns.files.read_json`` among them, and plain it was
+five times the size), ``report.md`` (the tables), the PNG figures,
 ``table.md`` (the README's tables) and ``run.json`` (the command, wall time per stage, machine facts).
 ``report.html``, the same report with every figure inlined, is not published (it repeated the PNG
 files beside it, 8-10 MB per evaluation); it stays in the run's ``stages/evaluate/report/``, and
@@ -18,15 +19,14 @@ interrupted evaluation.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from mednns.config import load_config
-from mednns.evaluation.report import render_report
-from mednns.files import atomic_write_text, read_json, write_json
+from mednns.evaluation.report import load_results, render_report
+from mednns.files import atomic_write_text, read_json, write_json, write_json_gz
 from mednns.manager import get_plugin_manager
 from mednns.runner import execute
 from mednns.runs import environment_facts, prepare_run
@@ -88,15 +88,27 @@ TRIM_NOTE = "*Published copy: the per-dataset figures"
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
+def compress(out: Path) -> int:
+    """Replace a published folder's plain ``results.json`` by ``results.json.gz`` (idempotent).
+    Returns the bytes freed."""
+    plain = out / "results.json"
+    if not plain.is_file():
+        return 0
+    before = plain.stat().st_size
+    packed = write_json_gz(out / "results.json.gz", read_json(plain))
+    plain.unlink()
+    return before - packed.stat().st_size
+
+
 def trim(out: Path, run_name: str, root: Path = REPOSITORY) -> int:
     """Leave the per-dataset figures out of a published folder: delete them, drop their lines from
     ``report.md`` and say there how to render them, naming ``out`` relative to the repository
-    ``root`` when it is inside it (idempotent). Returns the bytes freed."""
+    ``root`` when it is inside it; compress its results (idempotent). Returns the bytes freed."""
     from mednns.evaluation.report import compute_curves_name, convergence_name, embeddings_name
 
-    figures = {name(dataset) for dataset in read_json(out / "results.json")["datasets"]
+    freed = compress(out)
+    figures = {name(dataset) for dataset in load_results(out)["datasets"]
                for name in (convergence_name, compute_curves_name, embeddings_name)}
-    freed = 0
     for path in out.iterdir():
         if path.name in figures:
             freed += path.stat().st_size
@@ -113,7 +125,7 @@ def trim(out: Path, run_name: str, root: Path = REPOSITORY) -> int:
     except ValueError:
         shown = out
     note = (f"{TRIM_NOTE} (convergence, compute, meta-space t-SNE) are left out to keep the repository "
-            f"small; `mednns report {shown.as_posix()}/results.json --out DIR` renders the convergence and "
+            f"small; `mednns report {shown.as_posix()} --out DIR` renders the convergence and "
             f"compute ones from this folder, `mednns report runs/{run_name}` all of them from the run.*")
     atomic_write_text(report, "\n".join([title, "", note, "", *kept]) + "\n")
     return freed
@@ -125,7 +137,8 @@ def main() -> None:
     parser.add_argument("--out", help="results folder [default: benchmarks/results/<run name>]")
     parser.add_argument("--device", help="auto, cpu, cuda")
     parser.add_argument("--trim", nargs="+", metavar="FOLDER", type=Path,
-                        help="only leave the per-dataset figures out of folders published before")
+                        help="only leave the per-dataset figures out of folders published before "
+                             "(and compress their results.json)")
     args = parser.parse_args()
     if args.trim:
         for folder in args.trim:
@@ -148,12 +161,11 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    compact = json.dumps(read_json(stage / "results.json"), separators=(",", ":"))
-    atomic_write_text(out / "results.json", compact + "\n")
+    write_json_gz(out / "results.json.gz", read_json(stage / "results.json"))
     page = render_report(stage / "results.json", out)  # from the stage: the embedding figures need its npz files
     page.unlink()  # report.html: the figures beside it again, inlined (see the module's docstring)
     trim(out, str(config.name))
-    (out / "table.md").write_text(compact_table(read_json(out / "results.json")))
+    (out / "table.md").write_text(compact_table(load_results(out)))
     command = " ".join(["python", *sys.argv])
     write_json(out / "run.json", {
         "command": command, "config": config.to_dict(), "wall_seconds_this_invocation": round(wall, 1),
@@ -161,7 +173,7 @@ def main() -> None:
         "environment": environment_facts(run.device), "run_directory": str(run.directory)})
     from mednns.evaluation.results import condition_view
 
-    summary = condition_view(read_json(out / "results.json"))["overall"]
+    summary = condition_view(load_results(out))["overall"]
     print(f"published {out} (mednns mean test ACC {summary['mean_test_acc'].get('mednns', float('nan')):.4f})")
 
 

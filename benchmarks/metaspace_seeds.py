@@ -26,7 +26,8 @@ from rich.console import Console
 
 from mednns.config import load_config
 from mednns.evaluation.ranking import top1_gains
-from mednns.files import atomic_write_text, read_json, write_json
+from mednns.evaluation.report import load_results
+from mednns.files import atomic_write_text, write_json
 from mednns.manager import get_plugin_manager
 from mednns.metaspace.retrieval import predict_all
 from mednns.metaspace.settings import MetaSpaceSettings
@@ -56,7 +57,7 @@ def fold_facts(predictions: np.ndarray, ensemble: np.ndarray, ids: np.ndarray, s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a kept evaluation run directory")
-    parser.add_argument("published", type=Path, help="its published results folder (results.json)")
+    parser.add_argument("published", type=Path, help="its published results folder (results.json.gz)")
     parser.add_argument("--variant", default="", help="the evaluation variant whose meta-space is refitted")
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
@@ -71,7 +72,7 @@ def main() -> None:
     variant = next(v for v in stage.settings.variant_list() if v.name == args.variant)
     config.stages = []
     run = prepare_run(manager, config, directory=args.run, console=Console(quiet=True))
-    results = read_json(args.published / "results.json")
+    results = load_results(args.published)
     scratch = args.run / "metaspace_seeds" / (args.variant or "default")
     folds: dict[str, Any] = {}
     for target, entry in results["datasets"].items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
@@ -38,13 +39,22 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(_finite(data), indent=2, sort_keys=False) + "\n")
 
 
+def write_json_gz(path: str | os.PathLike, data: Any) -> Path:
+    """Atomically write ``data`` as compact, gzip-compressed JSON (``read_json`` reads it back): the
+    same bytes for the same data (no time stamp in the gzip header), so that a rewrite is no change."""
+    text = json.dumps(_finite(data), separators=(",", ":")) + "\n"
+    return atomic_write_bytes(path, gzip.compress(text.encode("utf-8"), mtime=0))
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    """The JSON value in ``path``; a damaged file (truncated by a crash, edited by hand, not UTF-8)
-    is a usage error that names it and says what to do, not a bare ``JSONDecodeError``."""
+    """The JSON value in ``path`` (gzip-compressed when its name ends in ``.gz``); a damaged file
+    (truncated by a crash, edited by hand, not UTF-8) is a usage error that names it and says what
+    to do, not a bare ``JSONDecodeError``."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        return json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as exc:  # JSONDecodeError is a ValueError
         raise UsageError(f"{path} is damaged: not valid JSON ({exc})",
                          hint="restore it from a copy, or delete it (or the stage folder holding it) so that mednns "
                               "makes it again; a run's stage folders are rebuilt by running with --restart") from None

@@ -12,7 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from mednns.evaluation.results import FORMAT
+from mednns.files import read_json, write_json_gz
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def results_with(datasets: dict) -> dict:
+    """The smallest evaluation results that load (``mednns.evaluation.load_results``) around ``datasets``."""
+    return {"format": FORMAT, "protocol": {"conditions": [{"id": "equal_epochs@800"}]}, "methods": {},
+            "datasets": datasets}
 
 
 def run_script(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -57,9 +66,7 @@ def test_guard_decisions_counts_where_the_guard_overruled_the_meta_space(tmp_pat
         "mednns:rerank": method(run(0, "y", 0.7), run(1, "y", 0.8)),
         "mednns:guarded": method(run(0, "x", 0.5), run(1, "y", 0.8))}}
     published = tmp_path / "evaluation"
-    published.mkdir()
-    (published / "results.json").write_text(json.dumps(
-        {"datasets": {"t": {"conditions": {"equal_epochs@800": condition}}}}))
+    write_json_gz(published / "results.json.gz", results_with({"t": {"conditions": {"equal_epochs@800": condition}}}))
     done = run_script("benchmarks/guard_decisions.py", str(published), "--out", str(tmp_path / "out"))
     assert done.returncode == 0, done.stderr
     found = json.loads((tmp_path / "out" / "guard_decisions.json").read_text())["evaluation"]["equal_epochs@800"]["t"]
@@ -72,7 +79,8 @@ def test_evaluation_trim_leaves_out_per_dataset_figures_and_says_how_to_render_t
     published = tmp_path / "evaluation"
     published.mkdir()
     (published / "run.json").write_text(json.dumps({"config": {"name": "some_run"}}))
-    (published / "results.json").write_text(json.dumps({"datasets": {"kidney_ct": {}}}))
+    results = results_with({"kidney_ct": {}})
+    (published / "results.json").write_text(json.dumps(results))  # as folders were published before: plain
     for name in ("overview.png", "forest_equal_epochs_800.png", "convergence_kidney_ct.png", "compute_kidney_ct.png",
                  "embeddings_kidney_ct.png"):
         (published / name).write_bytes(b"\x89PNG" + bytes(100))
@@ -87,7 +95,8 @@ def test_evaluation_trim_leaves_out_per_dataset_figures_and_says_how_to_render_t
         report = (published / "report.md").read_text()
         title, blank, note, *rest = report.splitlines()
         assert (title, blank) == ("# mednns evaluation: some_run", "")
-        assert "mednns report runs/some_run" in note and f"mednns report {published.as_posix()}/results.json" in note
+        assert "mednns report runs/some_run" in note and f"mednns report {published.as_posix()} --out DIR" in note
+        assert not (published / "results.json").exists() and read_json(published / "results.json.gz") == results
         assert rest == ["", "Intro.", "", "![overview](overview.png)", "", "### kidney_ct", "", "Table.", "",
                         "## Next"]
     assert "0.0 MiB freed" in done.stdout
@@ -95,4 +104,4 @@ def test_evaluation_trim_leaves_out_per_dataset_figures_and_says_how_to_render_t
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.trim(published, "some_run", root=tmp_path)  # a folder of the repository: named relative to it
-    assert "`mednns report evaluation/results.json --out DIR`" in (published / "report.md").read_text()
+    assert "`mednns report evaluation --out DIR`" in (published / "report.md").read_text()

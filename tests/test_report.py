@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from mednns.cli import cli
 from mednns.errors import UsageError
 from mednns.evaluation import report
-from mednns.files import write_json
+from mednns.files import write_json, write_json_gz
 
 K = 4
 SEEDS = [0, 1]
@@ -377,10 +377,19 @@ def test_missing_embeddings_file_leaves_that_figure_out(tmp_path):
     assert "embeddings_breastmnist" not in (run / "stages" / "evaluate" / "report" / "report.md").read_text()
 
 
-def test_load_results_accepts_the_three_path_forms(run_dir):
+def test_load_results_accepts_the_path_forms_and_a_published_compressed_copy(run_dir, tmp_path):
     stage = run_dir / "stages" / "evaluate"
     loaded = [report.load_results(p) for p in (run_dir, stage, stage / "results.json", str(run_dir))]
     assert all(r == loaded[0] for r in loaded) and loaded[0]["format"] == "mednns-evaluation/2"
+    published = tmp_path / "published"  # as benchmarks/evaluation.py publishes: results.json.gz, no stage folder
+    packed = write_json_gz(published / "results.json.gz", loaded[0])
+    plain = (stage / "results.json").stat().st_size
+    assert packed.read_bytes()[:2] == b"\x1f\x8b" and packed.stat().st_size < plain / 3
+    assert write_json_gz(published / "again.json.gz", loaded[0]).read_bytes() == packed.read_bytes()  # no time stamp
+    assert report.load_results(published) == report.load_results(packed) == loaded[0]
+    packed.write_bytes(packed.read_bytes()[:50])  # truncated: named as damaged, not a bare EOFError
+    with pytest.raises(UsageError, match=re.escape(str(packed))):
+        report.load_results(published)
 
 
 def test_load_results_refuses_missing_files_and_other_formats(tmp_path, run_dir):

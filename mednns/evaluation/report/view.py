@@ -23,9 +23,11 @@ _PRODUCE_HINT = ("`mednns evaluate CONFIG` (or `mednns run CONFIG` with the `eva
 
 # -- loading ---------------------------------------------------------------------------------------
 def results_path(path: str | Path) -> Path:
-    """Locate ``results.json`` from a run directory, the evaluate stage's folder or the file itself.
+    """Locate ``results.json`` from a run directory, the evaluate stage's folder, a folder holding it
+    (or its compressed copy ``results.json.gz``, as ``benchmarks/evaluation.py`` publishes it) or the
+    file itself.
 
-    :param path: ``RUN_DIR``, ``RUN_DIR/stages/evaluate`` or a ``results.json`` file.
+    :param path: ``RUN_DIR``, ``RUN_DIR/stages/evaluate``, a published folder or a results file.
     :returns: the path of the results file.
     :raises UsageError: when no evaluation results file is found there (naming where it looked).
     """
@@ -33,7 +35,7 @@ def results_path(path: str | Path) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        candidates = [stage_dir(path, STAGE) / RESULTS_FILE, path / RESULTS_FILE]
+        candidates = [stage_dir(path, STAGE) / RESULTS_FILE, path / RESULTS_FILE, path / f"{RESULTS_FILE}.gz"]
         if (path / STAGES).is_dir():  # a run directory: its own results.json is the run's, not ours
             candidates = candidates[:1]
         for candidate in candidates:
@@ -48,7 +50,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
     """Read evaluation results and check their format.
 
     :param path: a run directory (reads ``RUN/stages/evaluate/results.json``), a folder holding
-        ``results.json``, or the ``results.json`` file itself.
+        ``results.json`` (or ``results.json.gz``), or the file itself.
     :returns: the results as a dict (format ``mednns-evaluation/2``).
     :raises UsageError: when the file is missing, is not JSON or has another format.
     """
