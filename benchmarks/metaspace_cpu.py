@@ -112,8 +112,8 @@ def main() -> None:
     results["fit"] = []
     for feature_dim in args.fit_feature_dims:
         model, features = build(table, feature_dim, 0)
-        fitter = MetaSpaceFitter(model, table, features, table.datasets[:-1], table.datasets[-1:], None,
-                                 [(1.0, mednns.create("losses", "performance")), (1.0, mednns.create("losses", "rank"))],
+        terms = [(1.0, mednns.create("losses", "performance")), (1.0, mednns.create("losses", "rank"))]
+        fitter = MetaSpaceFitter(model, table, features, table.datasets[:-1], table.datasets[-1:], None, terms,
                                  config, progress=False)
         start = time.perf_counter()
         fit = fitter.fit()
@@ -151,7 +151,8 @@ def main() -> None:
     md = ["# Meta-space speed (CPU)", "", "Command: `python benchmarks/metaspace_cpu.py`  ",
           f"torch {results['torch']}, {results['threads']} threads, {results['machine']}; synthetic numbers on real "
           "OFA-ResNet architectures (see the script's docstring)", "", "| what | value | target |", "|---|---|---|",
-          *[f"| meta-space training, {f['rows']:,} rows x {args.datasets} datasets, {f['feature_dim']}-d image features, "
+          *[f"| meta-space training, {f['rows']:,} rows x {args.datasets} datasets, "
+            f"{f['feature_dim']}-d image features, "
             f"default config ({f['steps_run']} of {config.steps} steps, early stopping; {f['ms_per_step']} ms/step) | "
             f"{f['seconds']:.1f} s | < 120 s |" for f in results["fit"]],
           f"| query: score, filter and rank {results['query']['rows']:,} models (median of 5) | "

@@ -63,7 +63,8 @@ def main() -> None:
                 rows.append({"held_out": held, "seed": seed, "seconds": round(seconds, 1), **report})
                 print(label, rows[-1], flush=True)
         results["encoders"][label] = {
-            "runs": rows, "mean": {k: float(np.nanmean([r[k] for r in rows])) for k in ("spearman", "kendall", "top1_regret")}}
+            "runs": rows,
+            "mean": {k: float(np.nanmean([r[k] for r in rows])) for k in ("spearman", "kendall", "top1_regret")}}
     out_dir = Path(args.out)
     write_json(out_dir / "metaspace_retrieval.json", results)
     lines = ["# Offline dataset encoders: leave-one-dataset-out retrieval quality", "",

@@ -186,7 +186,8 @@ def to_markdown(r: dict, args) -> str:
              f"Command: `python benchmarks/zoo_cpu.py --run {args.run} --samples {args.samples}` (supernet from "
              "`mednns run examples/configs/supernet.yaml`)  ",
              f"torch {r['torch']}, {r['threads']} threads, {r['machine']}; protocol: "
-             f"{r['protocol']['calibration_images']} calibration images, val capped at {r['protocol']['max_val_images']}, "
+             f"{r['protocol']['calibration_images']} calibration images, "
+             f"val capped at {r['protocol']['max_val_images']}, "
              f"full test split = {r['images_per_subnet']:,} images per subnet", "",
              "| what | value |", "|---|---|",
              f"| subnets evaluated (distinct, incl. largest and smallest) | {b['subnets']:,} |",

@@ -49,7 +49,8 @@ def _split(rng: np.random.Generator, n: int, size: int, channels: int, n_classes
 def tiny_arrays(seed: int = 0, size: int = 12, channels: int = 1, n_classes: int = 3, multilabel: bool = False,
                 sizes: tuple[int, int, int] = (96, 32, 32)) -> dict[str, SplitArrays]:
     rng = np.random.default_rng(seed)
-    return {split: _split(rng, n, size, channels, n_classes, multilabel) for split, n in zip(("train", "val", "test"), sizes)}
+    return {split: _split(rng, n, size, channels, n_classes, multilabel)
+            for split, n in zip(("train", "val", "test"), sizes)}
 
 
 def tiny_dataset(name: str = "tiny", **kwargs: Any) -> ArrayDataset:

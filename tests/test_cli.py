@@ -15,6 +15,8 @@ from click.testing import CliRunner
 from fakedist import make_distribution
 from mednns.cli import cli
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
 
 def write_npz(path: Path, n_classes: int = 3, size: int = 8, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
@@ -257,7 +259,7 @@ def test_plugins_can_add_commands(tmp_path, monkeypatch):
 
 @pytest.mark.data
 def test_example_config_summarizes_real_medmnist_and_image_folder(shared_data, tmp_path):
-    root = Path(__file__).resolve().parents[1]
+    root = REPOSITORY
     env = {"MEDMNIST_ROOT": str(shared_data / "medmnist"), "MEDNNS_DATA": str(shared_data),
            "MEDNNS_CACHE_DIR": str(tmp_path / "cache")}
     validated = run_mednns("validate", "examples/configs/summary.yaml", env_extra=env, cwd=root)
@@ -299,13 +301,13 @@ stages: [{{name: dataset_summary}}]
 
 
 @pytest.mark.data
-@pytest.mark.parametrize("config_file", sorted([*(Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"),
-                                                 *(Path(__file__).resolve().parents[1] / "benchmarks").glob("*.yaml")]),
+@pytest.mark.parametrize("config_file", sorted([*(REPOSITORY / "examples" / "configs").glob("*.yaml"),
+                                                 *(REPOSITORY / "benchmarks").glob("*.yaml")]),
                          ids=lambda p: p.name)
 def test_every_example_config_validates(config_file, shared_data, tmp_path):
     env = {"MEDMNIST_ROOT": str(shared_data / "medmnist"), "MEDNNS_DATA": str(shared_data),
            "MEDNNS_CACHE_DIR": str(tmp_path / "cache")}
-    result = run_mednns("validate", str(config_file), env_extra=env, cwd=Path(__file__).resolve().parents[1])
+    result = run_mednns("validate", str(config_file), env_extra=env, cwd=REPOSITORY)
     assert result.returncode == 0, result.stderr
 
 
@@ -319,7 +321,7 @@ def test_the_readme_stage_snippets_are_configs_the_stages_accept():
     from mednns.config import validate_config
     from mednns.manager import PluginManager
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (REPOSITORY / "README.md").read_text()
     snippets = [s for s in (yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S))
                 if isinstance(s, list)]
     assert len(snippets) >= 2  # the meta-space stages and the evaluation

@@ -16,7 +16,8 @@ from mednns.stages import Stage
 
 
 class NestedStage(Stage):
-    def __init__(self, space: mednns.ComponentSpec["losses"], mode: Literal["fast", "slow"] = "fast",
+    def __init__(self, space: mednns.ComponentSpec["losses"],  # noqa: F821 (a component kind, not a name)
+                 mode: Literal["fast", "slow"] = "fast",
                  epochs: int = 1, ratio: float = 0.5, tags: list[str] | None = None):
         self.space = space
 

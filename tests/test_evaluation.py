@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from supernet_helpers import TINY_RESNET, timm_offline, write_tiny_npz
 
 from mednns.cli import cli
 from mednns.errors import UsageError
 from mednns.evaluation import results as R
 from mednns.evaluation.candidates import count_macs, timm_network
 from mednns.testing import tiny_dataset
+from supernet_helpers import TINY_RESNET, timm_offline, write_tiny_npz
 
 
 def run_record(seed: int, accs: list[float], aucs: list[float] | None = None, params: int = 10) -> dict[str, Any]:

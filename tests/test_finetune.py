@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mednns.errors import UsageError
-from mednns.export import add_colour_kernels, adapt_network, is_colour_blind
+from mednns.export import adapt_network, add_colour_kernels, is_colour_blind
 from mednns.finetune import RECIPE_OFF, FinetuneConfig, FinetuneData, train_model
 from mednns.testing import tiny_dataset
 
@@ -172,7 +172,8 @@ def test_colour_stem_is_part_of_the_recipe_applied_to_pretrained_starts_only(one
 
 
 def probe_objective(features, labels, weight, bias, weight_decay):
-    return torch.nn.functional.cross_entropy(features @ weight.T + bias, labels) + weight_decay / 2 * weight.pow(2).sum()
+    loss = torch.nn.functional.cross_entropy(features @ weight.T + bias, labels)
+    return loss + weight_decay / 2 * weight.pow(2).sum()
 
 
 def test_fit_head_solves_the_head_only_objective_as_plain_gradient_descent_does():

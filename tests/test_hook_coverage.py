@@ -105,7 +105,8 @@ def exercised_hooks(path: Path) -> set[str]:
             found |= {hook for hook in HOOKS if f"def {hook}(" in node.value}
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test_"):
             for inner in ast.walk(node):
-                name = inner.id if isinstance(inner, ast.Name) else inner.attr if isinstance(inner, ast.Attribute) else None
+                name = (inner.id if isinstance(inner, ast.Name) else
+                        inner.attr if isinstance(inner, ast.Attribute) else None)
                 if name in HOOKS:
                     found.add(name)
     return found
@@ -242,7 +243,8 @@ def test_the_guides_example_package_loads_without_importing_torch(tmp_path):
         "    plugins.append(getattr(plugin, attribute) if attribute else plugin)\n"
         "manager = plugin_manager(*plugins)\n"
         "print(json.dumps({'torch': 'torch' in sys.modules,\n"
-        "                  'hooks': sorted({h for r in manager.records.values() if not r.builtin for h in r.hooks})}))\n"
+        "                  'hooks': sorted({h for r in manager.records.values() if not r.builtin\n"
+        "                                   for h in r.hooks})}))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"the example package of {GUIDE_NAME} does not load:\n{result.stderr[-3000:]}"

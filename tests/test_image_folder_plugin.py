@@ -140,7 +140,7 @@ def test_a_float_image_with_non_finite_pixels_is_refused_by_name(tmp_path, facto
             Image.fromarray(values, mode="F").save(root / name / f"{i}.tif")
     ds = factory(path=root, test_fraction=0.0, val_fraction=0.0)
     with pytest.raises(DatasetError, match=r"b/1\.tif: 1 non-finite pixel\(s\) \(NaN or inf\) in a F image"):
-        ds.split("train").images
+        _ = ds.split("train").images
 
 
 def test_resize(flat, factory):

@@ -16,7 +16,7 @@ from mednns.metaspace.contracts import DatasetEncoder
 from mednns.metaspace.dataset_encoders import ImageStatsEncoder, TimmEncoder
 from mednns.metaspace.features import dataset_features, features_key, sample_images
 from mednns.metaspace.fid import fid_between
-from supernet_helpers import make_manager, timm_offline, tiny_arrays, tiny_dataset
+from supernet_helpers import make_manager, timm_offline, tiny_dataset
 
 
 class CountingEncoder(DatasetEncoder):

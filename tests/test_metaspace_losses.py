@@ -15,10 +15,10 @@ from click.testing import CliRunner
 
 import mednns
 from mednns.cli import cli
-from mednns.registry import check_component
 from mednns.manager import PluginManager
 from mednns.metaspace.contracts import LossTerm, MetaBatch
 from mednns.metaspace.losses import ContrastiveLoss, FIDLoss, PerformanceLoss, RankLoss
+from mednns.registry import check_component
 
 NAMES = ("performance", "rank", "fid", "contrastive")
 DIFFERENTIABLE = ("dataset_embedding", "model_embedding", "predicted", "score")
@@ -36,7 +36,9 @@ def make_batch(target, mask=None, predicted=None, score=None, dataset_embedding=
     gen = torch.Generator().manual_seed(0)
 
     def field(values, shape):
-        return leaf(values) if values is not None else torch.rand(shape, generator=gen, dtype=torch.float64).requires_grad_()
+        if values is not None:
+            return leaf(values)
+        return torch.rand(shape, generator=gen, dtype=torch.float64).requires_grad_()
 
     return MetaBatch(
         dataset_embedding=field(dataset_embedding, (count, 3)),

@@ -13,12 +13,8 @@ import torch.nn.functional as F
 from timm.layers import make_divisible
 from torch import nn
 
-from mednns.supernets import InvalidArchitecture
-from mednns.supernets import preserved_bn_statistics, recalibrate_bn
 from mednns.search_spaces.ofa_mobilenetv3 import OFAMobileNetV3
-from mednns.supernets import depthwise_conv2d
-
-
+from mednns.supernets import InvalidArchitecture, depthwise_conv2d, preserved_bn_statistics, recalibrate_bn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -305,7 +301,7 @@ def test_count_equals_brute_force_enumeration():
     cfg = net.config()
     n_slots = net.n_slots
     wm = cfg["width_mult"]
-    stage_in = [make_divisible(cfg["first_block_width"] * wm, 8)] + [make_divisible(w * wm, 8) for w in cfg["stage_widths"]]
+    stage_in = [make_divisible(w * wm, 8) for w in [cfg["first_block_width"], *cfg["stage_widths"]]]
 
     def signature(arch):  # the network an architecture builds, computed independently of the supernet
         sig = []
@@ -335,7 +331,8 @@ def test_count_equals_brute_force_enumeration():
 def test_paper_preset_size_and_count():
     net = OFAMobileNetV3(in_channels=3, num_classes=1000, preset="paper")
     cfg = net.config()
-    assert cfg["kernel_choices"] == [3, 5, 7] and cfg["expand_choices"] == [3, 4, 6] and cfg["depth_choices"] == [2, 3, 4]
+    assert cfg["kernel_choices"] == [3, 5, 7] and cfg["expand_choices"] == [3, 4, 6]
+    assert cfg["depth_choices"] == [2, 3, 4]
     assert cfg["stem_stride"] == 2 and cfg["stage_strides"] == [2, 2, 2, 1, 2]
     largest = net.cost(net.largest(), 224)
     assert 5e6 <= largest["params"] <= 8e6

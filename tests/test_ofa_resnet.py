@@ -12,9 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from mednns.supernets import InvalidArchitecture, Supernet
-from mednns.supernets import batch_norms, preserved_bn_statistics, recalibrate_bn
 from mednns.search_spaces.ofa_resnet import OFAResNet, ResNetSubnet
+from mednns.supernets import InvalidArchitecture, Supernet, batch_norms, preserved_bn_statistics, recalibrate_bn
 
 #: a tiny space with make_divisible collisions (stem 0.5/0.75 → 8; expand 0.2/0.25 → 8 at 16 and 24 channels)
 TINY = dict(stage_widths=[16, 24], base_depths=[1, 1], depth_choices=[0, 1], expand_choices=[0.2, 0.25, 0.5],

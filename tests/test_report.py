@@ -102,7 +102,8 @@ def _condition(rng: np.random.Generator, seeds: list[int], shift: float) -> dict
             final = entry["summary"]["test_acc"][str(K)]["mean"]
             reached = [e for e, m in zip(ours["curve"]["epochs"], ours["curve"]["test_acc_mean"]) if m >= final]
             comparison[method] = {"gain_acc": ours["test_acc"][str(K)]["mean"] - final,
-                                  "gain_auc": ours["test_auc"][str(K)]["mean"] - entry["summary"]["test_auc"][str(K)]["mean"],
+                                  "gain_auc": (ours["test_auc"][str(K)]["mean"]
+                                               - entry["summary"]["test_auc"][str(K)]["mean"]),
                                   "epochs_to_match": reached[0] if reached else None}
         datasets[dataset] = {"methods": methods, "comparison": comparison}
     return datasets
@@ -260,7 +261,8 @@ def test_epochs_to_match_is_the_first_epoch_mednns_reaches_the_baseline(results)
             if method == "mednns":
                 continue
             target = history_stats(results, dataset, method, "test_acc", K)[0]
-            reached = [e for e in range(1, K + 1) if history_stats(results, dataset, "mednns", "test_acc", e)[0] >= target]
+            reached = [e for e in range(1, K + 1)
+                       if history_stats(results, dataset, "mednns", "test_acc", e)[0] >= target]
             assert rows[METHODS[method][0]][9] == (str(reached[0]) if reached else "—")
     # imagenet ends above mednns on the second dataset: mednns never matches it
     assert table_rows(markdown, "### kidney<ct>&mri (")["ImageNet ResNet-18"][9] == "—"

@@ -14,7 +14,8 @@ from mednns.evaluation import statistics as S
 
 
 def runs(values: dict[int, float], metric: str = "test_acc") -> list[dict]:
-    return [{"seed": seed, "history": [{"epoch": 1, metric: 0.0}, {"epoch": 2, metric: v}]} for seed, v in values.items()]
+    return [{"seed": seed, "history": [{"epoch": 1, metric: 0.0}, {"epoch": 2, metric: v}]}
+            for seed, v in values.items()]
 
 
 def exact_two_sided_wilcoxon(values: list[float]) -> float:

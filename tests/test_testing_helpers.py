@@ -14,8 +14,17 @@ from mednns.data import ArrayDataset, DatasetInfo, MedicalDataset, SplitArrays
 from mednns.errors import DatasetError, PluginLoadError, UnknownComponentError
 from mednns.manager import PluginManager, get_plugin_manager, set_plugin_manager
 from mednns.stages import Stage
-from mednns.testing import (check_dataset, check_loss_term, check_search_space, plugin_manager, tiny_arrays,
-                            tiny_dataset, tiny_space, using_plugins, write_tiny_npz)
+from mednns.testing import (
+    check_dataset,
+    check_loss_term,
+    check_search_space,
+    plugin_manager,
+    tiny_arrays,
+    tiny_dataset,
+    tiny_space,
+    using_plugins,
+    write_tiny_npz,
+)
 
 
 # -- plugins used by the tests -----------------------------------------------------------------

@@ -83,7 +83,8 @@ def test_stage_trains_one_supernet_per_dataset_and_skips_when_complete(manager, 
         final = json.loads((root / name / "final.json").read_text())
         assert stage["results"][name] == final and final["dataset"] == name
         space, metadata = load_supernet(root / name, manager=manager)
-        assert (metadata["space"]["args"]["in_channels"], metadata["space"]["args"]["num_classes"]) == (channels, classes)
+        args = metadata["space"]["args"]
+        assert (args["in_channels"], args["num_classes"]) == (channels, classes)
         net = space.extract(space.smallest()).eval()
         assert net(torch.zeros(2, channels, 12, 12)).shape == (2, classes)
         assert [r["phase"] for r in read_metrics_csv(root / name / "metrics.csv")] == ["full", "depth"]

@@ -33,7 +33,6 @@ from mednns.training import (
 from mednns.training.checkpoint import capture_rng_state, restore_rng_state
 from supernet_helpers import CountingDataset, make_manager, tiny_dataset, tiny_mobilenet, tiny_resnet
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -221,7 +220,8 @@ def test_training_phases_release_dimensions_sort_channels_and_use_only_val(tmp_p
     sorted_at, sampled = [], []
     original_sort, original_sample = space.sort_channels, space.sample
     space.sort_channels = lambda *a, **k: (sorted_at.append(len(trainer.progress.history)), original_sort(*a, **k))
-    space.sample = lambda rng=None, dimensions=None: (sampled.append(tuple(dimensions)), original_sample(rng, dimensions))[1]
+    space.sample = lambda rng=None, dimensions=None: (sampled.append(tuple(dimensions)),
+                                                      original_sample(rng, dimensions))[1]
     trainer.train()
     assert "test" not in dataset.accesses and {"train", "val"} <= set(dataset.accesses)
     assert sorted_at == [2, 3]  # before the expand phase (after full + depth) and before the width phase
@@ -398,9 +398,9 @@ def test_channels_last_training_matches_the_default_layout_closely(tmp_path):
 
 def _ddp_worker(rank: int, world_size: int, folder: str) -> None:
     """One process of a 2-process (gloo) training; saves its parameters and history for the parent."""
-    import torch.distributed as dist
-
     from pathlib import Path
+
+    import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world_size)

@@ -26,7 +26,7 @@ def naive_logme(f: np.ndarray, labels: np.ndarray, iterations: int = 11, toleran
     for y in target_columns(labels, "multi-class").T:
         alpha, beta = 1.0, 1.0
 
-        def posterior(alpha: float, beta: float):
+        def posterior(alpha: float, beta: float, y: np.ndarray = y):
             a = alpha * np.eye(d) + beta * f.T @ f
             m = beta * np.linalg.solve(a, f.T @ y)
             return a, m
@@ -274,9 +274,8 @@ def test_the_contract_check_names_what_breaks():
 
 def test_the_guides_example_score_passes_the_contract_check(tmp_path, monkeypatch):
     """The centroid score of docs/writing-plugins.md, as a plugin author would write it."""
-    from test_hook_coverage import example_files, guide_text
-
     from mednns.testing import check_transfer_score, plugin_manager
+    from test_hook_coverage import example_files, guide_text
 
     files = {path: text for path, text in example_files(guide_text()).items() if path.startswith("mednns_clinic/")}
     for path in ("mednns_clinic/scores.py", "mednns_clinic/centroid.py"):

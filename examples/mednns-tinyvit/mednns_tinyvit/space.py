@@ -288,7 +288,8 @@ class TinyViT(Supernet):
         if not isinstance(arch, dict):
             raise InvalidArchitecture(f"an architecture is a dict, got {type(arch).__name__}")
         if set(arch) != set(self.dimensions):
-            missing, extra = sorted(set(self.dimensions) - set(arch)), sorted(map(str, set(arch) - set(self.dimensions)))
+            missing = sorted(set(self.dimensions) - set(arch))
+            extra = sorted(map(str, set(arch) - set(self.dimensions)))
             raise InvalidArchitecture(f"architecture keys must be {list(self.dimensions)}"
                                       + (f"; missing {missing}" if missing else "")
                                       + (f"; unknown {extra}" if extra else ""))

@@ -31,7 +31,8 @@ def write_volumes(path: Path, volumes: dict[str, np.ndarray], labels: dict[str, 
 
 def random_volumes(shape: tuple[int, int, int], sizes=(5, 3, 4), seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {split: rng.integers(0, 256, (n, *shape), dtype=np.uint8) for split, n in zip(("train", "val", "test"), sizes)}
+    return {split: rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+            for split, n in zip(("train", "val", "test"), sizes)}
 
 
 def create(**args):
