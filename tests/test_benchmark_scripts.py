@@ -75,6 +75,28 @@ def test_guard_decisions_counts_where_the_guard_overruled_the_meta_space(tmp_pat
     assert "| t | 1/2 | 1/2 | 0.550 | 0.750 | 0.650 |" in (tmp_path / "out" / "guard_decisions.md").read_text()
 
 
+def test_choice_ceiling_reads_the_ranking_samples_of_published_folders(tmp_path):
+    def sample(per_seed):
+        return {"condition": "equal_epochs@800", "candidates": [{"test_acc": sum(r) / len(r), "test_accs": r}
+                                                                for r in per_seed]}
+
+    # target a: candidate 1 is better by 0.1 under every seed; target b: candidates equal, seed by seed
+    datasets = {"a": {"ranking": sample([[0.5, 0.5, 0.5], [0.6, 0.6, 0.6], [0.5, 0.5, 0.5]])},
+                "b": {"ranking": sample([[0.7, 0.8, 0.6], [0.7, 0.8, 0.6], [0.7, 0.8, 0.6]])}}
+    overall = {"meta-space": {"top1_gain": {"mean": 0.01, "ci": [-0.02, 0.04]}}, "ridge": {"top1_gain": None}}
+    published = tmp_path / "evaluation"
+    write_json_gz(published / "results.json.gz", {**results_with(datasets), "ranking": overall})
+    done = run_script("benchmarks/choice_ceiling.py", str(published), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    found = json.loads((tmp_path / "out" / "choice_ceiling.json").read_text())["evaluation"]["equal_epochs@800"]
+    assert found["targets"]["a"]["gains"] == pytest.approx([0.1 - 0.1 / 3] * 3)
+    assert found["targets"]["b"]["gains"] == pytest.approx([0.0] * 3)
+    assert found["mean"] == pytest.approx((0.1 - 0.1 / 3) / 2) and found["rankings"] == {
+        "meta-space": {"mean": 0.01, "ci": [-0.02, 0.04]}}
+    report = (tmp_path / "out" / "choice_ceiling.md").read_text()
+    assert "| a | +0.067 |" in report and "| meta-space | +0.010 [-0.020, +0.040] |" in report
+
+
 def test_evaluation_trim_leaves_out_per_dataset_figures_and_says_how_to_render_them(tmp_path):
     published = tmp_path / "evaluation"
     published.mkdir()

@@ -247,6 +247,23 @@ def test_fine_tuned_once_ranks_each_seed_against_the_other_seeds_mean():
     assert ONCE not in assess(single, {"x": [1, 2, 3]}).rankings  # one seed: nothing to compare
 
 
+def test_choice_ceiling_finds_a_better_candidate_and_adds_nothing_among_equal_ones():
+    from mednns.evaluation.ranking import choice_ceiling
+
+    rng = np.random.default_rng(0)
+    # one candidate 0.1 better than the other three: chosen on the other seeds every time
+    better = np.array([0.5, 0.5, 0.5, 0.6])[:, None] + rng.normal(0, 0.005, (4, 5))
+    expected = [better[3, s] - better[:, s].mean() for s in range(5)]
+    assert choice_ceiling(better) == pytest.approx(expected) and np.mean(expected) == pytest.approx(0.075, abs=0.01)
+    # equal candidates: judged on a held-out seed, the choice adds nothing on average, while the best
+    # mean minus the mean (a maximum selected on the noise it is judged by) would read a gain
+    equal = [0.5 + rng.normal(0, 0.02, (10, 4)) for _ in range(500)]
+    assert abs(np.mean([choice_ceiling(a) for a in equal])) < 0.002
+    assert np.mean([a.mean(axis=1).max() - a.mean() for a in equal]) > 0.01
+    with pytest.raises(ValueError, match="two seeds"):
+        choice_ceiling(better[:, :1])
+
+
 def test_separation_tells_candidates_that_differ_from_fine_tuning_noise():
     from mednns.evaluation.ranking import separation
 

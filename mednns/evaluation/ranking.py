@@ -167,6 +167,22 @@ def against_other_seeds(values: np.ndarray, per_seed: np.ndarray) -> dict[str, f
             "top1_gain": float(np.mean(gains))}
 
 
+def choice_ceiling(per_seed: np.ndarray) -> list[float]:
+    """What choosing within a sample can add at best, measured as the evaluation measures a pick: per
+    seed, the test ACC under that seed of the candidate with the best mean over the *other* seeds,
+    minus the sample's mean under that seed (``per_seed``: candidate x seed, at least two seeds). It
+    is the top-1 gain of a ranking as good as ``seeds - 1`` fine-tunings of every candidate, judged on
+    an independent one, so no cheaper ranking is expected to exceed it; it is not a maximum that
+    selects on the noise it is judged by."""
+    if per_seed.shape[1] < 2:
+        raise ValueError("the ceiling of choosing needs at least two seeds per candidate")
+    gains = []
+    for s in range(per_seed.shape[1]):
+        chosen = int(np.argmax(np.delete(per_seed, s, axis=1).mean(axis=1)))
+        gains.append(float(per_seed[chosen, s] - per_seed[:, s].mean()))
+    return gains
+
+
 def once(per_seed: np.ndarray) -> dict[str, float]:
     """Each seed's accuracies (``per_seed``: candidate x seed) as a ranking of the mean of the other
     seeds: mean Kendall tau and mean top-1 regret over the seeds (tau over the seeds where defined)."""
