@@ -117,15 +117,14 @@ def markdown(record: dict[str, Any], command: str) -> str:
                     else "none")
             lines.append(f"| {name} | {cost} | {facts['mean_kendall']:+.2f} | {facts['min_kendall']:+.2f} to "
                          f"{facts['max_kendall']:+.2f} | {facts['top1_gain']:+.3f} |")
-        shown = ("ridge", "val ACC after epoch 1", f"val ACC after epoch {epochs}")
+        shown = ("meta-space", "ridge", ranking.SOURCE, "val ACC after epoch 1", f"val ACC after epoch {epochs}")
         lines += ["", "| target | spread | noise | reliability of the truth | of one fine-tuning | "
-                  + " | ".join(f"tau: {n}" for n in shown) + " |", "| --- |" + " ---: |" * 7]
+                  + " | ".join(f"tau: {n}" for n in shown) + " |", "| --- |" + " ---: |" * (4 + len(shown))]
         for target, facts in measured["targets"].items():
             s, r = facts["separation"], facts["rankings"]
+            taus = " | ".join(f"{r[n]['kendall']:+.2f}" for n in shown)
             lines.append(f"| {target} | {s['spread']:.3f} | {s['noise']:.3f} | {s['reliability']:.2f} | "
-                         f"{s['reliability_once']:.2f} | {r['ridge']['kendall']:+.2f} | "
-                         f"{r['val ACC after epoch 1']['kendall']:+.2f} | "
-                         f"{r[f'val ACC after epoch {epochs}']['kendall']:+.2f} |")
+                         f"{s['reliability_once']:.2f} | {taus} |")
         lines.append("")
     return "\n".join(lines)
 
