@@ -8,7 +8,7 @@ random candidate of a ranking as good as seven fine-tunings of every candidate, 
 evaluation measures a pick (one fine-tuning per seed). Its mean over targets, with the 95% interval
 of the evaluation's statistics (targets and, within them, seeds resampled), is set beside the top-1
 gain each ranking of the evaluation reached on the same sample. A ranking needs a true gain of about
-0.03-0.06 over a baseline for its interval to clear 0 at this protocol's resolution (README): where the
+0.03-0.06 over a baseline for its interval to clear 0 at this protocol's resolution (docs/results.md): where the
 ceiling is below that, no ranking can show a win over a random pick, however good.
 
     python benchmarks/choice_ceiling.py benchmarks/results/evaluation_cpu \
