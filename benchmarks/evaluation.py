@@ -4,7 +4,7 @@ and report into ``benchmarks/results/<run name>/``.
 Written there: ``results.json.gz`` (every run's per-epoch history, compact and gzip-compressed: it is
 read by programs, ``mednns report FOLDER`` and ``mednns.files.read_json`` among them, and plain it was
 five times the size), ``report.md`` (the tables), the PNG figures,
-``table.md`` (the README's tables) and ``run.json`` (the command, wall time per stage, machine facts).
+``table.md`` (the tables of docs/results.md) and ``run.json`` (the command, wall time per stage, machine facts).
 ``report.html``, the same report with every figure inlined, is not published (it repeated the PNG
 files beside it, 8-10 MB per evaluation); it stays in the run's ``stages/evaluate/report/``, and
 ``mednns report RUN_DIR`` writes it again. Nor are the per-dataset figures (convergence, compute and
@@ -33,7 +33,7 @@ from mednns.runs import environment_facts, prepare_run
 
 
 def compact_table(results: dict) -> str:
-    """The README's tables: (1) datasets x methods, mean ± std final test ACC of the primary condition
+    """The tables of docs/results.md: (1) datasets x methods, mean ± std final test ACC of the primary condition
     beside each dataset's majority-class rate; (2) mednns (top-1) against every other method under
     every condition: mean gain, 95% interval, Wilcoxon p, wins; (3) target-side compute per method."""
     from mednns.evaluation.report import (

@@ -24,7 +24,7 @@ METHODS = ("mednns", "mednns:rerank", "mednns:rerank_alone", "nearest_fid", "tan
 
 
 def primary_condition(results: dict[str, Any]) -> str:
-    """The condition the README's main table reads: equal epochs on the most training images."""
+    """The condition the main table of docs/results.md reads: equal epochs on the most training images."""
     conditions = next(iter(results["datasets"].values()))["conditions"]
     ids = [c for c in conditions if c.startswith("equal_epochs@")]
     return max(ids, key=lambda c: int(c.split("@")[1]))
