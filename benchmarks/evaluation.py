@@ -165,7 +165,8 @@ def main() -> None:
     page = render_report(stage / "results.json", out)  # from the stage: the embedding figures need its npz files
     page.unlink()  # report.html: the figures beside it again, inlined (see the module's docstring)
     trim(out, str(config.name))
-    (out / "table.md").write_text(compact_table(load_results(out)))
+    published = load_results(out)
+    (out / "table.md").write_text(compact_table(published))
     command = " ".join(["python", *sys.argv])
     write_json(out / "run.json", {
         "command": command, "config": config.to_dict(), "wall_seconds_this_invocation": round(wall, 1),
@@ -173,7 +174,7 @@ def main() -> None:
         "environment": environment_facts(run.device), "run_directory": str(run.directory)})
     from mednns.evaluation.results import condition_view
 
-    summary = condition_view(load_results(out))["overall"]
+    summary = condition_view(published)["overall"]
     print(f"published {out} (mednns mean test ACC {summary['mean_test_acc'].get('mednns', float('nan')):.4f})")
 
 
